@@ -1,0 +1,137 @@
+import amqp, { type ChannelModel } from 'amqplib';
+import type { Logger } from 'pino';
+import { redactUrl } from '../config.js';
+import { toError } from '../errors.js';
+import { reconnectDelay } from './backoff.js';
+
+export interface BrokerConnectionOptions {
+  readonly url: string;
+  readonly reconnectMinMs: number;
+  readonly reconnectMaxMs: number;
+  /** Shown in the broker's management UI as the connection name. */
+  readonly connectionName: string;
+  readonly logger: Logger;
+}
+
+/** Who wants to know when the connection comes and goes (the channel pool, metrics). */
+export interface ConnectionListener {
+  connected(model: ChannelModel): void;
+  disconnected(reason: string): void;
+  blockedChanged(blocked: boolean): void;
+}
+
+/** Opening the TCP + AMQP handshake must not hang forever on a black-holed address. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * One AMQP connection, kept up for the life of the process: reconnects with capped, jittered
+ * backoff after any loss, and tells its listeners. It never buffers work while down; callers ask
+ * `isConnected` and answer 503 themselves.
+ */
+export class BrokerConnection {
+  private model: ChannelModel | undefined;
+  private stopped = false;
+  private started = false;
+  private attempt = 0;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private nextAttemptAt = 0;
+  private blocked = false;
+  private readonly listeners: ConnectionListener[] = [];
+
+  constructor(private readonly options: BrokerConnectionOptions) {}
+
+  addListener(listener: ConnectionListener): void {
+    this.listeners.push(listener);
+  }
+
+  get current(): ChannelModel | undefined {
+    return this.model;
+  }
+
+  get isConnected(): boolean {
+    return this.model !== undefined;
+  }
+
+  get isBlocked(): boolean {
+    return this.blocked;
+  }
+
+  /** Milliseconds until the next connection attempt, for Retry-After; 0 when one is under way. */
+  retryAfterMs(now = Date.now()): number {
+    return Math.max(0, this.nextAttemptAt - now);
+  }
+
+  /** Starts connecting in the background; listeners hear when it succeeds. */
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    void this.connect();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    const model = this.model;
+    this.model = undefined;
+    if (model) await model.close().catch(() => undefined);
+  }
+
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
+    const { logger } = this.options;
+    let model: ChannelModel;
+    try {
+      model = await amqp.connect(this.options.url, {
+        // Without noDelay a small publish can sit behind Nagle's algorithm for a delayed ACK (~40 ms).
+        noDelay: true,
+        timeout: CONNECT_TIMEOUT_MS,
+        clientProperties: { connection_name: this.options.connectionName },
+      });
+    } catch (err) {
+      this.scheduleReconnect(`connect failed: ${toError(err).message}`);
+      return;
+    }
+    if (this.stopped) {
+      await model.close().catch(() => undefined);
+      return;
+    }
+    // amqplib throws from emit('error') when nobody listens; the 'close' event that follows does the work.
+    model.on('error', (err: Error) => logger.warn({ err: err.message }, 'amqp connection error'));
+    model.on('close', (err?: Error) => this.onClose(model, err));
+    model.on('blocked', (reason: string) => this.setBlocked(true, reason));
+    model.on('unblocked', () => this.setBlocked(false));
+    this.model = model;
+    this.attempt = 0;
+    this.nextAttemptAt = 0;
+    logger.info(
+      { broker: redactUrl(this.options.url), server: model.connection.serverProperties.product },
+      'amqp connected',
+    );
+    for (const listener of this.listeners) listener.connected(model);
+  }
+
+  private onClose(model: ChannelModel, err: Error | undefined): void {
+    if (this.model !== model) return;
+    this.model = undefined;
+    if (this.blocked) this.setBlocked(false);
+    const reason = err ? err.message : 'closed by client';
+    for (const listener of this.listeners) listener.disconnected(reason);
+    if (!this.stopped) this.scheduleReconnect(`connection lost: ${reason}`);
+  }
+
+  private setBlocked(blocked: boolean, reason?: string): void {
+    if (this.blocked === blocked) return;
+    this.blocked = blocked;
+    this.options.logger.warn({ reason }, blocked ? 'amqp connection blocked by broker' : 'amqp connection unblocked');
+    for (const listener of this.listeners) listener.blockedChanged(blocked);
+  }
+
+  private scheduleReconnect(reason: string): void {
+    if (this.stopped) return;
+    this.attempt += 1;
+    const delay = reconnectDelay(this.attempt, this.options.reconnectMinMs, this.options.reconnectMaxMs);
+    this.nextAttemptAt = Date.now() + delay;
+    this.options.logger.warn({ reason, attempt: this.attempt, delayMs: delay }, 'amqp reconnect scheduled');
+    this.retryTimer = setTimeout(() => void this.connect(), delay);
+  }
+}

@@ -1,0 +1,128 @@
+import type { ChannelModel, ConsumeMessage } from 'amqplib';
+import type { Logger } from 'pino';
+import { toError } from '../errors.js';
+import { reconnectDelay } from './backoff.js';
+import type { BrokerConnection, ConnectionListener } from './broker-connection.js';
+import { ReplyChannel } from './reply-channel.js';
+
+export interface ChannelPoolOptions {
+  readonly size: number;
+  readonly replyTo: string;
+  readonly connection: BrokerConnection;
+  readonly logger: Logger;
+  readonly reopenMinMs: number;
+  readonly reopenMaxMs: number;
+  readonly onStrayReply: (message: ConsumeMessage) => void;
+  /** A channel the broker closed while the connection stayed up, with the AMQP reply code. */
+  readonly onChannelClosed: (brokerCode: number) => void;
+}
+
+/**
+ * A fixed number of reply channels on the current connection. A channel that dies is replaced (with
+ * its reply consumer running before it takes traffic); a new connection gets a whole new set.
+ */
+export class ChannelPool implements ConnectionListener {
+  private channels: ReplyChannel[] = [];
+  private cursor = 0;
+  /** Bumped on every connect/disconnect so that slow opens from an old connection are discarded. */
+  private generation = 0;
+  private stopped = false;
+
+  constructor(private readonly options: ChannelPoolOptions) {
+    options.connection.addListener(this);
+  }
+
+  /** True when every configured channel is open with its reply consumer active. */
+  get isFull(): boolean {
+    return this.channels.length === this.options.size;
+  }
+
+  get openCount(): number {
+    return this.channels.length;
+  }
+
+  get pendingCount(): number {
+    let total = 0;
+    for (const channel of this.channels) total += channel.pendingCount;
+    return total;
+  }
+
+  /** Next channel in turn, preferring one whose write buffer is not full; undefined when none is open. */
+  pick(): ReplyChannel | undefined {
+    const count = this.channels.length;
+    if (count === 0) return undefined;
+    for (let tried = 0; tried < count; tried++) {
+      this.cursor = (this.cursor + 1) % count;
+      const channel = this.channels[this.cursor];
+      if (channel?.isWritable) return channel;
+    }
+    return this.channels[this.cursor];
+  }
+
+  connected(model: ChannelModel): void {
+    this.generation += 1;
+    this.channels = [];
+    for (let slot = 0; slot < this.options.size; slot++) void this.openSlot(model, this.generation, 0);
+  }
+
+  disconnected(): void {
+    // Each channel's own 'close' (which amqplib emits before the connection's) settled its calls.
+    this.generation += 1;
+    this.channels = [];
+  }
+
+  blockedChanged(): void {}
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.generation += 1;
+    const channels = this.channels;
+    this.channels = [];
+    await Promise.all(channels.map((channel) => channel.close()));
+  }
+
+  private async openSlot(model: ChannelModel, generation: number, failures: number): Promise<void> {
+    if (this.isStale(model, generation)) return;
+    try {
+      const channel = await ReplyChannel.open(model, this.options.replyTo, {
+        strayReply: this.options.onStrayReply,
+        closed: (closedChannel, reason, brokerCode) =>
+          this.onChannelClosed(closedChannel, reason, brokerCode, model, generation),
+      });
+      if (this.isStale(model, generation)) {
+        await channel.close();
+        return;
+      }
+      this.channels.push(channel);
+    } catch (err) {
+      if (this.isStale(model, generation)) return;
+      this.options.logger.warn({ err: toError(err).message }, 'could not open reply channel');
+      this.reopenLater(model, generation, failures + 1);
+    }
+  }
+
+  private onChannelClosed(
+    channel: ReplyChannel,
+    reason: string,
+    brokerCode: number | undefined,
+    model: ChannelModel,
+    generation: number,
+  ): void {
+    const index = this.channels.indexOf(channel);
+    if (index === -1) return;
+    this.channels.splice(index, 1);
+    if (brokerCode !== undefined) this.options.onChannelClosed(brokerCode);
+    if (this.isStale(model, generation)) return;
+    this.options.logger.warn({ reason }, 'reply channel closed; reopening');
+    this.reopenLater(model, generation, 1);
+  }
+
+  private reopenLater(model: ChannelModel, generation: number, failures: number): void {
+    const delay = reconnectDelay(failures, this.options.reopenMinMs, this.options.reopenMaxMs);
+    setTimeout(() => void this.openSlot(model, generation, failures), delay).unref();
+  }
+
+  private isStale(model: ChannelModel, generation: number): boolean {
+    return this.stopped || generation !== this.generation || this.options.connection.current !== model;
+  }
+}

@@ -1,0 +1,147 @@
+import type { Channel, ChannelModel, ConsumeMessage, Message, Options } from 'amqplib';
+import type { PendingCall } from '../rpc/outcome.js';
+
+export interface ReplyChannelHooks {
+  /** A reply whose correlation id nobody waits for (late, duplicate or stray). */
+  strayReply(message: ConsumeMessage): void;
+  /**
+   * The channel is gone; its pending calls have already been settled as lost. `brokerCode` is the
+   * AMQP reply code when the broker closed the channel on its own (e.g. 404, 406), else undefined.
+   */
+  closed(channel: ReplyChannel, reason: string, brokerCode: number | undefined): void;
+}
+
+/**
+ * One AMQP channel that publishes requests and consumes their replies from the direct reply-to
+ * pseudo-queue. Direct reply-to delivers a reply only to the channel that published the request, so
+ * each channel owns the pending calls it published and settles them all if it dies.
+ */
+export class ReplyChannel {
+  private readonly pending = new Map<string, PendingCall>();
+  private writable = true;
+  private drainWaiters: Array<() => void> = [];
+  private closeReason = 'channel closed';
+  private brokerCode: number | undefined;
+  private closed = false;
+
+  private constructor(
+    private readonly channel: Channel,
+    private readonly hooks: ReplyChannelHooks,
+  ) {}
+
+  /**
+   * Opens a channel and starts its reply consumer. Resolves only after the broker's consume-ok:
+   * publishing with reply_to before that is refused by the broker with a channel error.
+   */
+  static async open(model: ChannelModel, replyTo: string, hooks: ReplyChannelHooks): Promise<ReplyChannel> {
+    const channel = await model.createChannel();
+    const replyChannel = new ReplyChannel(channel, hooks);
+    // Listeners first: an 'error' with no listener would be thrown by amqplib and crash the process.
+    channel.on('error', (err: Error & { code?: unknown }) => {
+      replyChannel.closeReason = err.message;
+      if (typeof err.code === 'number') replyChannel.brokerCode = err.code;
+    });
+    channel.on('close', () => replyChannel.onClose());
+    channel.on('return', (message: Message) => replyChannel.onReturn(message));
+    channel.on('drain', () => replyChannel.onDrain());
+    try {
+      await channel.consume(replyTo, (message) => replyChannel.onReply(message), { noAck: true });
+    } catch (err) {
+      await replyChannel.close();
+      throw err;
+    }
+    return replyChannel;
+  }
+
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
+  /** False after a publish reported a full buffer, until the channel drains. */
+  get isWritable(): boolean {
+    return this.writable;
+  }
+
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
+  /** Registers the call, then publishes; throws (with the call unregistered) if amqplib refuses. */
+  publish(exchange: string, routingKey: string, body: Buffer, properties: Options.Publish, call: PendingCall): void {
+    this.pending.set(call.correlationId, call);
+    try {
+      if (!this.channel.publish(exchange, routingKey, body, properties)) this.writable = false;
+    } catch (err) {
+      this.pending.delete(call.correlationId);
+      throw err;
+    }
+  }
+
+  /** The call was settled elsewhere (timeout, client gone): a reply for it is now stray. */
+  forget(correlationId: string): void {
+    this.pending.delete(correlationId);
+  }
+
+  /** Resolves when the channel can take more publishes, or has closed. */
+  waitForDrain(): Promise<void> {
+    if (this.writable || this.closed) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      await this.channel.close();
+    } catch {
+      // Already closing with its connection; the 'close' event settles what is pending.
+    }
+  }
+
+  private onReply(message: ConsumeMessage | null): void {
+    if (message === null) {
+      // The broker cancelled our reply consumer: replies can no longer arrive here.
+      this.closeReason = 'reply consumer cancelled by broker';
+      void this.close();
+      return;
+    }
+    const correlationId: unknown = message.properties.correlationId;
+    const call = typeof correlationId === 'string' ? this.pending.get(correlationId) : undefined;
+    if (call === undefined) {
+      // Late (after a timeout or cancel), duplicate, or not ours: drop it on purpose, never throw.
+      this.hooks.strayReply(message);
+      return;
+    }
+    this.pending.delete(call.correlationId);
+    call.settle({ kind: 'reply', message });
+  }
+
+  private onReturn(message: Message): void {
+    const correlationId: unknown = message.properties.correlationId;
+    const call = typeof correlationId === 'string' ? this.pending.get(correlationId) : undefined;
+    if (call === undefined) return;
+    this.pending.delete(call.correlationId);
+    const fields = message.fields as Message['fields'] & { replyCode?: number; replyText?: string };
+    call.settle({ kind: 'unroutable', replyCode: fields.replyCode ?? 312, replyText: fields.replyText ?? 'NO_ROUTE' });
+  }
+
+  private onDrain(): void {
+    this.writable = true;
+    this.releaseDrainWaiters();
+  }
+
+  private onClose(): void {
+    this.closed = true;
+    const lost = [...this.pending.values()];
+    this.pending.clear();
+    const reason = this.closeReason;
+    for (const call of lost) call.settle({ kind: 'lost', reason });
+    this.releaseDrainWaiters();
+    this.hooks.closed(this, reason, this.brokerCode);
+  }
+
+  private releaseDrainWaiters(): void {
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+}

@@ -1,0 +1,122 @@
+import { hostname } from 'node:os';
+import type { Express } from 'express';
+import type { Logger } from 'pino';
+import { Registry } from 'prom-client';
+import { BrokerConnection } from './amqp/broker-connection.js';
+import { ChannelPool } from './amqp/channel-pool.js';
+import { ExchangeChecker } from './amqp/exchange-checker.js';
+import { createApp } from './app.js';
+import type { Config } from './config.js';
+import type { Readiness } from './http/health-routes.js';
+import { createMetrics, type Metrics } from './metrics.js';
+import { loadOpenApiYaml } from './openapi.js';
+import { RpcClient } from './rpc/rpc-client.js';
+
+/** Channels that fail to reopen are retried within these bounds, independent of connection backoff. */
+const CHANNEL_REOPEN_MIN_MS = 50;
+const CHANNEL_REOPEN_MAX_MS = 5_000;
+
+/** Everything the process runs, built from the configuration and wired together; nothing listens yet. */
+export interface Bridge {
+  readonly app: Express;
+  readonly rpc: RpcClient;
+  readonly metrics: Metrics;
+  readonly connection: BrokerConnection;
+  readonly pool: ChannelPool;
+  readiness(): Readiness;
+  /** Connects to the broker in the background; /readyz tells when it is up. */
+  start(): void;
+  /** Refuses new RPCs (503) from now on; in-flight ones still finish. */
+  beginShutdown(): void;
+  /** Settles what is still in flight, then closes channels and the connection. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export function createBridge(config: Config, logger: Logger): Bridge {
+  const metrics = createMetrics(new Registry(), config.metricsMaxQueues);
+  const connection = new BrokerConnection({
+    url: config.amqpUrl,
+    reconnectMinMs: config.reconnectMinMs,
+    reconnectMaxMs: config.reconnectMaxMs,
+    connectionName: `${config.appId}@${hostname()}`,
+    logger,
+  });
+  const pool = new ChannelPool({
+    size: config.amqpChannels,
+    replyTo: config.replyTo,
+    connection,
+    logger,
+    reopenMinMs: CHANNEL_REOPEN_MIN_MS,
+    reopenMaxMs: CHANNEL_REOPEN_MAX_MS,
+    onStrayReply: () => metrics.lateReplies.inc(),
+    onChannelClosed: (code) => metrics.channelCloses.labels(String(code)).inc(),
+  });
+  let everConnected = false;
+  connection.addListener({
+    connected() {
+      metrics.amqpConnected.set(1);
+      if (everConnected) metrics.amqpReconnects.inc();
+      everConnected = true;
+    },
+    disconnected(reason) {
+      metrics.amqpConnected.set(0);
+      logger.warn({ reason }, 'amqp disconnected');
+    },
+    blockedChanged() {},
+  });
+  metrics.amqpConnected.set(0);
+  const rpc = new RpcClient({
+    connection,
+    pool,
+    exchanges: new ExchangeChecker(connection, config.exchangeCheckTtlMs),
+    replyTo: config.replyTo,
+    appId: config.appId,
+    onStart: () => metrics.rpcInFlight.inc(),
+    onSettle: () => metrics.rpcInFlight.dec(),
+  });
+
+  let shuttingDown = false;
+  let stopping: Promise<void> | undefined;
+  const readiness = (): Readiness => {
+    const checks = {
+      connected: connection.isConnected,
+      replyConsumers: pool.isFull,
+      notBlocked: !connection.isBlocked,
+      notShuttingDown: !shuttingDown,
+    };
+    return { ready: Object.values(checks).every(Boolean), checks };
+  };
+
+  const app = createApp({
+    rpc,
+    metrics,
+    logger,
+    limits: { defaultTimeoutMs: config.rpcTimeoutMs, maxTimeoutMs: config.rpcMaxTimeoutMs },
+    maxBodyBytes: config.maxBodyBytes,
+    readiness,
+    isShuttingDown: () => shuttingDown,
+    openApiYaml: loadOpenApiYaml(),
+  });
+
+  return {
+    app,
+    rpc,
+    metrics,
+    connection,
+    pool,
+    readiness,
+    start: () => connection.start(),
+    beginShutdown() {
+      shuttingDown = true;
+    },
+    stop() {
+      shuttingDown = true;
+      stopping ??= (async () => {
+        rpc.abandonAll('the bridge is shutting down');
+        await pool.stop();
+        await connection.stop();
+      })();
+      return stopping;
+    },
+  };
+}

@@ -1,0 +1,130 @@
+/**
+ * Environment -> validated, frozen, typed configuration. This is the only module that reads
+ * environment variables; everything else receives a Config.
+ */
+
+export const REPLY_TO_QUEUES = ['amq.rabbitmq.reply-to', 'amq.direct.reply-to'] as const;
+export type ReplyToQueue = (typeof REPLY_TO_QUEUES)[number];
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface Config {
+  readonly host: string;
+  readonly port: number;
+  /** Full AMQP URL including credentials: never log it, use `loggableConfig`. */
+  readonly amqpUrl: string;
+  readonly amqpChannels: number;
+  readonly replyTo: ReplyToQueue;
+  readonly reconnectMinMs: number;
+  readonly reconnectMaxMs: number;
+  readonly rpcTimeoutMs: number;
+  readonly rpcMaxTimeoutMs: number;
+  readonly maxBodyBytes: number;
+  readonly exchangeCheckTtlMs: number;
+  readonly metricsMaxQueues: number;
+  readonly shutdownGraceMs: number;
+  readonly logLevel: LogLevel;
+  readonly appId: string;
+}
+
+/** Thrown at start-up; the message always names the offending variable. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** RabbitMQ refuses messages above 128 MiB by default (max_message_size); stay below it. */
+const MAX_BODY_CEILING = 128 * 1024 * 1024;
+
+export function loadConfig(env: Env): Config {
+  const read = new EnvReader(env);
+  const rpcMaxTimeoutMs = read.integer('RPC_MAX_TIMEOUT_MS', 300_000, 1, 2_147_483_647);
+  const rpcTimeoutMs = read.integer('RPC_TIMEOUT_MS', 30_000, 1, rpcMaxTimeoutMs);
+  const reconnectMinMs = read.integer('AMQP_RECONNECT_MIN_MS', 100, 1, 600_000);
+  const config: Config = {
+    host: read.string('HOST', '0.0.0.0'),
+    port: read.integer('PORT', 8080, 0, 65_535),
+    amqpUrl: read.amqpUrl('AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672'),
+    amqpChannels: read.integer('AMQP_CHANNELS', 4, 1, 256),
+    replyTo: read.oneOf('AMQP_REPLY_TO', REPLY_TO_QUEUES, 'amq.rabbitmq.reply-to'),
+    reconnectMinMs,
+    reconnectMaxMs: read.integer('AMQP_RECONNECT_MAX_MS', 30_000, reconnectMinMs, 3_600_000),
+    rpcTimeoutMs,
+    rpcMaxTimeoutMs,
+    maxBodyBytes: read.integer('MAX_BODY_BYTES', 1024 * 1024, 0, MAX_BODY_CEILING),
+    exchangeCheckTtlMs: read.integer('EXCHANGE_CHECK_TTL_MS', 5_000, 0, 3_600_000),
+    metricsMaxQueues: read.integer('METRICS_MAX_QUEUES', 100, 1, 100_000),
+    shutdownGraceMs: read.integer('SHUTDOWN_GRACE_MS', 10_000, 0, 3_600_000),
+    logLevel: read.oneOf('LOG_LEVEL', LOG_LEVELS, 'info'),
+    appId: read.string('APP_ID', 'amqp-rpc-bridge'),
+  };
+  return Object.freeze(config);
+}
+
+/** The configuration as it may appear in a log line: credentials replaced. */
+export function loggableConfig(config: Config): Record<string, unknown> {
+  return { ...config, amqpUrl: redactUrl(config.amqpUrl) };
+}
+
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return '<unparseable url>';
+  }
+}
+
+class EnvReader {
+  constructor(private readonly env: Env) {}
+
+  private raw(name: string): string | undefined {
+    const value = this.env[name]?.trim();
+    return value === undefined || value === '' ? undefined : value;
+  }
+
+  string(name: string, fallback: string): string {
+    return this.raw(name) ?? fallback;
+  }
+
+  integer(name: string, fallback: number, min: number, max: number): number {
+    const value = this.raw(name);
+    if (value === undefined) return fallback;
+    if (!/^\d+$/.test(value)) {
+      throw new ConfigError(`${name} must be a whole number, got ${JSON.stringify(value)}`);
+    }
+    const parsed = Number(value);
+    if (parsed < min || parsed > max) {
+      throw new ConfigError(`${name} must be between ${min} and ${max}, got ${value}`);
+    }
+    return parsed;
+  }
+
+  oneOf<const T extends string>(name: string, allowed: readonly T[], fallback: T): T {
+    const value = this.raw(name);
+    if (value === undefined) return fallback;
+    const match = allowed.find((candidate) => candidate === value);
+    if (match === undefined) {
+      throw new ConfigError(`${name} must be one of ${allowed.join(', ')}, got ${JSON.stringify(value)}`);
+    }
+    return match;
+  }
+
+  amqpUrl(name: string, fallback: string): string {
+    const value = this.raw(name) ?? fallback;
+    let parsed: URL;
+    try {
+      parsed = new URL(value);
+    } catch {
+      // Never echo the value: it may hold a password.
+      throw new ConfigError(`${name} is not a valid URL`);
+    }
+    if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
+      throw new ConfigError(`${name} must start with amqp:// or amqps://, got ${parsed.protocol}//`);
+    }
+    return value;
+  }
+}

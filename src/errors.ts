@@ -1,0 +1,73 @@
+/**
+ * The error catalogue: every problem the bridge can answer with, its stable code and HTTP status.
+ * Responses are RFC 9457 problem details; `type` is a tag URI (RFC 9457 §3.1.1 suggests tag URIs
+ * for types that are identifiers, not documentation pages).
+ */
+
+export const PROBLEMS = {
+  'invalid-request': { status: 400, title: 'Invalid request' },
+  'not-found': { status: 404, title: 'No such route' },
+  'method-not-allowed': { status: 405, title: 'Method not allowed' },
+  unroutable: { status: 404, title: 'Message was not routed to any queue' },
+  'exchange-not-found': { status: 404, title: 'Exchange does not exist' },
+  'payload-too-large': { status: 413, title: 'Request body too large' },
+  'request-lost': { status: 502, title: 'Request lost with its broker channel' },
+  'bad-reply': { status: 502, title: 'Worker reply is unusable' },
+  'broker-unavailable': { status: 503, title: 'Broker unavailable' },
+  'shutting-down': { status: 503, title: 'Bridge is shutting down' },
+  timeout: { status: 504, title: 'No reply in time' },
+  internal: { status: 500, title: 'Internal error' },
+} as const satisfies Record<string, { status: number; title: string }>;
+
+export type ProblemCode = keyof typeof PROBLEMS;
+
+export const PROBLEM_TYPE_PREFIX = 'tag:amqp-rpc-bridge,2026:problem/';
+
+export interface ProblemOptions {
+  /** The exchange/queue the request addressed, when known. */
+  readonly target?: string;
+  /** Seconds, for 503 answers. */
+  readonly retryAfterSeconds?: number;
+}
+
+/** An error that knows how it is answered over HTTP. Throw it from a route; the error middleware renders it. */
+export class HttpProblem extends Error {
+  override name = 'HttpProblem';
+  readonly status: number;
+
+  constructor(
+    readonly code: ProblemCode,
+    readonly detail: string,
+    readonly options: ProblemOptions = {},
+  ) {
+    super(detail);
+    this.status = PROBLEMS[code].status;
+  }
+}
+
+export interface ProblemDocument {
+  type: string;
+  title: string;
+  status: number;
+  detail: string;
+  requestId: string;
+  target?: string;
+}
+
+export function problemDocument(problem: HttpProblem, requestId: string): ProblemDocument {
+  const document: ProblemDocument = {
+    type: PROBLEM_TYPE_PREFIX + problem.code,
+    title: PROBLEMS[problem.code].title,
+    status: problem.status,
+    detail: problem.detail,
+    requestId,
+  };
+  if (problem.options.target !== undefined) document.target = problem.options.target;
+  return document;
+}
+
+/** `catch (err)` gives `unknown`; this is the one place that turns it into an Error. */
+export function toError(value: unknown): Error {
+  if (value instanceof Error) return value;
+  return new Error(typeof value === 'string' ? value : JSON.stringify(value));
+}

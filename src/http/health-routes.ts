@@ -1,0 +1,36 @@
+import { Router } from 'express';
+import type { Registry } from 'prom-client';
+
+export interface Readiness {
+  readonly ready: boolean;
+  /** Each condition readiness depends on, for the operator reading /readyz. */
+  readonly checks: Readonly<Record<string, boolean>>;
+}
+
+export interface OperationalDeps {
+  readonly readiness: () => Readiness;
+  readonly registry: Registry;
+  readonly openApiYaml: string;
+}
+
+/** /healthz, /readyz, /metrics and /openapi.yaml. */
+export function operationalRoutes(deps: OperationalDeps): Router {
+  const router = Router();
+  router.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  router.get('/readyz', (_req, res) => {
+    const { ready, checks } = deps.readiness();
+    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', checks });
+  });
+  router.get('/metrics', async (_req, res) => {
+    const text = await deps.registry.metrics();
+    res.setHeader('Content-Type', deps.registry.contentType);
+    res.end(text);
+  });
+  router.get('/openapi.yaml', (_req, res) => {
+    res.setHeader('Content-Type', 'application/yaml');
+    res.end(deps.openApiYaml);
+  });
+  return router;
+}

@@ -1,0 +1,84 @@
+import type { ConsumeMessage } from 'amqplib';
+import { HttpProblem } from '../errors.js';
+import type { RpcOutcome } from '../rpc/outcome.js';
+
+/** What the worker's reply becomes over HTTP. */
+export interface HttpReply {
+  readonly status: number;
+  readonly headers: ReadonlyArray<readonly [string, string]>;
+  readonly body: Buffer;
+}
+
+export const STATUS_HEADER = 'http-status';
+const DEFAULT_CONTENT_TYPE = 'application/octet-stream';
+/** Reply headers that do not come back: the status has its own place, trace context belongs to the caller. */
+const NOT_FORWARDED = new Set([STATUS_HEADER, 'traceparent', 'tracestate']);
+/** RFC 9110 token: what Node accepts as a header name. */
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** What Node accepts as a header value (after the UTF-8 bytes are laid out one per character). */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
+const INVALID_VALUE = /[^\t\u0020-\u007e\u0080-\u00ff]/;
+
+/** Throws 502 bad-reply when the reply cannot be turned into a faithful HTTP response. */
+export function replyToHttp(message: ConsumeMessage, target: string): HttpReply {
+  const { properties } = message;
+  const replyHeaders: Record<string, unknown> = properties.headers ?? {};
+  const headers: Array<readonly [string, string]> = [];
+  headers.push(['Content-Type', headerValue(properties.contentType) ?? DEFAULT_CONTENT_TYPE]);
+  const encoding = headerValue(properties.contentEncoding);
+  if (encoding !== undefined) headers.push(['Content-Encoding', encoding]);
+  for (const [name, value] of Object.entries(replyHeaders)) {
+    if (NOT_FORWARDED.has(name) || !TOKEN.test(name)) continue;
+    const text = headerValue(value);
+    if (text !== undefined) headers.push([`Amqp-Header-${name}`, text]);
+  }
+  return { status: replyStatus(replyHeaders[STATUS_HEADER], target), headers, body: message.content };
+}
+
+export function replyStatus(value: unknown, target: string): number {
+  if (value === undefined) return 200;
+  const status = typeof value === 'string' && /^[0-9]{3}$/.test(value) ? Number(value) : value;
+  if (typeof status !== 'number' || !Number.isInteger(status) || status < 200 || status > 599) {
+    throw new HttpProblem('bad-reply', `The reply's ${STATUS_HEADER} header must be an integer from 200 to 599`, {
+      target,
+    });
+  }
+  return status;
+}
+
+/** A scalar reply value as an HTTP header value (UTF-8 bytes on the wire), or undefined if it cannot be one. */
+function headerValue(value: unknown): string | undefined {
+  let text: string;
+  if (typeof value === 'string') text = value;
+  else if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint') text = String(value);
+  else return undefined;
+  const wire = Buffer.from(text, 'utf8').toString('latin1');
+  return INVALID_VALUE.test(wire) ? undefined : wire;
+}
+
+/** The problem each unsuccessful outcome is answered with. */
+export function outcomeProblem(outcome: Exclude<RpcOutcome, { kind: 'reply' }>, target: string): HttpProblem {
+  switch (outcome.kind) {
+    case 'unroutable':
+      return new HttpProblem(
+        'unroutable',
+        `The broker returned the message: ${outcome.replyCode} ${outcome.replyText} (no queue is bound for it)`,
+        { target },
+      );
+    case 'exchange-not-found':
+      return new HttpProblem('exchange-not-found', 'The exchange does not exist on the broker', { target });
+    case 'lost':
+      return new HttpProblem('request-lost', `The request was lost before a reply arrived: ${outcome.reason}`, {
+        target,
+      });
+    case 'timeout':
+      return new HttpProblem('timeout', 'No reply arrived within the request timeout', { target });
+    case 'unavailable':
+      return new HttpProblem('broker-unavailable', `The bridge cannot reach the broker: ${outcome.reason}`, {
+        target,
+        retryAfterSeconds: Math.max(1, Math.ceil(outcome.retryAfterMs / 1000)),
+      });
+    case 'cancelled':
+      return new HttpProblem('request-lost', 'The client closed the connection', { target });
+  }
+}

@@ -1,0 +1,49 @@
+import { createBridge } from './bridge.js';
+import { ConfigError, loadConfig, loggableConfig } from './config.js';
+import { toError } from './errors.js';
+import { createLogger } from './logger.js';
+import { listen } from './server.js';
+
+/** EX_CONFIG from sysexits.h: the operator must fix the environment. */
+const EXIT_CONFIG = 78;
+
+async function main(): Promise<void> {
+  let config: ReturnType<typeof loadConfig>;
+  try {
+    config = loadConfig(process.env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`amqp-rpc-bridge: invalid configuration: ${err.message}\n`);
+    process.exit(EXIT_CONFIG);
+  }
+  const logger = createLogger(config.logLevel);
+  logger.info({ config: loggableConfig(config) }, 'starting');
+
+  const bridge = createBridge(config, logger);
+  bridge.start();
+  const server = await listen(bridge.app, config.port, config.host);
+  logger.info({ port: server.port, host: config.host }, 'listening');
+
+  let signalled = false;
+  const shutdown = async (signal: NodeJS.Signals): Promise<void> => {
+    if (signalled) {
+      logger.warn({ signal }, 'second signal: exiting at once');
+      process.exit(1);
+    }
+    signalled = true;
+    logger.info({ signal, graceMs: config.shutdownGraceMs }, 'shutting down');
+    // Order matters: not ready and refusing new RPCs, then drain, then the broker goes.
+    bridge.beginShutdown();
+    await server.close(config.shutdownGraceMs);
+    await bridge.stop();
+    logger.info('stopped');
+    process.exitCode = 0;
+  };
+  process.on('SIGTERM', (signal) => void shutdown(signal));
+  process.on('SIGINT', (signal) => void shutdown(signal));
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`amqp-rpc-bridge: failed to start: ${toError(err).message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,63 @@
+import type { ReplyChannel } from '../amqp/reply-channel.js';
+import type { PendingCall, RpcOutcome } from './outcome.js';
+
+/**
+ * One request on its way through the broker. Settles exactly once, whichever comes first: the reply,
+ * a basic.return, the loss of its channel, its timeout, or the caller going away. Settling clears the
+ * timer and removes the call from its channel, so a reply that turns up afterwards is stray.
+ */
+export class RpcCall implements PendingCall {
+  readonly outcome: Promise<RpcOutcome>;
+  private resolveOutcome!: (outcome: RpcOutcome) => void;
+  private readonly timer: NodeJS.Timeout;
+  private channel: ReplyChannel | undefined;
+  private settled = false;
+  private publishedAt = 0;
+  private settledAt = 0;
+
+  constructor(
+    readonly correlationId: string,
+    timeoutMs: number,
+    private readonly onSettled: (call: RpcCall) => void,
+  ) {
+    this.outcome = new Promise((resolve) => {
+      this.resolveOutcome = resolve;
+    });
+    // A module-level callback with the call as argument: no closure per request.
+    this.timer = setTimeout(expire, timeoutMs, this);
+  }
+
+  get isSettled(): boolean {
+    return this.settled;
+  }
+
+  /** Milliseconds from publish to settlement (0 if it was never published). */
+  get roundTripMs(): number {
+    return this.publishedAt === 0 ? 0 : this.settledAt - this.publishedAt;
+  }
+
+  /** Called once the message is handed to the channel. */
+  published(channel: ReplyChannel): void {
+    this.channel = channel;
+    this.publishedAt = performance.now();
+  }
+
+  /** The HTTP client went away: nobody is left to answer. */
+  cancel(): void {
+    this.settle({ kind: 'cancelled' });
+  }
+
+  settle(outcome: RpcOutcome): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.settledAt = performance.now();
+    clearTimeout(this.timer);
+    this.channel?.forget(this.correlationId);
+    this.onSettled(this);
+    this.resolveOutcome(outcome);
+  }
+}
+
+function expire(call: RpcCall): void {
+  call.settle({ kind: 'timeout' });
+}

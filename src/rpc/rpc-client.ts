@@ -1,0 +1,139 @@
+import { randomUUID } from 'node:crypto';
+import type { Options } from 'amqplib';
+import type { BrokerConnection } from '../amqp/broker-connection.js';
+import type { ChannelPool } from '../amqp/channel-pool.js';
+import type { ExchangeChecker } from '../amqp/exchange-checker.js';
+import type { ReplyChannel } from '../amqp/reply-channel.js';
+import { toError } from '../errors.js';
+import { RpcCall } from './rpc-call.js';
+
+/** Everything the bridge sends for one request, already validated at the HTTP edge. */
+export interface RpcRequest {
+  /** '' is the default exchange, where the routing key is the queue name. */
+  readonly exchange: string;
+  readonly routingKey: string;
+  /** Passed to the broker as is; the client does not copy it. */
+  readonly body: Buffer;
+  readonly timeoutMs: number;
+  readonly requestId: string;
+  readonly contentType: string | undefined;
+  readonly contentEncoding: string | undefined;
+  /** Message headers from the client; the bridge adds its own (x-deadline) on top. */
+  readonly headers: Record<string, string>;
+  readonly priority: number | undefined;
+  readonly type: string | undefined;
+  readonly messageId: string | undefined;
+}
+
+export interface RpcClientOptions {
+  readonly connection: BrokerConnection;
+  readonly pool: ChannelPool;
+  readonly exchanges: ExchangeChecker;
+  readonly replyTo: string;
+  readonly appId: string;
+  /** In-flight accounting: called once when a call starts and once when it settles. */
+  readonly onStart?: () => void;
+  readonly onSettle?: () => void;
+}
+
+/** Publishes requests with direct reply-to and hands back calls that settle with their outcome. */
+export class RpcClient {
+  private readonly inFlight = new Set<RpcCall>();
+  private readonly forgetCall = (call: RpcCall): void => {
+    this.inFlight.delete(call);
+    this.options.onSettle?.();
+  };
+
+  constructor(private readonly options: RpcClientOptions) {}
+
+  /** Requests started and not yet settled, across all channels. */
+  get inFlightCount(): number {
+    return this.inFlight.size;
+  }
+
+  /** Starts a call; never throws. Await `call.outcome`, and `cancel()` it if the caller leaves. */
+  start(request: RpcRequest): RpcCall {
+    const call = new RpcCall(randomUUID(), request.timeoutMs, this.forgetCall);
+    this.inFlight.add(call);
+    this.options.onStart?.();
+    this.route(call, request);
+    return call;
+  }
+
+  /** Settles every call still in flight as lost (shutdown after the grace period). */
+  abandonAll(reason: string): void {
+    for (const call of [...this.inFlight]) call.settle({ kind: 'lost', reason });
+  }
+
+  private route(call: RpcCall, request: RpcRequest): void {
+    const { connection, exchanges } = this.options;
+    if (!connection.isConnected) {
+      this.unavailable(call, 'not connected to the broker');
+    } else if (connection.isBlocked) {
+      this.unavailable(call, 'the broker is blocking publishers (resource alarm)');
+    } else if (request.exchange === '' || exchanges.cached(request.exchange) === true) {
+      this.publishWhenWritable(call, request);
+    } else if (exchanges.cached(request.exchange) === false) {
+      call.settle({ kind: 'exchange-not-found' });
+    } else {
+      exchanges.check(request.exchange).then(
+        (exists) => {
+          if (call.isSettled) return;
+          if (exists) this.publishWhenWritable(call, request);
+          else call.settle({ kind: 'exchange-not-found' });
+        },
+        (err: unknown) => {
+          if (!connection.isConnected) this.unavailable(call, 'not connected to the broker');
+          else call.settle({ kind: 'lost', reason: `exchange check failed: ${toError(err).message}` });
+        },
+      );
+    }
+  }
+
+  private publishWhenWritable(call: RpcCall, request: RpcRequest): void {
+    const channel = this.options.pool.pick();
+    if (channel === undefined) {
+      this.unavailable(call, 'no reply channel is open');
+    } else if (channel.isWritable) {
+      this.publish(call, request, channel);
+    } else {
+      // Backpressure: wait for this channel to drain. The call's own timer still runs meanwhile.
+      void channel.waitForDrain().then(() => {
+        if (call.isSettled) return;
+        if (channel.isOpen) this.publish(call, request, channel);
+        else this.publishWhenWritable(call, request);
+      });
+    }
+  }
+
+  private publish(call: RpcCall, request: RpcRequest, channel: ReplyChannel): void {
+    const now = Date.now();
+    const headers: Record<string, unknown> = { ...request.headers, 'x-deadline': now + request.timeoutMs };
+    const properties: Options.Publish = {
+      correlationId: call.correlationId,
+      replyTo: this.options.replyTo,
+      mandatory: true,
+      // A request nobody picked up before the caller gave up expires in the queue instead of being worked on.
+      expiration: String(request.timeoutMs),
+      timestamp: Math.floor(now / 1000),
+      messageId: request.messageId ?? request.requestId,
+      appId: this.options.appId,
+      deliveryMode: 1,
+      headers,
+    };
+    if (request.contentType !== undefined) properties.contentType = request.contentType;
+    if (request.contentEncoding !== undefined) properties.contentEncoding = request.contentEncoding;
+    if (request.priority !== undefined) properties.priority = request.priority;
+    if (request.type !== undefined) properties.type = request.type;
+    try {
+      channel.publish(request.exchange, request.routingKey, request.body, properties, call);
+      call.published(channel);
+    } catch (err) {
+      call.settle({ kind: 'lost', reason: `publish failed: ${toError(err).message}` });
+    }
+  }
+
+  private unavailable(call: RpcCall, reason: string): void {
+    call.settle({ kind: 'unavailable', reason, retryAfterMs: this.options.connection.retryAfterMs() });
+  }
+}
