@@ -1,0 +1,67 @@
+import { Writable } from 'node:stream';
+import { type Bridge, createBridge } from '../../src/bridge.js';
+import { loadConfig } from '../../src/config.js';
+import { createLogger } from '../../src/logger.js';
+import { listen, type RunningServer } from '../../src/server.js';
+import { AMQP_URL, uniqueName } from './broker.js';
+
+export interface TestBridge {
+  readonly bridge: Bridge;
+  readonly server: RunningServer;
+  readonly baseUrl: string;
+  /** Every log line the bridge wrote, parsed. */
+  readonly logs: Array<Record<string, unknown>>;
+  /** The current value of one metric series, from the bridge's own /metrics text. */
+  metric(name: string, labels?: Record<string, string>): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** A real bridge on a real broker, listening on a free loopback port, ready when this resolves. */
+export async function startTestBridge(env: Record<string, string> = {}): Promise<TestBridge> {
+  const config = loadConfig({ AMQP_URL, HOST: '127.0.0.1', PORT: '0', APP_ID: uniqueName('bridge'), ...env });
+  const logs: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line) logs.push(JSON.parse(line));
+      done();
+    },
+  });
+  const bridge = createBridge(config, createLogger(config.logLevel, sink));
+  bridge.start();
+  await waitFor(() => bridge.readiness().ready, 10_000, 'the bridge to become ready');
+  const server = await listen(bridge.app, 0, '127.0.0.1');
+  return {
+    bridge,
+    server,
+    baseUrl: `http://127.0.0.1:${server.port}`,
+    logs,
+    async metric(name, labels = {}) {
+      return readMetric(await bridge.metrics.registry.metrics(), name, labels);
+    },
+    async close() {
+      bridge.beginShutdown();
+      await server.close(1_000);
+      await bridge.stop();
+    },
+  };
+}
+
+export function readMetric(text: string, name: string, labels: Record<string, string>): number {
+  const wanted = Object.entries(labels).map(([key, value]) => `${key}="${value}"`);
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const match = /^([^{\s]+)(?:\{([^}]*)\})?\s+(\S+)$/.exec(line);
+    if (match?.[1] !== name) continue;
+    const have = (match[2] ?? '').split(',');
+    if (wanted.every((pair) => have.includes(pair))) return Number(match[3]);
+  }
+  return 0;
+}
+
+export async function waitFor(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
