@@ -1,4 +1,4 @@
-import express, { type Express } from 'express';
+import express, { type Express, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { pinoHttp } from 'pino-http';
 import { HttpProblem } from './errors.js';
@@ -24,6 +24,12 @@ export interface AppDeps {
 
 export const RPC_PATHS = ['/rpc/:queue', '/rpc/:exchange/:routingKey'];
 
+/** Any other method on an RPC path (named: the OpenAPI test tells it from real operations). */
+export function methodNotAllowed(req: Request, res: Response): never {
+  res.setHeader('Allow', 'POST');
+  throw new HttpProblem('method-not-allowed', `${req.method} is not allowed here; use POST`);
+}
+
 /** Builds the HTTP edge. Never listens: main.ts (or a test) does. */
 export function createApp(deps: AppDeps): Express {
   const app = express();
@@ -39,10 +45,7 @@ export function createApp(deps: AppDeps): Express {
 
   const rpc = rpcHandler(deps);
   app.post(RPC_PATHS, rpc);
-  app.all(RPC_PATHS, (req, res) => {
-    res.setHeader('Allow', 'POST');
-    throw new HttpProblem('method-not-allowed', `${req.method} is not allowed here; use POST`);
-  });
+  app.all(RPC_PATHS, methodNotAllowed);
   app.use((req, _res) => {
     throw new HttpProblem('not-found', `No route for ${req.method} ${req.path}`);
   });
