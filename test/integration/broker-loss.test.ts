@@ -1,0 +1,66 @@
+import request from 'supertest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
+import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
+import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
+import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
+import { closeConnectionsNamed } from '../helpers/rabbitmqctl.js';
+
+let bridge: TestBridge;
+let broker: TestBroker;
+let worker: RunningWorker;
+const appId = uniqueName('loss');
+const echoQueue = uniqueName('echo');
+const stuckQueue = uniqueName('stuck');
+
+beforeAll(async () => {
+  broker = await connectTestBroker();
+  worker = await startEchoWorker({ url: AMQP_URL, queue: echoQueue, durable: false });
+  // Takes requests and never answers: they stay pending until something else settles them.
+  await startRawWorker(broker, stuckQueue, () => undefined);
+  // A slow first reconnect leaves a window in which to see how the bridge answers while down.
+  bridge = await startTestBridge({ APP_ID: appId, AMQP_RECONNECT_MIN_MS: '3000', AMQP_RECONNECT_MAX_MS: '3000' });
+});
+
+afterAll(async () => {
+  await bridge?.close();
+  await worker?.close();
+  await broker?.close();
+});
+
+describe('when the broker closes the bridge connection', () => {
+  it('answers pending requests at once, refuses new ones with 503, reconnects by itself and serves again', async () => {
+    const pending = Array.from({ length: 5 }, () =>
+      request(bridge.baseUrl).post(`/rpc/${stuckQueue}`).set('Amqp-Timeout', '20000').send('wait'),
+    );
+    const answered = Promise.all(pending.map((req) => req.then((res) => ({ res, at: Date.now() }))));
+    await waitFor(() => bridge.bridge.rpc.inFlightCount === 5, 5_000, 'five requests in flight');
+
+    const closed = await closeConnectionsNamed(appId, 'test: broker-side close');
+    const faultAt = Date.now();
+    expect(closed).toBe(1);
+
+    const results = await answered;
+    for (const { res, at } of results) {
+      expect(res.status).toBe(502);
+      expect(res.body.type).toBe(`${PROBLEM_TYPE_PREFIX}request-lost`);
+      expect(at - faultAt).toBeLessThan(1_000);
+    }
+    expect(bridge.bridge.rpc.inFlightCount).toBe(0);
+
+    const whileDown = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).send('x');
+    expect(whileDown.status).toBe(503);
+    expect(Number(whileDown.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
+    expect(await bridge.metric('amqp_connected')).toBe(0);
+
+    await waitFor(() => bridge.bridge.readiness().ready, 10_000, 'the bridge to reconnect');
+    expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(200);
+    expect(await bridge.metric('amqp_reconnects_total')).toBe(1);
+    expect(await bridge.metric('amqp_connected')).toBe(1);
+
+    const after = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send('back');
+    expect(after.status).toBe(200);
+    expect(after.text).toBe('back');
+  });
+});

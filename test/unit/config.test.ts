@@ -1,0 +1,60 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig, loggableConfig, redactUrl } from '../../src/config.js';
+
+describe('loadConfig', () => {
+  it('has working defaults for a local broker', () => {
+    const config = loadConfig({});
+    expect(config).toMatchObject({
+      port: 8080,
+      amqpUrl: 'amqp://guest:guest@127.0.0.1:5672',
+      amqpChannels: 4,
+      replyTo: 'amq.rabbitmq.reply-to',
+      rpcTimeoutMs: 30_000,
+      rpcMaxTimeoutMs: 300_000,
+      maxBodyBytes: 1_048_576,
+    });
+    expect(Object.isFrozen(config)).toBe(true);
+  });
+
+  it('reads every variable it documents', () => {
+    const config = loadConfig({
+      PORT: '9000',
+      AMQP_CHANNELS: '8',
+      AMQP_REPLY_TO: 'amq.direct.reply-to',
+      RPC_TIMEOUT_MS: '500',
+      RPC_MAX_TIMEOUT_MS: '1000',
+      MAX_BODY_BYTES: '10',
+      LOG_LEVEL: 'debug',
+    });
+    expect(config).toMatchObject({
+      port: 9000,
+      amqpChannels: 8,
+      replyTo: 'amq.direct.reply-to',
+      rpcTimeoutMs: 500,
+      rpcMaxTimeoutMs: 1000,
+      maxBodyBytes: 10,
+      logLevel: 'debug',
+    });
+  });
+
+  it.each([
+    [{ PORT: 'eighty' }, /PORT must be a whole number/],
+    [{ PORT: '70000' }, /PORT must be between 0 and 65535/],
+    [{ AMQP_CHANNELS: '0' }, /AMQP_CHANNELS must be between 1 and 256/],
+    [{ AMQP_REPLY_TO: 'my-queue' }, /AMQP_REPLY_TO must be one of amq\.rabbitmq\.reply-to, amq\.direct\.reply-to/],
+    [{ RPC_TIMEOUT_MS: '5000', RPC_MAX_TIMEOUT_MS: '1000' }, /RPC_TIMEOUT_MS must be between 1 and 1000/],
+    [{ AMQP_URL: 'http://example' }, /AMQP_URL must start with amqp:\/\/ or amqps:\/\//],
+    [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL must be one of/],
+  ])('refuses %j with a message naming the variable', (env, message) => {
+    expect(() => loadConfig(env)).toThrow(ConfigError);
+    expect(() => loadConfig(env)).toThrow(message);
+  });
+
+  it('never puts the AMQP password in an error or a loggable view', () => {
+    const secret = 's3cr3t-pa55';
+    expect(() => loadConfig({ AMQP_URL: `amqp://user:${secret}@[bad` })).toThrow(/AMQP_URL is not a valid URL$/);
+    const config = loadConfig({ AMQP_URL: `amqps://user:${secret}@broker.example:5671/vhost` });
+    expect(JSON.stringify(loggableConfig(config))).not.toContain(secret);
+    expect(redactUrl(config.amqpUrl)).toBe('amqps://user:***@broker.example:5671/vhost');
+  });
+});
