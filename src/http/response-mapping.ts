@@ -16,7 +16,6 @@ const NOT_FORWARDED = new Set([STATUS_HEADER, 'traceparent', 'tracestate']);
 /** RFC 9110 token: what Node accepts as a header name. */
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 /** What Node accepts as a header value (after the UTF-8 bytes are laid out one per character). */
-// biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
 const INVALID_VALUE = /[^\t\u0020-\u007e\u0080-\u00ff]/;
 
 /** Throws 502 bad-reply when the reply cannot be turned into a faithful HTTP response. */

@@ -9,7 +9,13 @@ const run = promisify(execFile);
  */
 export async function closeConnectionsNamed(marker: string, reason: string): Promise<number> {
   // Tab-separated lines: the pid as close_connection takes it, then the client properties.
-  const { stdout } = await run('rabbitmqctl', ['list_connections', 'pid', 'client_properties', '--no-table-headers', '-q']);
+  const { stdout } = await run('rabbitmqctl', [
+    'list_connections',
+    'pid',
+    'client_properties',
+    '--no-table-headers',
+    '-q',
+  ]);
   const pids = stdout
     .split('\n')
     .filter((line) => line.includes(`"${marker}`))

@@ -59,7 +59,10 @@ describe('when the broker closes the bridge connection', () => {
     expect(await bridge.metric('amqp_reconnects_total')).toBe(1);
     expect(await bridge.metric('amqp_connected')).toBe(1);
 
-    const after = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send('back');
+    const after = await request(bridge.baseUrl)
+      .post(`/rpc/${echoQueue}`)
+      .set('Content-Type', 'text/plain')
+      .send('back');
     expect(after.status).toBe(200);
     expect(after.text).toBe('back');
   });

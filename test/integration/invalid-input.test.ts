@@ -45,7 +45,12 @@ const BAD_REQUESTS: BadRequest[] = [
     status: 400,
     type: 'invalid-request',
   },
-  { name: 'a broker-internal amq. exchange', path: '/rpc/amq.rabbitmq.trace/key', status: 400, type: 'invalid-request' },
+  {
+    name: 'a broker-internal amq. exchange',
+    path: '/rpc/amq.rabbitmq.trace/key',
+    status: 400,
+    type: 'invalid-request',
+  },
   { name: 'a queue name over 255 bytes', path: `/rpc/${'q'.repeat(256)}`, status: 400, type: 'invalid-request' },
   {
     name: 'a queue name of 128 two-byte characters (256 bytes)',
@@ -53,7 +58,12 @@ const BAD_REQUESTS: BadRequest[] = [
     status: 400,
     type: 'invalid-request',
   },
-  { name: 'an empty queue name (percent-encoded)', path: '/rpc/%20'.replace('%20', ''), status: 404, type: 'not-found' },
+  {
+    name: 'an empty queue name (percent-encoded)',
+    path: '/rpc/%20'.replace('%20', ''),
+    status: 404,
+    type: 'not-found',
+  },
   { name: 'a control character in the name', path: '/rpc/bad%0Aname', status: 400, type: 'invalid-request' },
   { name: 'a malformed percent-escape', path: '/rpc/bad%zzname', status: 400, type: 'invalid-request' },
   {
@@ -69,8 +79,20 @@ const BAD_REQUESTS: BadRequest[] = [
   { name: 'an exponent timeout', path: '/rpc/q?timeout=1e3', status: 400, type: 'invalid-request' },
   { name: 'a timeout above the maximum', path: '/rpc/q?timeout=60001', status: 400, type: 'invalid-request' },
   { name: 'two timeouts in the query', path: '/rpc/q?timeout=5&timeout=6', status: 400, type: 'invalid-request' },
-  { name: 'a priority above 255', path: '/rpc/q', headers: { 'Amqp-Priority': '256' }, status: 400, type: 'invalid-request' },
-  { name: 'a negative priority', path: '/rpc/q', headers: { 'Amqp-Priority': '-1' }, status: 400, type: 'invalid-request' },
+  {
+    name: 'a priority above 255',
+    path: '/rpc/q',
+    headers: { 'Amqp-Priority': '256' },
+    status: 400,
+    type: 'invalid-request',
+  },
+  {
+    name: 'a negative priority',
+    path: '/rpc/q',
+    headers: { 'Amqp-Priority': '-1' },
+    status: 400,
+    type: 'invalid-request',
+  },
   {
     name: 'an Amqp-Type over 255 bytes',
     path: '/rpc/q',
@@ -78,7 +100,13 @@ const BAD_REQUESTS: BadRequest[] = [
     status: 400,
     type: 'invalid-request',
   },
-  { name: 'too many Amqp-Header-* headers', path: '/rpc/q', headers: manyHeaders, status: 400, type: 'invalid-request' },
+  {
+    name: 'too many Amqp-Header-* headers',
+    path: '/rpc/q',
+    headers: manyHeaders,
+    status: 400,
+    type: 'invalid-request',
+  },
   {
     name: 'a body over MAX_BODY_BYTES',
     path: '/rpc/q',

@@ -25,7 +25,12 @@ describe('operational endpoints', () => {
   it('says it is ready on /readyz while connected with every reply consumer, and 503 once shutting down', async () => {
     const ready = await request(bridge.baseUrl).get('/readyz');
     expect(ready.status).toBe(200);
-    expect(ready.body.checks).toEqual({ connected: true, replyConsumers: true, notBlocked: true, notShuttingDown: true });
+    expect(ready.body.checks).toEqual({
+      connected: true,
+      replyConsumers: true,
+      notBlocked: true,
+      notShuttingDown: true,
+    });
 
     const draining = await startTestBridge();
     try {
@@ -99,10 +104,15 @@ describe('openapi.yaml', () => {
       .map(([, problem]) => String(problem.status));
     for (const path of RPC_PATHS) {
       const responses = document.paths[toOpenApiPath(path)]?.post?.responses ?? {};
-      for (const status of ['200', ...rpcStatuses]) expect(Object.keys(responses), `${path} ${status}`).toContain(status);
+      for (const status of ['200', ...rpcStatuses])
+        expect(Object.keys(responses), `${path} ${status}`).toContain(status);
     }
     const types = document.components.schemas.Problem.properties.type.enum;
-    expect(types.sort()).toEqual(Object.keys(PROBLEMS).map((code) => PROBLEM_TYPE_PREFIX + code).sort());
+    expect(types.sort()).toEqual(
+      Object.keys(PROBLEMS)
+        .map((code) => PROBLEM_TYPE_PREFIX + code)
+        .sort(),
+    );
   });
 });
 
@@ -135,7 +145,11 @@ async function startOfflineBridge() {
   const { loadConfig } = await import('../../src/config.js');
   const { createLogger } = await import('../../src/logger.js');
   const { listen } = await import('../../src/server.js');
-  const config = loadConfig({ AMQP_URL: 'amqp://guest:guest@127.0.0.1:1', AMQP_RECONNECT_MIN_MS: '2000', LOG_LEVEL: 'silent' });
+  const config = loadConfig({
+    AMQP_URL: 'amqp://guest:guest@127.0.0.1:1',
+    AMQP_RECONNECT_MIN_MS: '2000',
+    LOG_LEVEL: 'silent',
+  });
   const offline = createBridge(config, createLogger('silent'));
   offline.start();
   const server = await listen(offline.app, 0, '127.0.0.1');

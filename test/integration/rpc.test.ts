@@ -185,7 +185,9 @@ describe('routing through a named exchange', () => {
 
   it('answers 404 for a missing exchange without closing a reply channel', async () => {
     const closesBefore = await bridge.metric('amqp_channel_closes_total');
-    const res = await request(bridge.baseUrl).post(`/rpc/${uniqueName('missing-ex')}/key`).send('x');
+    const res = await request(bridge.baseUrl)
+      .post(`/rpc/${uniqueName('missing-ex')}/key`)
+      .send('x');
     expect(res.status).toBe(404);
     expect(res.headers['content-type']).toBe('application/problem+json');
     expect(res.body.type).toBe('tag:amqp-rpc-bridge,2026:problem/exchange-not-found');
@@ -266,14 +268,18 @@ describe('failures the caller must hear about at once', () => {
     req.destroy();
     await waitFor(() => bridge.bridge.rpc.inFlightCount === 0, 1_000, 'the request to be forgotten');
     expect(bridge.bridge.pool.pendingCount).toBe(0);
-    await expect.poll(() => bridge.metric('rpc_request_duration_seconds_count', { queue, outcome: 'cancelled' })).toBe(1);
+    await expect
+      .poll(() => bridge.metric('rpc_request_duration_seconds_count', { queue, outcome: 'cancelled' }))
+      .toBe(1);
     await waitFor(() => replied, 2_000, 'the reply');
     await expect.poll(() => bridge.metric('rpc_late_replies_total')).toBe(lateBefore + 1);
   });
 
   it('answers 502 when the reply carries an http-status that is not 200-599', async () => {
     const queue = uniqueName('badstatus');
-    await startRawWorker(broker, queue, (_message, reply) => reply(Buffer.from('?'), { headers: { 'http-status': 99 } }));
+    await startRawWorker(broker, queue, (_message, reply) =>
+      reply(Buffer.from('?'), { headers: { 'http-status': 99 } }),
+    );
     const res = await request(bridge.baseUrl).post(`/rpc/${queue}`).send('x');
     expect(res.status).toBe(502);
     expect(res.body.type).toBe('tag:amqp-rpc-bridge,2026:problem/bad-reply');

@@ -34,12 +34,19 @@ describe('targets', () => {
     expect(problemOf(() => queueTarget('q'.repeat(256))).code).toBe('invalid-request');
   });
 
-  it.each(['amq.gen-1', 'amq.rabbitmq.reply-to', 'amq.direct.reply-to.abc'])('refuses the reserved queue %s', (name) => {
-    expect(problemOf(() => queueTarget(name)).status).toBe(400);
-  });
+  it.each(['amq.gen-1', 'amq.rabbitmq.reply-to', 'amq.direct.reply-to.abc'])(
+    'refuses the reserved queue %s',
+    (name) => {
+      expect(problemOf(() => queueTarget(name)).status).toBe(400);
+    },
+  );
 
   it('allows the standard amq. exchanges but not broker-internal ones or reply-to routing keys', () => {
-    expect(exchangeTarget('amq.topic', 'a.b')).toEqual({ exchange: 'amq.topic', routingKey: 'a.b', label: 'amq.topic:a.b' });
+    expect(exchangeTarget('amq.topic', 'a.b')).toEqual({
+      exchange: 'amq.topic',
+      routingKey: 'a.b',
+      label: 'amq.topic:a.b',
+    });
     expect(problemOf(() => exchangeTarget('amq.rabbitmq.trace', 'x')).status).toBe(400);
     expect(problemOf(() => exchangeTarget('ex', 'amq.rabbitmq.reply-to.xyz')).status).toBe(400);
   });
@@ -99,7 +106,9 @@ describe('headers that cross to the broker', () => {
   });
 
   it(`refuses more than ${MAX_MESSAGE_HEADERS} headers and a table over 32 KiB`, () => {
-    const many = Object.fromEntries(Array.from({ length: MAX_MESSAGE_HEADERS + 1 }, (_, i) => [`amqp-header-h${i}`, 'v']));
+    const many = Object.fromEntries(
+      Array.from({ length: MAX_MESSAGE_HEADERS + 1 }, (_, i) => [`amqp-header-h${i}`, 'v']),
+    );
     expect(problemOf(() => messageHeaders(many, 'q')).status).toBe(400);
     expect(problemOf(() => messageHeaders({ 'amqp-header-big': 'x'.repeat(33 * 1024) }, 'q')).status).toBe(400);
   });

@@ -54,7 +54,9 @@ describe('outcomeProblem', () => {
     const problem = outcomeProblem({ kind: 'unavailable', reason: 'down', retryAfterMs: 0 }, 'q');
     expect(problem.status).toBe(503);
     expect(problem.options.retryAfterSeconds).toBe(1);
-    expect(outcomeProblem({ kind: 'unavailable', reason: 'down', retryAfterMs: 2500 }, 'q').options.retryAfterSeconds).toBe(3);
+    expect(
+      outcomeProblem({ kind: 'unavailable', reason: 'down', retryAfterMs: 2500 }, 'q').options.retryAfterSeconds,
+    ).toBe(3);
   });
 
   it('maps each failure to its status', () => {
