@@ -67,3 +67,41 @@ describe('when the broker closes the bridge connection', () => {
     expect(after.text).toBe('back');
   });
 });
+
+describe('when the broker closes one reply channel', () => {
+  it('answers the requests on it at once, reopens it with its reply consumer, and serves again', async () => {
+    // The one real way a reply channel dies under a live connection here: an exchange deleted after
+    // the bridge checked it (the check is cached), so the publish makes the broker close the channel.
+    const exchange = uniqueName('vanishing');
+    const queue = uniqueName('behind');
+    await broker.channel.assertExchange(exchange, 'direct', { durable: false });
+    const behind = await startEchoWorker({ url: AMQP_URL, queue, durable: false });
+    try {
+      await broker.channel.bindQueue(queue, exchange, 'k');
+      const first = await request(bridge.baseUrl).post(`/rpc/${exchange}/k`).send('x');
+      expect(first.status).toBe(200);
+      const closesBefore = await bridge.metric('amqp_channel_closes_total', { reason: '404' });
+
+      await broker.channel.deleteExchange(exchange);
+      const started = Date.now();
+      const lost = await request(bridge.baseUrl).post(`/rpc/${exchange}/k`).set('Amqp-Timeout', '10000').send('x');
+      expect(lost.status).toBe(502);
+      expect(lost.body.type).toBe(`${PROBLEM_TYPE_PREFIX}request-lost`);
+      expect(lost.body.detail).toContain('NOT_FOUND');
+      expect(Date.now() - started).toBeLessThan(1_000);
+      expect(await bridge.metric('amqp_channel_closes_total', { reason: '404' })).toBe(closesBefore + 1);
+
+      await waitFor(() => bridge.bridge.pool.isFull, 5_000, 'the reply channel to be reopened');
+      for (let i = 0; i < 8; i++) {
+        const res = await request(bridge.baseUrl)
+          .post(`/rpc/${echoQueue}`)
+          .set('Content-Type', 'text/plain')
+          .send(`${i}`);
+        expect(res.status).toBe(200);
+        expect(res.text).toBe(`${i}`);
+      }
+    } finally {
+      await behind.close();
+    }
+  });
+});
