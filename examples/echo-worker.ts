@@ -8,6 +8,7 @@
  *   - `delay-ms`: wait this long before answering (to try timeouts).
  *
  * Run: AMQP_URL=amqp://guest:guest@127.0.0.1:5672 RPC_QUEUE=echo node dist/examples/echo-worker.js
+ * (also PREFETCH, default 32, and QUEUE_DURABLE, default true).
  */
 import { hostname } from 'node:os';
 import { pathToFileURL } from 'node:url';
@@ -80,7 +81,9 @@ const runDirectly = process.argv[1] !== undefined && import.meta.url === pathToF
 if (runDirectly) {
   const url = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
   const queue = process.env.RPC_QUEUE ?? 'echo';
-  startEchoWorker({ url, queue })
+  const prefetch = Number(process.env.PREFETCH ?? 32);
+  const durable = process.env.QUEUE_DURABLE !== 'false';
+  startEchoWorker({ url, queue, prefetch, durable })
     .then((worker) => {
       console.log(`echo worker consuming "${queue}"`);
       const stop = () => void worker.close().then(() => process.exit(0));

@@ -1,0 +1,302 @@
+/**
+ * npm run bench: the bridge beside its own two halves, in one run, on this machine.
+ *
+ *   express-echo  a plain express 5 echo server (the HTTP half alone)
+ *   bridge        the built bridge, default configuration, logging on (to /dev/null)
+ *   raw-amqp      a raw amqplib direct reply-to client, no HTTP (the AMQP half alone)
+ *
+ * All three share one echo worker and one broker. Runs are interleaved (A B C A B C) so drift hits
+ * all alike; each figure is the mean of the rounds. Prints a table, writes bench/results/*.json and
+ * refreshes the README's benchmark section. BENCH_SECONDS (default 3) sets the length of one run.
+ */
+import { randomBytes } from 'node:crypto';
+import { request as httpRequest, Agent } from 'node:http';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { runHttpLoad } from './lib/http-load.js';
+import { type Child, freePort, peakRssBytes, startChild } from './lib/processes.js';
+import { combine, type RunResult } from './lib/stats.js';
+
+const AMQP_URL = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+const CONCURRENCIES = [1, 16, 64, 256];
+const BODY_SIZES = [100, 10 * 1024, 1024 * 1024];
+const IN_FLIGHT = Number(process.env.BENCH_IN_FLIGHT ?? 10_000);
+const TSX = ['--import', 'tsx'];
+const runId = randomBytes(4).toString('hex');
+const echoQueue = `bench.echo.${runId}`;
+const slowQueue = `bench.slow.${runId}`;
+
+interface InFlightResult {
+  readonly requests: number;
+  readonly ok: number;
+  readonly wrong: number;
+  readonly byStatus: Record<string, number>;
+  readonly seconds: number;
+  readonly peakRssMb: number;
+  readonly peakHeapMb: number;
+  readonly inFlightAfter: number;
+}
+
+async function main(): Promise<void> {
+  const children: Child[] = [];
+  const stopAll = async () => {
+    await Promise.all(children.map((child) => child.stop()));
+  };
+  process.on('SIGINT', () => void stopAll().then(() => process.exit(130)));
+  try {
+    const worker = startChild('node', ['dist/examples/echo-worker.js'], {
+      AMQP_URL,
+      RPC_QUEUE: echoQueue,
+      QUEUE_DURABLE: 'false',
+      PREFETCH: '512',
+    });
+    children.push(worker);
+    await worker.waitForLine(/consuming/);
+
+    const bridgePort = await freePort();
+    const bridge = startChild('node', ['dist/src/main.js'], { AMQP_URL, PORT: String(bridgePort), HOST: '127.0.0.1' });
+    children.push(bridge);
+    await bridge.waitForLine(/"msg":"listening"/);
+    await waitReady(`http://127.0.0.1:${bridgePort}/readyz`);
+
+    const echo = startChild('node', [...TSX, 'bench/targets/express-echo.ts'], {});
+    children.push(echo);
+    const echoPort = (JSON.parse(await echo.waitForLine(/"port"/)) as { port: number }).port;
+
+    const targets = {
+      'express-echo': (concurrency: number, body: Buffer) =>
+        runHttpLoad({ target: 'express-echo', url: `http://127.0.0.1:${echoPort}/echo`, pid: echo.pid, concurrency, body, seconds: SECONDS }),
+      bridge: (concurrency: number, body: Buffer) =>
+        runHttpLoad({ target: 'bridge', url: `http://127.0.0.1:${bridgePort}/rpc/${echoQueue}`, pid: bridge.pid, concurrency, body, seconds: SECONDS }),
+      'raw-amqp': (concurrency: number, body: Buffer) => runRawAmqp(concurrency, body.length),
+    };
+
+    console.error(`warming up (${Object.keys(targets).join(', ')})`);
+    for (const run of Object.values(targets)) await run(16, Buffer.alloc(100, 'w'));
+
+    const rounds = new Map<string, RunResult[]>();
+    const keep = (result: RunResult) => {
+      const key = `${result.target}|${result.concurrency}|${result.bodyBytes}`;
+      rounds.set(key, [...(rounds.get(key) ?? []), result]);
+      console.error(
+        `  ${result.target.padEnd(12)} c=${String(result.concurrency).padEnd(3)} body=${String(result.bodyBytes).padEnd(7)} ` +
+          `${result.rps.toFixed(0).padStart(6)} req/s  p50 ${result.p50.toFixed(2)} ms  p99 ${result.p99.toFixed(2)} ms  ` +
+          `cpu ${(result.cpuMsPerRequest * 1000).toFixed(0)} µs/req`,
+      );
+    };
+    const body100 = Buffer.alloc(100, 'x');
+    for (let round = 1; round <= ROUNDS; round++) {
+      console.error(`round ${round}/${ROUNDS}: concurrency`);
+      for (const concurrency of CONCURRENCIES) {
+        for (const run of Object.values(targets)) keep(await run(concurrency, body100));
+      }
+      console.error(`round ${round}/${ROUNDS}: body sizes at concurrency 16`);
+      for (const size of BODY_SIZES.filter((bytes) => bytes !== 100)) {
+        const body = randomBytes(size);
+        keep(await targets['express-echo'](16, body));
+        keep(await targets.bridge(16, body));
+      }
+    }
+    const results = [...rounds.values()].map(combine);
+
+    console.error(`${IN_FLIGHT} requests in flight at once against a worker that answers after 1 s`);
+    const slow = startChild('node', ['dist/examples/echo-worker.js'], {
+      AMQP_URL,
+      RPC_QUEUE: slowQueue,
+      QUEUE_DURABLE: 'false',
+      PREFETCH: String(Math.min(65_535, IN_FLIGHT * 2)),
+    });
+    children.push(slow);
+    await slow.waitForLine(/consuming/);
+    const inFlight = await runInFlight(bridgePort, bridge.pid);
+
+    const report = buildReport(results, inFlight);
+    console.log(report.table);
+    mkdirSync('bench/results', { recursive: true });
+    const json = JSON.stringify(
+      { date: new Date().toISOString(), cpus: cpus().length, cpuModel: cpus()[0]?.model, seconds: SECONDS, rounds: ROUNDS, results, inFlight, ratios: report.ratios },
+      null,
+      2,
+    );
+    writeFileSync(`bench/results/${new Date().toISOString().replace(/[:.]/g, '-')}.json`, json);
+    writeFileSync('bench/results/latest.json', json);
+    updateReadme(report.markdown);
+    console.error('wrote bench/results/latest.json and the README benchmark section');
+  } finally {
+    await stopAll();
+  }
+}
+
+async function runRawAmqp(concurrency: number, bodyBytes: number): Promise<RunResult> {
+  const child = startChild('node', [...TSX, 'bench/targets/raw-amqp-rpc.ts'], {
+    AMQP_URL,
+    QUEUE: echoQueue,
+    CONCURRENCY: String(concurrency),
+    SECONDS: String(SECONDS),
+    BODY_BYTES: String(bodyBytes),
+  });
+  const line = await child.waitForLine(/"requests"/, (SECONDS + 20) * 1000);
+  await child.stop();
+  const raw = JSON.parse(line) as Omit<RunResult, 'target' | 'concurrency' | 'bodyBytes' | 'errors' | 'non2xx'>;
+  return { ...raw, target: 'raw-amqp', concurrency, bodyBytes, errors: 0, non2xx: 0 };
+}
+
+/** Opens IN_FLIGHT requests (in quick batches, so the listen backlog keeps up) that all wait ~1 s. */
+async function runInFlight(port: number, pid: number): Promise<InFlightResult> {
+  const agent = new Agent({ keepAlive: false, maxSockets: Number.POSITIVE_INFINITY });
+  const byStatus: Record<string, number> = {};
+  let ok = 0;
+  let wrong = 0;
+  let peakHeap = 0;
+  const heapPoll = setInterval(() => {
+    void scrape(port, 'nodejs_heap_size_used_bytes').then((heap) => {
+      peakHeap = Math.max(peakHeap, heap);
+    });
+  }, 200);
+  const started = performance.now();
+  const pending: Array<Promise<void>> = [];
+  for (let i = 0; i < IN_FLIGHT; i++) {
+    if (i > 0 && i % 500 === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+    const expected = `in-flight-${i}`;
+    pending.push(
+      new Promise<void>((resolve) => {
+        const req = httpRequest(
+          { host: '127.0.0.1', port, path: `/rpc/${slowQueue}`, method: 'POST', agent, headers: { 'Amqp-Header-Delay-Ms': '1000', 'Amqp-Timeout': '60000' } },
+          (res) => {
+            const chunks: Buffer[] = [];
+            res.on('data', (chunk: Buffer) => chunks.push(chunk));
+            res.on('end', () => {
+              const status = String(res.statusCode);
+              byStatus[status] = (byStatus[status] ?? 0) + 1;
+              if (res.statusCode === 200 && Buffer.concat(chunks).toString() === expected) ok += 1;
+              else wrong += 1;
+              resolve();
+            });
+          },
+        );
+        req.on('error', () => {
+          byStatus.error = (byStatus.error ?? 0) + 1;
+          wrong += 1;
+          resolve();
+        });
+        req.end(expected);
+      }),
+    );
+  }
+  await Promise.all(pending);
+  clearInterval(heapPoll);
+  const seconds = (performance.now() - started) / 1000;
+  return {
+    requests: IN_FLIGHT,
+    ok,
+    wrong,
+    byStatus,
+    seconds,
+    peakRssMb: peakRssBytes(pid) / 1024 / 1024,
+    peakHeapMb: peakHeap / 1024 / 1024,
+    inFlightAfter: await scrape(port, 'rpc_in_flight'),
+  };
+}
+
+async function scrape(port: number, metric: string): Promise<number> {
+  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+  const text = await response.text();
+  const line = text.split('\n').find((candidate) => candidate.startsWith(`${metric} `));
+  return line ? Number(line.split(' ')[1]) : Number.NaN;
+}
+
+async function waitReady(url: string): Promise<void> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const ready = await fetch(url).then((res) => res.ok, () => false);
+    if (ready) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`${url} never became ready`);
+}
+
+function buildReport(results: RunResult[], inFlight: InFlightResult) {
+  const find = (target: string, concurrency: number, bodyBytes = 100) =>
+    results.find((r) => r.target === target && r.concurrency === concurrency && r.bodyBytes === bodyBytes);
+  const bridge64 = find('bridge', 64);
+  const echo64 = find('express-echo', 64);
+  const raw64 = find('raw-amqp', 64);
+  const bridge1 = find('bridge', 1);
+  const bridgeMiB = find('bridge', 16, 1024 * 1024);
+  const cpuRatio = bridge64 && echo64 && raw64 ? bridge64.cpuMsPerRequest / (echo64.cpuMsPerRequest + raw64.cpuMsPerRequest) : Number.NaN;
+  const throughputRatio = bridge64 && echo64 ? bridge64.rps / echo64.rps : Number.NaN;
+  const ratios = {
+    cpuVsHalves: { value: cpuRatio, target: '<= 1.0', met: cpuRatio <= 1.0 },
+    throughputVsEcho: { value: throughputRatio, target: '>= 0.7', met: throughputRatio >= 0.7 },
+    p50AtConcurrency1Ms: { value: bridge1?.p50 ?? Number.NaN, target: '<= 0.6', met: (bridge1?.p50 ?? 99) <= 0.6 },
+    p99AtConcurrency1Ms: { value: bridge1?.p99 ?? Number.NaN, target: '<= 1.5', met: (bridge1?.p99 ?? 99) <= 1.5 },
+    inFlightAllAnswered: { value: inFlight.ok, target: `${inFlight.requests}`, met: inFlight.ok === inFlight.requests },
+    inFlightPeakRssMb: { value: inFlight.peakRssMb, target: '<= 200', met: inFlight.peakRssMb <= 200 },
+    inFlightPendingAfter: { value: inFlight.inFlightAfter, target: '0', met: inFlight.inFlightAfter === 0 },
+    oneMiBErrors: { value: (bridgeMiB?.errors ?? 0) + (bridgeMiB?.non2xx ?? 0), target: '0', met: bridgeMiB !== undefined && bridgeMiB.errors + bridgeMiB.non2xx === 0 },
+  };
+
+  const header = '| target | concurrency | body | req/s | p50 ms | p99 ms | max ms | errors | non-2xx | CPU µs/req |';
+  const rule = '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |';
+  const rows = results.map(
+    (r) =>
+      `| ${r.target} | ${r.concurrency} | ${formatBytes(r.bodyBytes)} | ${r.rps.toFixed(0)} | ${r.p50.toFixed(2)} | ${r.p99.toFixed(2)} | ${r.max.toFixed(1)} | ${r.errors} | ${r.non2xx} | ${(r.cpuMsPerRequest * 1000).toFixed(0)} |`,
+  );
+  const ratioRows = Object.entries(ratios).map(
+    ([name, ratio]) => `| ${name} | ${typeof ratio.value === 'number' ? Number(ratio.value.toFixed(3)) : ratio.value} | ${ratio.target} | ${ratio.met ? 'met' : '**missed**'} |`,
+  );
+  const inFlightLine =
+    `${inFlight.requests} requests in flight at once (worker answers after 1 s): ${inFlight.ok} answered correctly, ` +
+    `statuses ${JSON.stringify(inFlight.byStatus)}, all done in ${inFlight.seconds.toFixed(1)} s, ` +
+    `bridge peak RSS ${inFlight.peakRssMb.toFixed(0)} MB, peak heap ${inFlight.peakHeapMb.toFixed(0)} MB, rpc_in_flight after: ${inFlight.inFlightAfter}.`;
+
+  const series = (target: string) => CONCURRENCIES.map((c) => (find(target, c)?.p50 ?? 0).toFixed(2)).join(', ');
+  const chart = [
+    '```mermaid',
+    'xychart-beta',
+    '  title "p50 latency (ms) by concurrency: express-echo, bridge, raw-amqp (lines in that order)"',
+    `  x-axis "concurrency" [${CONCURRENCIES.join(', ')}]`,
+    '  y-axis "p50 ms"',
+    `  line [${series('express-echo')}]`,
+    `  line [${series('bridge')}]`,
+    `  line [${series('raw-amqp')}]`,
+    '```',
+  ].join('\n');
+
+  const table = [header, rule, ...rows].join('\n');
+  const markdown = [
+    `Measured ${new Date().toISOString().slice(0, 10)} on this project's 2-core machine (${cpus()[0]?.model ?? 'unknown CPU'}), ` +
+      `${ROUNDS} interleaved rounds of ${SECONDS} s per row, 100-byte bodies unless stated. CPU is the process under test ` +
+      '(for raw-amqp, the client itself).',
+    '',
+    table,
+    '',
+    '| target ratio | value | goal | |',
+    '| --- | ---: | ---: | --- |',
+    ...ratioRows,
+    '',
+    inFlightLine,
+    '',
+    chart,
+  ].join('\n');
+  return { table: `${table}\n\n${ratioRows.join('\n')}\n\n${inFlightLine}`, markdown, ratios };
+}
+
+function formatBytes(bytes: number): string {
+  if (bytes >= 1024 * 1024) return `${bytes / 1024 / 1024} MiB`;
+  if (bytes >= 1024) return `${bytes / 1024} KiB`;
+  return `${bytes} B`;
+}
+
+function updateReadme(markdown: string): void {
+  const start = '<!-- bench:start -->';
+  const end = '<!-- bench:end -->';
+  const readme = readFileSync('README.md', 'utf8');
+  const from = readme.indexOf(start);
+  const to = readme.indexOf(end);
+  if (from === -1 || to === -1) return;
+  writeFileSync('README.md', `${readme.slice(0, from + start.length)}\n${markdown}\n${readme.slice(to)}`);
+}
+
+await main();
