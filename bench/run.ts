@@ -10,8 +10,8 @@
  * refreshes the README's benchmark section. BENCH_SECONDS (default 3) sets the length of one run.
  */
 import { randomBytes } from 'node:crypto';
-import { request as httpRequest, Agent } from 'node:http';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { Agent, request as httpRequest } from 'node:http';
 import { cpus } from 'node:os';
 import { runHttpLoad } from './lib/http-load.js';
 import { type Child, freePort, peakRssBytes, startChild } from './lib/processes.js';
@@ -67,9 +67,23 @@ async function main(): Promise<void> {
 
     const targets = {
       'express-echo': (concurrency: number, body: Buffer) =>
-        runHttpLoad({ target: 'express-echo', url: `http://127.0.0.1:${echoPort}/echo`, pid: echo.pid, concurrency, body, seconds: SECONDS }),
+        runHttpLoad({
+          target: 'express-echo',
+          url: `http://127.0.0.1:${echoPort}/echo`,
+          pid: echo.pid,
+          concurrency,
+          body,
+          seconds: SECONDS,
+        }),
       bridge: (concurrency: number, body: Buffer) =>
-        runHttpLoad({ target: 'bridge', url: `http://127.0.0.1:${bridgePort}/rpc/${echoQueue}`, pid: bridge.pid, concurrency, body, seconds: SECONDS }),
+        runHttpLoad({
+          target: 'bridge',
+          url: `http://127.0.0.1:${bridgePort}/rpc/${echoQueue}`,
+          pid: bridge.pid,
+          concurrency,
+          body,
+          seconds: SECONDS,
+        }),
       'raw-amqp': (concurrency: number, body: Buffer) => runRawAmqp(concurrency, body.length),
     };
 
@@ -116,7 +130,16 @@ async function main(): Promise<void> {
     console.log(report.table);
     mkdirSync('bench/results', { recursive: true });
     const json = JSON.stringify(
-      { date: new Date().toISOString(), cpus: cpus().length, cpuModel: cpus()[0]?.model, seconds: SECONDS, rounds: ROUNDS, results, inFlight, ratios: report.ratios },
+      {
+        date: new Date().toISOString(),
+        cpus: cpus().length,
+        cpuModel: cpus()[0]?.model,
+        seconds: SECONDS,
+        rounds: ROUNDS,
+        results,
+        inFlight,
+        ratios: report.ratios,
+      },
       null,
       2,
     );
@@ -163,7 +186,14 @@ async function runInFlight(port: number, pid: number): Promise<InFlightResult> {
     pending.push(
       new Promise<void>((resolve) => {
         const req = httpRequest(
-          { host: '127.0.0.1', port, path: `/rpc/${slowQueue}`, method: 'POST', agent, headers: { 'Amqp-Header-Delay-Ms': '1000', 'Amqp-Timeout': '60000' } },
+          {
+            host: '127.0.0.1',
+            port,
+            path: `/rpc/${slowQueue}`,
+            method: 'POST',
+            agent,
+            headers: { 'Amqp-Header-Delay-Ms': '1000', 'Amqp-Timeout': '60000' },
+          },
           (res) => {
             const chunks: Buffer[] = [];
             res.on('data', (chunk: Buffer) => chunks.push(chunk));
@@ -209,7 +239,10 @@ async function scrape(port: number, metric: string): Promise<number> {
 
 async function waitReady(url: string): Promise<void> {
   for (let attempt = 0; attempt < 100; attempt++) {
-    const ready = await fetch(url).then((res) => res.ok, () => false);
+    const ready = await fetch(url).then(
+      (res) => res.ok,
+      () => false,
+    );
     if (ready) return;
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
@@ -224,7 +257,10 @@ function buildReport(results: RunResult[], inFlight: InFlightResult) {
   const raw64 = find('raw-amqp', 64);
   const bridge1 = find('bridge', 1);
   const bridgeMiB = find('bridge', 16, 1024 * 1024);
-  const cpuRatio = bridge64 && echo64 && raw64 ? bridge64.cpuMsPerRequest / (echo64.cpuMsPerRequest + raw64.cpuMsPerRequest) : Number.NaN;
+  const cpuRatio =
+    bridge64 && echo64 && raw64
+      ? bridge64.cpuMsPerRequest / (echo64.cpuMsPerRequest + raw64.cpuMsPerRequest)
+      : Number.NaN;
   const throughputRatio = bridge64 && echo64 ? bridge64.rps / echo64.rps : Number.NaN;
   const ratios = {
     cpuVsHalves: { value: cpuRatio, target: '<= 1.0', met: cpuRatio <= 1.0 },
@@ -234,7 +270,11 @@ function buildReport(results: RunResult[], inFlight: InFlightResult) {
     inFlightAllAnswered: { value: inFlight.ok, target: `${inFlight.requests}`, met: inFlight.ok === inFlight.requests },
     inFlightPeakRssMb: { value: inFlight.peakRssMb, target: '<= 200', met: inFlight.peakRssMb <= 200 },
     inFlightPendingAfter: { value: inFlight.inFlightAfter, target: '0', met: inFlight.inFlightAfter === 0 },
-    oneMiBErrors: { value: (bridgeMiB?.errors ?? 0) + (bridgeMiB?.non2xx ?? 0), target: '0', met: bridgeMiB !== undefined && bridgeMiB.errors + bridgeMiB.non2xx === 0 },
+    oneMiBErrors: {
+      value: (bridgeMiB?.errors ?? 0) + (bridgeMiB?.non2xx ?? 0),
+      target: '0',
+      met: bridgeMiB !== undefined && bridgeMiB.errors + bridgeMiB.non2xx === 0,
+    },
   };
 
   const header = '| target | concurrency | body | req/s | p50 ms | p99 ms | max ms | errors | non-2xx | CPU µs/req |';
@@ -244,7 +284,8 @@ function buildReport(results: RunResult[], inFlight: InFlightResult) {
       `| ${r.target} | ${r.concurrency} | ${formatBytes(r.bodyBytes)} | ${r.rps.toFixed(0)} | ${r.p50.toFixed(2)} | ${r.p99.toFixed(2)} | ${r.max.toFixed(1)} | ${r.errors} | ${r.non2xx} | ${(r.cpuMsPerRequest * 1000).toFixed(0)} |`,
   );
   const ratioRows = Object.entries(ratios).map(
-    ([name, ratio]) => `| ${name} | ${typeof ratio.value === 'number' ? Number(ratio.value.toFixed(3)) : ratio.value} | ${ratio.target} | ${ratio.met ? 'met' : '**missed**'} |`,
+    ([name, ratio]) =>
+      `| ${name} | ${typeof ratio.value === 'number' ? Number(ratio.value.toFixed(3)) : ratio.value} | ${ratio.target} | ${ratio.met ? 'met' : '**missed**'} |`,
   );
   const inFlightLine =
     `${inFlight.requests} requests in flight at once (worker answers after 1 s): ${inFlight.ok} answered correctly, ` +

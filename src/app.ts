@@ -1,12 +1,13 @@
+import type { RequestListener } from 'node:http';
 import express, { type Express, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { pinoHttp } from 'pino-http';
 import { HttpProblem } from './errors.js';
 import { errorHandler } from './http/error-handler.js';
 import { operationalRoutes, type Readiness } from './http/health-routes.js';
-import { requestId } from './http/request-id.js';
 import type { MappingLimits } from './http/request-mapping.js';
-import { rpcHandler } from './http/rpc-route.js';
+import { parseRpcPath } from './http/rpc-path.js';
+import { createRpcRoute } from './http/rpc-route.js';
 import { httpLoggerOptions } from './logger.js';
 import type { Metrics } from './metrics.js';
 import type { RpcClient } from './rpc/rpc-client.js';
@@ -22,33 +23,44 @@ export interface AppDeps {
   readonly openApiYaml: string;
 }
 
+/** The RPC operations, in express path syntax (the OpenAPI test reads them from here). */
 export const RPC_PATHS = ['/rpc/:queue', '/rpc/:exchange/:routingKey'];
 
-/** Any other method on an RPC path (named: the OpenAPI test tells it from real operations). */
+/** Any method but POST on an RPC path (named: the OpenAPI test tells it from real operations). */
 export function methodNotAllowed(req: Request, res: Response): never {
   res.setHeader('Allow', 'POST');
   throw new HttpProblem('method-not-allowed', `${req.method} is not allowed here; use POST`);
 }
 
-/** Builds the HTTP edge. Never listens: main.ts (or a test) does. */
+/**
+ * The HTTP edge: POST /rpc/... goes straight to the RPC route, everything else to express.
+ * Never listens: main.ts (or a test) does.
+ */
+export function createHttpEdge(deps: AppDeps): { app: Express; handler: RequestListener } {
+  const app = createApp(deps);
+  const rpcRoute = createRpcRoute(deps);
+  const handler: RequestListener = (req, res) => {
+    const path = req.method === 'POST' && req.url !== undefined ? parseRpcPath(req.url) : undefined;
+    if (path === undefined) app(req, res);
+    else rpcRoute(req, res, path);
+  };
+  return { app, handler };
+}
+
+/** The express app for everything but the RPC hot path: operational routes, 404/405, errors. */
 export function createApp(deps: AppDeps): Express {
   const app = express();
   app.disable('x-powered-by');
-  // An ETag would hash every reply body for nothing: RPC answers are not cacheable.
   app.set('etag', false);
-
-  app.use(requestId);
+  // pino-http also assigns the request id (X-Request-Id), so it comes first.
   app.use(pinoHttp(httpLoggerOptions(deps.logger)));
+  app.all(RPC_PATHS, methodNotAllowed);
   app.use(
     operationalRoutes({ readiness: deps.readiness, registry: deps.metrics.registry, openApiYaml: deps.openApiYaml }),
   );
-
-  const rpc = rpcHandler(deps);
-  app.post(RPC_PATHS, rpc);
-  app.all(RPC_PATHS, methodNotAllowed);
   app.use((req, _res) => {
     throw new HttpProblem('not-found', `No route for ${req.method} ${req.path}`);
   });
-  app.use(errorHandler(deps.metrics));
+  app.use(errorHandler());
   return app;
 }

@@ -1,3 +1,4 @@
+import type { RequestListener } from 'node:http';
 import { hostname } from 'node:os';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
@@ -5,7 +6,7 @@ import { Registry } from 'prom-client';
 import { BrokerConnection } from './amqp/broker-connection.js';
 import { ChannelPool } from './amqp/channel-pool.js';
 import { ExchangeChecker } from './amqp/exchange-checker.js';
-import { createApp } from './app.js';
+import { createHttpEdge } from './app.js';
 import type { Config } from './config.js';
 import type { Readiness } from './http/health-routes.js';
 import { createMetrics, type Metrics } from './metrics.js';
@@ -18,6 +19,9 @@ const CHANNEL_REOPEN_MAX_MS = 5_000;
 
 /** Everything the process runs, built from the configuration and wired together; nothing listens yet. */
 export interface Bridge {
+  /** The HTTP request listener: give it to http.createServer (server.ts's `listen`) or to supertest. */
+  readonly handler: RequestListener;
+  /** The express app behind it (every route but the RPC hot path), for introspection. */
   readonly app: Express;
   readonly rpc: RpcClient;
   readonly metrics: Metrics;
@@ -87,7 +91,7 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     return { ready: Object.values(checks).every(Boolean), checks };
   };
 
-  const app = createApp({
+  const { app, handler } = createHttpEdge({
     rpc,
     metrics,
     logger,
@@ -99,6 +103,7 @@ export function createBridge(config: Config, logger: Logger): Bridge {
   });
 
   return {
+    handler,
     app,
     rpc,
     metrics,

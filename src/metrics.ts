@@ -18,6 +18,13 @@ const RPC_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 
 export const OVERFLOW_LABEL = 'other';
 
+interface RpcSeries {
+  readonly label: string;
+  readonly byOutcome: Map<RpcOutcomeLabel, { observe(seconds: number): void }>;
+  readonly unroutable: { inc(): void };
+  readonly timeouts: { inc(): void };
+}
+
 export interface Metrics {
   readonly registry: Registry;
   /** Records one finished RPC request; `target` is capped to a bounded set of label values. */
@@ -57,21 +64,39 @@ export function createMetrics(registry: Registry, maxTargets: number): Metrics {
     registers,
   });
 
-  const knownTargets = new Set<string>();
-  const capTarget = (target: string): string => {
-    if (knownTargets.has(target)) return target;
-    if (knownTargets.size >= maxTargets) return OVERFLOW_LABEL;
-    knownTargets.add(target);
-    return target;
+  // Label lookups hash their values on every call; the hot path keeps the children it made.
+  const makeSeries = (label: string): RpcSeries => ({
+    label,
+    byOutcome: new Map(),
+    unroutable: unroutable.labels(label),
+    timeouts: timeouts.labels(label),
+  });
+  const series = new Map<string, RpcSeries>();
+  let overflow: RpcSeries | undefined;
+  const seriesFor = (target: string): RpcSeries => {
+    const known = series.get(target);
+    if (known !== undefined) return known;
+    if (series.size >= maxTargets) {
+      overflow ??= makeSeries(OVERFLOW_LABEL);
+      return overflow;
+    }
+    const created = makeSeries(target);
+    series.set(target, created);
+    return created;
   };
 
   return {
     registry,
     observeRpc(target, outcome, seconds) {
-      const queue = capTarget(target);
-      duration.labels(queue, outcome).observe(seconds);
-      if (outcome === 'unroutable') unroutable.labels(queue).inc();
-      else if (outcome === 'timeout') timeouts.labels(queue).inc();
+      const { label, byOutcome, unroutable, timeouts } = seriesFor(target);
+      let observer = byOutcome.get(outcome);
+      if (observer === undefined) {
+        observer = duration.labels(label, outcome);
+        byOutcome.set(outcome, observer);
+      }
+      observer.observe(seconds);
+      if (outcome === 'unroutable') unroutable.inc();
+      else if (outcome === 'timeout') timeouts.inc();
     },
     rpcInFlight: new Gauge({ name: 'rpc_in_flight', help: 'RPC requests published and not yet answered', registers }),
     lateReplies: new Counter({

@@ -1,6 +1,5 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Express } from 'express';
 
 /** Slow or stalled clients must not hold sockets: these bound how long the request itself may take. */
 const HEADERS_TIMEOUT_MS = 15_000;
@@ -15,10 +14,10 @@ export interface RunningServer {
   close(graceMs: number): Promise<void>;
 }
 
-export async function listen(app: Express, port: number, host: string): Promise<RunningServer> {
+export async function listen(handler: RequestListener, port: number, host: string): Promise<RunningServer> {
   const server = createServer(
     { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS },
-    app,
+    handler,
   );
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -27,9 +27,12 @@ export async function runHttpLoad(load: HttpLoad): Promise<RunResult> {
     connections: load.concurrency,
     duration: load.seconds,
   });
-  (instance as unknown as NodeJS.EventEmitter).on('response', (_client: unknown, _status: number, _bytes: number, responseTime: number) => {
-    latencies.record(responseTime);
-  });
+  (instance as unknown as NodeJS.EventEmitter).on(
+    'response',
+    (_client: unknown, _status: number, _bytes: number, responseTime: number) => {
+      latencies.record(responseTime);
+    },
+  );
   const result = await instance;
   const cpuUsed = cpuMs(load.pid) - cpuBefore;
   const summary = latencies.summary();

@@ -31,7 +31,10 @@ export function startChild(command: string, args: string[], env: Record<string, 
     process: child,
     waitForLine(pattern, timeoutMs = 15_000) {
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no line matching ${pattern} from ${command} ${args.join(' ')}`)), timeoutMs);
+        const timer = setTimeout(
+          () => reject(new Error(`no line matching ${pattern} from ${command} ${args.join(' ')}`)),
+          timeoutMs,
+        );
         waiters.push({
           pattern,
           resolve: (line) => {

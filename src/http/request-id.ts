@@ -1,19 +1,19 @@
 import { randomUUID } from 'node:crypto';
-import type { NextFunction, Request, Response } from 'express';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Request } from 'express';
 
 /** A caller's id is kept when it is short and plain enough to log and echo safely. */
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
 
 /**
- * Gives every request an id (req.id, typed by pino-http): the caller's X-Request-Id if sane, else a
- * fresh UUID. It is echoed on every response and logged with every line about the request.
+ * The request id: the caller's X-Request-Id if sane, else a fresh UUID. pino-http calls this once
+ * per request (as its genReqId) and keeps the result on req.id; it is echoed on every response.
  */
-export function requestId(req: Request, res: Response, next: NextFunction): void {
+export function assignRequestId(req: IncomingMessage, res: ServerResponse): string {
   const offered = req.headers['x-request-id'];
   const id = typeof offered === 'string' && SANE_REQUEST_ID.test(offered) ? offered : randomUUID();
-  req.id = id;
   res.setHeader('X-Request-Id', id);
-  next();
+  return id;
 }
 
 export function idOf(req: Request): string {

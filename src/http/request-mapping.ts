@@ -61,12 +61,12 @@ type MessageFields = Omit<RpcRequest, 'exchange' | 'routingKey' | 'body' | 'requ
  */
 export function messageFields(
   headers: IncomingHttpHeaders,
-  query: Readonly<Record<string, unknown>>,
+  timeoutQuery: string | undefined,
   target: RpcTarget,
   limits: MappingLimits,
 ): MessageFields {
   return {
-    timeoutMs: parseTimeout(headers['amqp-timeout'], query.timeout, limits, target.label),
+    timeoutMs: parseTimeout(headers['amqp-timeout'], timeoutQuery, limits, target.label),
     contentType: shortString('Content-Type', headers['content-type'], target.label),
     contentEncoding: shortString('Content-Encoding', headers['content-encoding'], target.label),
     priority: parsePriority(headers['amqp-priority'], target.label),

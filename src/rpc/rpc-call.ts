@@ -7,22 +7,22 @@ import type { PendingCall, RpcOutcome } from './outcome.js';
  * timer and removes the call from its channel, so a reply that turns up afterwards is stray.
  */
 export class RpcCall implements PendingCall {
-  readonly outcome: Promise<RpcOutcome>;
-  private resolveOutcome!: (outcome: RpcOutcome) => void;
   private readonly timer: NodeJS.Timeout;
   private channel: ReplyChannel | undefined;
   private settled = false;
   private publishedAt = 0;
   private settledAt = 0;
 
+  /**
+   * `onOutcome` hears how the call ended, exactly once (a callback rather than a promise: no
+   * allocation or microtask hop on the hot path). `onSettled` is the client's own bookkeeping.
+   */
   constructor(
     readonly correlationId: string,
     timeoutMs: number,
     private readonly onSettled: (call: RpcCall) => void,
+    private readonly onOutcome: (outcome: RpcOutcome) => void,
   ) {
-    this.outcome = new Promise((resolve) => {
-      this.resolveOutcome = resolve;
-    });
     // A module-level callback with the call as argument: no closure per request.
     this.timer = setTimeout(expire, timeoutMs, this);
   }
@@ -54,7 +54,7 @@ export class RpcCall implements PendingCall {
     clearTimeout(this.timer);
     this.channel?.forget(this.correlationId);
     this.onSettled(this);
-    this.resolveOutcome(outcome);
+    this.onOutcome(outcome);
   }
 }
 

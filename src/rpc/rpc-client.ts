@@ -5,6 +5,7 @@ import type { ChannelPool } from '../amqp/channel-pool.js';
 import type { ExchangeChecker } from '../amqp/exchange-checker.js';
 import type { ReplyChannel } from '../amqp/reply-channel.js';
 import { toError } from '../errors.js';
+import type { RpcOutcome } from './outcome.js';
 import { RpcCall } from './rpc-call.js';
 
 /** Everything the bridge sends for one request, already validated at the HTTP edge. */
@@ -51,9 +52,12 @@ export class RpcClient {
     return this.inFlight.size;
   }
 
-  /** Starts a call; never throws. Await `call.outcome`, and `cancel()` it if the caller leaves. */
-  start(request: RpcRequest): RpcCall {
-    const call = new RpcCall(randomUUID(), request.timeoutMs, this.forgetCall);
+  /**
+   * Starts a call; never throws. `onOutcome` is called exactly once, and never before `start` has
+   * returned. `cancel()` the call if the caller leaves.
+   */
+  start(request: RpcRequest, onOutcome: (outcome: RpcOutcome) => void): RpcCall {
+    const call = new RpcCall(randomUUID(), request.timeoutMs, this.forgetCall, onOutcome);
     this.inFlight.add(call);
     this.options.onStart?.();
     this.route(call, request);
@@ -74,7 +78,7 @@ export class RpcClient {
     } else if (request.exchange === '' || exchanges.cached(request.exchange) === true) {
       this.publishWhenWritable(call, request);
     } else if (exchanges.cached(request.exchange) === false) {
-      call.settle({ kind: 'exchange-not-found' });
+      settleSoon(call, { kind: 'exchange-not-found' });
     } else {
       exchanges.check(request.exchange).then(
         (exists) => {
@@ -129,11 +133,16 @@ export class RpcClient {
       channel.publish(request.exchange, request.routingKey, request.body, properties, call);
       call.published(channel);
     } catch (err) {
-      call.settle({ kind: 'lost', reason: `publish failed: ${toError(err).message}` });
+      settleSoon(call, { kind: 'lost', reason: `publish failed: ${toError(err).message}` });
     }
   }
 
   private unavailable(call: RpcCall, reason: string): void {
-    call.settle({ kind: 'unavailable', reason, retryAfterMs: this.options.connection.retryAfterMs() });
+    settleSoon(call, { kind: 'unavailable', reason, retryAfterMs: this.options.connection.retryAfterMs() });
   }
+}
+
+/** Keeps the promise of `start`: an outcome known at once is still delivered after it returns. */
+function settleSoon(call: RpcCall, outcome: RpcOutcome): void {
+  queueMicrotask(() => call.settle(outcome));
 }

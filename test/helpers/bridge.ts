@@ -29,7 +29,7 @@ export async function startTestBridge(env: Record<string, string> = {}): Promise
   const bridge = createBridge(config, createLogger(config.logLevel, sink));
   bridge.start();
   await waitFor(() => bridge.readiness().ready, 10_000, 'the bridge to become ready');
-  const server = await listen(bridge.app, 0, '127.0.0.1');
+  const server = await listen(bridge.handler, 0, '127.0.0.1');
   return {
     bridge,
     server,

@@ -128,7 +128,7 @@ describe('headers that cross to the broker', () => {
         'amqp-type': 't',
         'amqp-message-id': 'm-1',
       },
-      { timeout: '1500' },
+      '1500',
       queueTarget('q'),
       limits,
     );

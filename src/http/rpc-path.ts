@@ -1,0 +1,48 @@
+import { HttpProblem } from '../errors.js';
+
+/** The parts of an RPC request line the route needs: path segments and query, both undecoded. */
+export interface RpcPath {
+  /** One segment (queue) or two (exchange, routing key), still percent-encoded. */
+  readonly segments: readonly string[];
+  /** Everything after '?', undecoded; '' when absent. */
+  readonly query: string;
+}
+
+const PREFIX = '/rpc/';
+
+/**
+ * Recognises `/rpc/{queue}` and `/rpc/{exchange}/{routingKey}` (one trailing slash tolerated, as
+ * express does). Returns undefined for any other shape, which then answers 404 like any unknown
+ * path. Cheap: decoding waits for `decodeSegments`, inside the route's error handling.
+ */
+export function parseRpcPath(url: string): RpcPath | undefined {
+  if (!url.startsWith(PREFIX)) return undefined;
+  const queryAt = url.indexOf('?');
+  let path = queryAt === -1 ? url.slice(PREFIX.length) : url.slice(PREFIX.length, queryAt);
+  if (path.endsWith('/')) path = path.slice(0, -1);
+  const segments = path.split('/');
+  if (segments.length > 2 || segments.some((segment) => segment === '')) return undefined;
+  return { segments, query: queryAt === -1 ? '' : url.slice(queryAt + 1) };
+}
+
+/** Percent-decodes the segments (`%2F` may stand for '/'); throws 400 for a malformed escape. */
+export function decodeSegments(path: RpcPath): string[] {
+  return path.segments.map(decodeSegment);
+}
+
+/** The `timeout` query parameter, undefined when absent; more than one is refused. */
+export function timeoutParameter(query: string): string | undefined {
+  if (query === '') return undefined;
+  const values = new URLSearchParams(query).getAll('timeout');
+  if (values.length > 1) throw new HttpProblem('invalid-request', 'Give the timeout query parameter at most once');
+  return values[0];
+}
+
+function decodeSegment(segment: string): string {
+  if (!segment.includes('%')) return segment;
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new HttpProblem('invalid-request', `The path segment "${segment}" has a malformed percent-escape`);
+  }
+}
