@@ -54,6 +54,13 @@ export function createApp(deps: AppDeps): Express {
   app.set('etag', false);
   // pino-http also assigns the request id (X-Request-Id), so it comes first.
   app.use(pinoHttp(httpLoggerOptions(deps.logger)));
+  app.use((req, res, next) => {
+    const startedAt = performance.now();
+    res.once('close', () => {
+      deps.metrics.observeHttp(req.method, routeOf(req), res.statusCode, (performance.now() - startedAt) / 1000);
+    });
+    next();
+  });
   app.all(RPC_PATHS, methodNotAllowed);
   app.use(
     operationalRoutes({ readiness: deps.readiness, registry: deps.metrics.registry, openApiYaml: deps.openApiYaml }),
@@ -63,4 +70,11 @@ export function createApp(deps: AppDeps): Express {
   });
   app.use(errorHandler());
   return app;
+}
+
+/** The route pattern that served the request (never the raw path, which clients choose). */
+function routeOf(req: Request): string {
+  const route = (req as Request & { route?: { path: string | string[] } }).route;
+  if (route === undefined) return 'unmatched';
+  return req.baseUrl + (Array.isArray(route.path) ? route.path.join('|') : route.path);
 }

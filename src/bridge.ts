@@ -54,6 +54,7 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     reopenMaxMs: CHANNEL_REOPEN_MAX_MS,
     onStrayReply: () => metrics.lateReplies.inc(),
     onChannelClosed: (code) => metrics.channelCloses.labels(String(code)).inc(),
+    onBackpressure: () => metrics.publishBackpressure.inc(),
   });
   let everConnected = false;
   connection.addListener({
@@ -66,7 +67,9 @@ export function createBridge(config: Config, logger: Logger): Bridge {
       metrics.amqpConnected.set(0);
       logger.warn({ reason }, 'amqp disconnected');
     },
-    blockedChanged() {},
+    blockedChanged(blocked) {
+      metrics.amqpBlocked.set(blocked ? 1 : 0);
+    },
   });
   metrics.amqpConnected.set(0);
   const rpc = new RpcClient({

@@ -26,6 +26,7 @@ export function createLogger(level: LogLevel, destination?: DestinationStream): 
 
 /** What the RPC route records about a request for its log line. */
 export interface RpcLogFields {
+  route?: string;
   target?: string;
   correlationId?: string;
   outcome?: string;

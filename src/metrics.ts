@@ -1,6 +1,6 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, type Registry } from 'prom-client';
 
-/** The label every RPC metric carries for where it was sent, and the outcome it ended with. */
+/** How an RPC request ended, as the `outcome` label says it. */
 export const RPC_OUTCOMES = [
   'ok',
   'timeout',
@@ -14,33 +14,78 @@ export const RPC_OUTCOMES = [
 export type RpcOutcomeLabel = (typeof RPC_OUTCOMES)[number];
 
 /** Resolves both a sub-millisecond loopback RPC and a 30 s slow worker. */
-const RPC_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
+const DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
+/** From a tiny JSON command to the largest body MAX_BODY_BYTES allows. */
+const SIZE_BUCKETS = [64, 256, 1024, 4096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304, 16_777_216, 134_217_728];
 
+/** Where queues past METRICS_MAX_QUEUES are counted. */
 export const OVERFLOW_LABEL = 'other';
 
-interface RpcSeries {
+/** Every metric name the bridge exports itself (the dashboard test checks its queries against these). */
+export const METRIC_NAMES = [
+  'rpc_request_duration_seconds',
+  'rpc_unroutable_total',
+  'rpc_timeouts_total',
+  'rpc_late_replies_total',
+  'rpc_in_flight',
+  'rpc_request_bytes',
+  'rpc_response_bytes',
+  'amqp_connected',
+  'amqp_reconnects_total',
+  'amqp_channel_closes_total',
+  'amqp_connection_blocked',
+  'amqp_publish_backpressure_total',
+  'http_request_duration_seconds',
+] as const;
+
+interface Observer {
+  observe(value: number): void;
+}
+interface Incrementer {
+  inc(): void;
+}
+
+/** The children of one `queue` label value, made once and kept: label lookups hash on every call. */
+interface QueueSeries {
   readonly label: string;
-  readonly byOutcome: Map<RpcOutcomeLabel, { observe(seconds: number): void }>;
-  readonly unroutable: { inc(): void };
-  readonly timeouts: { inc(): void };
+  readonly byOutcome: Map<RpcOutcomeLabel, Observer>;
+  readonly unroutable: Incrementer;
+  readonly timeouts: Incrementer;
+  readonly requestBytes: Observer;
+  readonly responseBytes: Observer;
+}
+
+/** One finished RPC request, as the metrics see it. */
+export interface RpcObservation {
+  readonly target: string;
+  readonly outcome: RpcOutcomeLabel;
+  readonly seconds: number;
+  /** Bytes of the request body, when it was read. */
+  readonly requestBytes: number | undefined;
+  /** Bytes of the reply body, when there was one. */
+  readonly responseBytes: number | undefined;
 }
 
 export interface Metrics {
   readonly registry: Registry;
-  /** Records one finished RPC request; `target` is capped to a bounded set of label values. */
-  observeRpc(target: string, outcome: RpcOutcomeLabel, seconds: number): void;
+  /** Records one finished RPC request; its target is capped to a bounded set of label values. */
+  observeRpc(observation: RpcObservation): void;
+  /** Records one HTTP request by its route pattern (never the raw path). */
+  observeHttp(method: string, route: string, statusCode: number, seconds: number): void;
   readonly rpcInFlight: Gauge;
   readonly lateReplies: Counter;
   readonly amqpConnected: Gauge;
   readonly amqpReconnects: Counter;
+  readonly amqpBlocked: Gauge;
+  readonly publishBackpressure: Counter;
   readonly channelCloses: Counter<'reason'>;
 }
 
 /**
  * Every metric in one place, on the registry the caller owns. Any client can invent queue names,
- * so the `queue` label takes at most `maxTargets` distinct values; later ones become "other".
+ * so the `queue` label takes at most `maxQueues` distinct values; later ones are counted as "other".
  */
-export function createMetrics(registry: Registry, maxTargets: number): Metrics {
+export function createMetrics(registry: Registry, maxQueues: number): Metrics {
   const registers = [registry];
   collectDefaultMetrics({ register: registry });
 
@@ -48,7 +93,7 @@ export function createMetrics(registry: Registry, maxTargets: number): Metrics {
     name: 'rpc_request_duration_seconds',
     help: 'Time from receiving an RPC request to answering it, by target queue and outcome',
     labelNames: ['queue', 'outcome'] as const,
-    buckets: RPC_BUCKETS,
+    buckets: DURATION_BUCKETS,
     registers,
   });
   const unroutable = new Counter({
@@ -63,20 +108,42 @@ export function createMetrics(registry: Registry, maxTargets: number): Metrics {
     labelNames: ['queue'] as const,
     registers,
   });
+  const requestBytes = new Histogram({
+    name: 'rpc_request_bytes',
+    help: 'Size of RPC request bodies',
+    labelNames: ['queue'] as const,
+    buckets: SIZE_BUCKETS,
+    registers,
+  });
+  const responseBytes = new Histogram({
+    name: 'rpc_response_bytes',
+    help: 'Size of reply bodies returned to HTTP callers',
+    labelNames: ['queue'] as const,
+    buckets: SIZE_BUCKETS,
+    registers,
+  });
+  const httpDuration = new Histogram({
+    name: 'http_request_duration_seconds',
+    help: 'HTTP requests by method, route pattern and status code',
+    labelNames: ['method', 'route', 'status_code'] as const,
+    buckets: DURATION_BUCKETS,
+    registers,
+  });
 
-  // Label lookups hash their values on every call; the hot path keeps the children it made.
-  const makeSeries = (label: string): RpcSeries => ({
+  const makeSeries = (label: string): QueueSeries => ({
     label,
     byOutcome: new Map(),
     unroutable: unroutable.labels(label),
     timeouts: timeouts.labels(label),
+    requestBytes: requestBytes.labels(label),
+    responseBytes: responseBytes.labels(label),
   });
-  const series = new Map<string, RpcSeries>();
-  let overflow: RpcSeries | undefined;
-  const seriesFor = (target: string): RpcSeries => {
+  const series = new Map<string, QueueSeries>();
+  let overflow: QueueSeries | undefined;
+  const seriesFor = (target: string): QueueSeries => {
     const known = series.get(target);
     if (known !== undefined) return known;
-    if (series.size >= maxTargets) {
+    if (series.size >= maxQueues) {
       overflow ??= makeSeries(OVERFLOW_LABEL);
       return overflow;
     }
@@ -84,19 +151,32 @@ export function createMetrics(registry: Registry, maxTargets: number): Metrics {
     series.set(target, created);
     return created;
   };
+  // Methods, routes and statuses are few and fixed (routes are patterns), so this stays small.
+  const httpSeries = new Map<string, Observer>();
 
   return {
     registry,
-    observeRpc(target, outcome, seconds) {
-      const { label, byOutcome, unroutable, timeouts } = seriesFor(target);
-      let observer = byOutcome.get(outcome);
+    observeRpc({ target, outcome, seconds, requestBytes: sent, responseBytes: received }) {
+      const queue = seriesFor(target);
+      let observer = queue.byOutcome.get(outcome);
       if (observer === undefined) {
-        observer = duration.labels(label, outcome);
-        byOutcome.set(outcome, observer);
+        observer = duration.labels(queue.label, outcome);
+        queue.byOutcome.set(outcome, observer);
       }
       observer.observe(seconds);
-      if (outcome === 'unroutable') unroutable.inc();
-      else if (outcome === 'timeout') timeouts.inc();
+      if (outcome === 'unroutable') queue.unroutable.inc();
+      else if (outcome === 'timeout') queue.timeouts.inc();
+      if (sent !== undefined) queue.requestBytes.observe(sent);
+      if (received !== undefined) queue.responseBytes.observe(received);
+    },
+    observeHttp(method, route, statusCode, seconds) {
+      const key = `${method} ${route} ${statusCode}`;
+      let observer = httpSeries.get(key);
+      if (observer === undefined) {
+        observer = httpDuration.labels(method, route, String(statusCode));
+        httpSeries.set(key, observer);
+      }
+      observer.observe(seconds);
     },
     rpcInFlight: new Gauge({ name: 'rpc_in_flight', help: 'RPC requests published and not yet answered', registers }),
     lateReplies: new Counter({
@@ -108,6 +188,16 @@ export function createMetrics(registry: Registry, maxTargets: number): Metrics {
     amqpReconnects: new Counter({
       name: 'amqp_reconnects_total',
       help: 'Connections to the broker established after the first',
+      registers,
+    }),
+    amqpBlocked: new Gauge({
+      name: 'amqp_connection_blocked',
+      help: '1 while the broker blocks publishers (resource alarm), else 0',
+      registers,
+    }),
+    publishBackpressure: new Counter({
+      name: 'amqp_publish_backpressure_total',
+      help: 'Publishes after which a channel buffer was full (later requests on it wait for drain)',
       registers,
     }),
     channelCloses: new Counter({

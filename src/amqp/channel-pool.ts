@@ -15,6 +15,8 @@ export interface ChannelPoolOptions {
   readonly onStrayReply: (message: ConsumeMessage) => void;
   /** A channel the broker closed while the connection stayed up, with the AMQP reply code. */
   readonly onChannelClosed: (brokerCode: number) => void;
+  /** A publish filled a channel's buffer; requests on it now wait for drain. */
+  readonly onBackpressure: () => void;
 }
 
 /**
@@ -86,6 +88,7 @@ export class ChannelPool implements ConnectionListener {
     try {
       const channel = await ReplyChannel.open(model, this.options.replyTo, {
         strayReply: this.options.onStrayReply,
+        backpressure: this.options.onBackpressure,
         closed: (closedChannel, reason, brokerCode) =>
           this.onChannelClosed(closedChannel, reason, brokerCode, model, generation),
       });

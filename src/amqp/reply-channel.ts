@@ -4,6 +4,8 @@ import type { PendingCall } from '../rpc/outcome.js';
 export interface ReplyChannelHooks {
   /** A reply whose correlation id nobody waits for (late, duplicate or stray). */
   strayReply(message: ConsumeMessage): void;
+  /** A publish filled the channel's write buffer. */
+  backpressure(): void;
   /**
    * The channel is gone; its pending calls have already been settled as lost. `brokerCode` is the
    * AMQP reply code when the broker closed the channel on its own (e.g. 404, 406), else undefined.
@@ -70,7 +72,10 @@ export class ReplyChannel {
   publish(exchange: string, routingKey: string, body: Buffer, properties: Options.Publish, call: PendingCall): void {
     this.pending.set(call.correlationId, call);
     try {
-      if (!this.channel.publish(exchange, routingKey, body, properties)) this.writable = false;
+      if (!this.channel.publish(exchange, routingKey, body, properties)) {
+        this.writable = false;
+        this.hooks.backpressure();
+      }
     } catch (err) {
       this.pending.delete(call.correlationId);
       throw err;

@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { HttpProblem } from '../errors.js';
 import type { RpcRequest } from '../rpc/rpc-client.js';
+import { traceContextFor } from './trace-context.js';
 
 /** Where a request goes: the default exchange with the queue as routing key, or a named exchange. */
 export interface RpcTarget {
@@ -29,8 +30,6 @@ const REPLY_TO_PREFIXES = ['amq.rabbitmq.reply-to', 'amq.direct.reply-to'];
 // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
 const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f]/;
 const POSITIVE_INTEGER = /^[1-9][0-9]*$/;
-const TRACEPARENT = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
-const MAX_TRACESTATE_LENGTH = 512;
 
 export function queueTarget(queue: unknown): RpcTarget {
   const name = checkName('queue', queue);
@@ -98,7 +97,10 @@ export function parsePriority(header: unknown, target: string): number | undefin
   return Number(header);
 }
 
-/** `Amqp-Header-<Name>: value` becomes message header `<name>`; W3C trace context crosses as is. */
+/**
+ * `Amqp-Header-<Name>: value` becomes message header `<name>`; the W3C trace context crosses as is,
+ * or a new one is started when the caller sent none.
+ */
 export function messageHeaders(headers: IncomingHttpHeaders, target: string): Record<string, string> {
   // No prototype: a header named __proto__ must be a plain key, not a prototype switch.
   const table: Record<string, string> = Object.create(null);
@@ -120,12 +122,9 @@ export function messageHeaders(headers: IncomingHttpHeaders, target: string): Re
   if (bytes > MAX_HEADER_TABLE_BYTES) {
     throw invalid(`Amqp-Header-* headers exceed ${MAX_HEADER_TABLE_BYTES} bytes in total`, target);
   }
-  const traceparent = headers.traceparent;
-  if (typeof traceparent === 'string' && TRACEPARENT.test(traceparent)) {
-    table.traceparent = traceparent;
-    const tracestate = headers.tracestate;
-    if (typeof tracestate === 'string' && tracestate.length <= MAX_TRACESTATE_LENGTH) table.tracestate = tracestate;
-  }
+  const trace = traceContextFor(headers.traceparent, headers.tracestate);
+  table.traceparent = trace.traceparent;
+  if (trace.tracestate !== undefined) table.tracestate = trace.tracestate;
   return table;
 }
 

@@ -32,6 +32,12 @@ const OUTCOME_LABELS: Record<RpcOutcome['kind'], RpcOutcomeLabel> = {
   unavailable: 'unavailable',
 };
 
+/** The route patterns RPC requests are counted under in http_request_duration_seconds. */
+const QUEUE_ROUTE = '/rpc/:queue';
+const EXCHANGE_ROUTE = '/rpc/:exchange/:routingKey';
+/** nginx's code for "client closed the request": nothing was answered. */
+const CLIENT_CLOSED = 499;
+
 export type RpcRouteHandler = (req: IncomingMessage, res: ServerResponse, path: RpcPath) => void;
 
 /**
@@ -41,7 +47,7 @@ export type RpcRouteHandler = (req: IncomingMessage, res: ServerResponse, path: 
  */
 export function createRpcRoute(deps: RpcRouteDeps): RpcRouteHandler {
   return (req, res, path) => {
-    new RpcExchange(deps, req, res).begin(path);
+    new RpcExchange(deps, req, res, path).begin();
   };
 }
 
@@ -58,6 +64,7 @@ class RpcExchange {
     private readonly deps: RpcRouteDeps,
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
+    private readonly path: RpcPath,
   ) {
     this.requestId = assignRequestId(req, res);
     req.id = this.requestId;
@@ -66,7 +73,9 @@ class RpcExchange {
     res.once('close', () => this.closed());
   }
 
-  begin(path: RpcPath): void {
+  begin(): void {
+    const { path } = this;
+    this.log.route = path.segments.length === 1 ? QUEUE_ROUTE : EXCHANGE_ROUTE;
     let target: RpcTarget;
     let fields: ReturnType<typeof messageFields>;
     try {
@@ -153,15 +162,28 @@ class RpcExchange {
     if (this.recorded) return;
     this.recorded = true;
     this.log.outcome = outcome;
-    this.deps.metrics.observeRpc(this.log.target ?? '(invalid)', outcome, (performance.now() - this.startedAt) / 1000);
+    this.deps.metrics.observeRpc({
+      target: this.log.target ?? '(invalid)',
+      outcome,
+      seconds: (performance.now() - this.startedAt) / 1000,
+      requestBytes: this.log.bytesIn,
+      responseBytes: this.log.bytesOut,
+    });
   }
 
   private closed(): void {
     this.call?.cancel();
+    const answered = this.res.writableFinished;
     // Gone while its body was still arriving, before any outcome.
-    if (!this.res.writableFinished) this.record('cancelled');
-    const responseTime = Math.round(performance.now() - this.startedAt);
-    logRpcRequest(this.deps.logger, this.req, this.res, responseTime, this.log, this.error);
+    if (!answered) this.record('cancelled');
+    const elapsedMs = performance.now() - this.startedAt;
+    this.deps.metrics.observeHttp(
+      'POST',
+      this.log.route ?? QUEUE_ROUTE,
+      answered ? this.res.statusCode : CLIENT_CLOSED,
+      elapsedMs / 1000,
+    );
+    logRpcRequest(this.deps.logger, this.req, this.res, Math.round(elapsedMs), this.log, this.error);
   }
 }
 

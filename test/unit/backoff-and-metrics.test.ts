@@ -1,7 +1,7 @@
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { reconnectDelay } from '../../src/amqp/backoff.js';
-import { createMetrics } from '../../src/metrics.js';
+import { createMetrics, type RpcOutcomeLabel } from '../../src/metrics.js';
 import { readMetric } from '../helpers/bridge.js';
 
 describe('reconnectDelay', () => {
@@ -21,14 +21,18 @@ describe('reconnectDelay', () => {
 describe('metrics', () => {
   it('caps the queue label at METRICS_MAX_QUEUES distinct values, then says "other"', async () => {
     const metrics = createMetrics(new Registry(), 2);
-    metrics.observeRpc('a', 'ok', 0.001);
-    metrics.observeRpc('b', 'ok', 0.001);
-    metrics.observeRpc('c', 'unroutable', 0.001);
-    metrics.observeRpc('a', 'timeout', 0.001);
+    const observe = (target: string, outcome: RpcOutcomeLabel, requestBytes?: number) =>
+      metrics.observeRpc({ target, outcome, seconds: 0.001, requestBytes, responseBytes: undefined });
+    observe('a', 'ok', 10);
+    observe('b', 'ok');
+    observe('c', 'unroutable', 2000);
+    observe('a', 'timeout');
     const text = await metrics.registry.metrics();
     expect(readMetric(text, 'rpc_request_duration_seconds_count', { queue: 'other', outcome: 'unroutable' })).toBe(1);
     expect(readMetric(text, 'rpc_unroutable_total', { queue: 'other' })).toBe(1);
     expect(readMetric(text, 'rpc_timeouts_total', { queue: 'a' })).toBe(1);
+    expect(readMetric(text, 'rpc_request_bytes_count', { queue: 'other' })).toBe(1);
+    expect(readMetric(text, 'rpc_request_bytes_bucket', { queue: 'a', le: '64' })).toBe(1);
     expect(text).not.toContain('queue="c"');
   });
 });
