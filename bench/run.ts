@@ -4,10 +4,13 @@
  *   express-echo  a plain express 5 echo server (the HTTP half alone)
  *   bridge        the built bridge, default configuration, logging on (to /dev/null)
  *   raw-amqp      a raw amqplib direct reply-to client, no HTTP (the AMQP half alone)
+ *   minimal       the floor: node:http + amqplib and nothing else (no validation, logs, metrics)
  *
  * All three share one echo worker and one broker. Runs are interleaved (A B C A B C) so drift hits
  * all alike; each figure is the mean of the rounds. Prints a table, writes bench/results/*.json and
- * refreshes the README's benchmark section. BENCH_SECONDS (default 3) sets the length of one run.
+ * refreshes the README's benchmark section. BENCH_SECONDS (default 3) sets the length of one run,
+ * BENCH_ROUNDS (2) the rounds, BENCH_SCENARIOS (concurrency,bodies,inflight) what runs, and
+ * BENCH_BRIDGE_NODE_FLAGS extra node flags for the bridge (for tuning experiments).
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -23,6 +26,12 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
 const CONCURRENCIES = [1, 16, 64, 256];
 const BODY_SIZES = [100, 10 * 1024, 1024 * 1024];
 const IN_FLIGHT = Number(process.env.BENCH_IN_FLIGHT ?? 10_000);
+/**
+ * How long the slow worker holds each request. Long enough that all IN_FLIGHT requests are open at
+ * once: on 2 cores the bridge takes a few seconds to accept, read and publish 10,000 of them.
+ */
+const IN_FLIGHT_DELAY_MS = Number(process.env.BENCH_IN_FLIGHT_DELAY_MS ?? 8_000);
+const SCENARIOS = new Set((process.env.BENCH_SCENARIOS ?? 'concurrency,bodies,inflight').split(','));
 const TSX = ['--import', 'tsx'];
 const runId = randomBytes(4).toString('hex');
 const echoQueue = `bench.echo.${runId}`;
@@ -36,8 +45,12 @@ interface InFlightResult {
   readonly seconds: number;
   readonly peakRssMb: number;
   readonly peakHeapMb: number;
+  /** The most RPCs the bridge reported in flight at once (sampled every 200 ms). */
+  readonly peakInFlight: number;
   readonly inFlightAfter: number;
 }
+
+const benchStarted = performance.now();
 
 async function main(): Promise<void> {
   const children: Child[] = [];
@@ -55,15 +68,15 @@ async function main(): Promise<void> {
     children.push(worker);
     await worker.waitForLine(/consuming/);
 
-    const bridgePort = await freePort();
-    const bridge = startChild('node', ['dist/src/main.js'], { AMQP_URL, PORT: String(bridgePort), HOST: '127.0.0.1' });
+    const { child: bridge, port: bridgePort } = await startBridge();
     children.push(bridge);
-    await bridge.waitForLine(/"msg":"listening"/);
-    await waitReady(`http://127.0.0.1:${bridgePort}/readyz`);
 
     const echo = startChild('node', [...TSX, 'bench/targets/express-echo.ts'], {});
     children.push(echo);
     const echoPort = (JSON.parse(await echo.waitForLine(/"port"/)) as { port: number }).port;
+    const minimal = startChild('node', [...TSX, 'bench/targets/minimal-bridge.ts'], { AMQP_URL, QUEUE: echoQueue });
+    children.push(minimal);
+    const minimalPort = (JSON.parse(await minimal.waitForLine(/"port"/)) as { port: number }).port;
 
     const targets = {
       'express-echo': (concurrency: number, body: Buffer) =>
@@ -85,6 +98,15 @@ async function main(): Promise<void> {
           seconds: SECONDS,
         }),
       'raw-amqp': (concurrency: number, body: Buffer) => runRawAmqp(concurrency, body.length),
+      minimal: (concurrency: number, body: Buffer) =>
+        runHttpLoad({
+          target: 'minimal',
+          url: `http://127.0.0.1:${minimalPort}/rpc`,
+          pid: minimal.pid,
+          concurrency,
+          body,
+          seconds: SECONDS,
+        }),
     };
 
     console.error(`warming up (${Object.keys(targets).join(', ')})`);
@@ -102,10 +124,13 @@ async function main(): Promise<void> {
     };
     const body100 = Buffer.alloc(100, 'x');
     for (let round = 1; round <= ROUNDS; round++) {
-      console.error(`round ${round}/${ROUNDS}: concurrency`);
-      for (const concurrency of CONCURRENCIES) {
-        for (const run of Object.values(targets)) keep(await run(concurrency, body100));
+      if (SCENARIOS.has('concurrency')) {
+        console.error(`round ${round}/${ROUNDS}: concurrency`);
+        for (const concurrency of CONCURRENCIES) {
+          for (const run of Object.values(targets)) keep(await run(concurrency, body100));
+        }
       }
+      if (!SCENARIOS.has('bodies')) continue;
       console.error(`round ${round}/${ROUNDS}: body sizes at concurrency 16`);
       for (const size of BODY_SIZES.filter((bytes) => bytes !== 100)) {
         const body = randomBytes(size);
@@ -115,7 +140,13 @@ async function main(): Promise<void> {
     }
     const results = [...rounds.values()].map(combine);
 
-    console.error(`${IN_FLIGHT} requests in flight at once against a worker that answers after 1 s`);
+    if (!SCENARIOS.has('inflight')) {
+      console.log(buildReport(results, undefined).table);
+      return;
+    }
+    console.error(
+      `${IN_FLIGHT} requests in flight at once against a worker that answers after ${IN_FLIGHT_DELAY_MS} ms`,
+    );
     const slow = startChild('node', ['dist/examples/echo-worker.js'], {
       AMQP_URL,
       RPC_QUEUE: slowQueue,
@@ -124,9 +155,14 @@ async function main(): Promise<void> {
     });
     children.push(slow);
     await slow.waitForLine(/consuming/);
-    const inFlight = await runInFlight(bridgePort, bridge.pid);
+    // A fresh bridge, so that its peak RSS is this scenario's and not the 1 MiB bodies' before it.
+    await bridge.stop();
+    const fresh = await startBridge();
+    children.push(fresh.child);
+    const inFlight = await runInFlight(fresh.port, fresh.child.pid);
 
     const report = buildReport(results, inFlight);
+    console.error(`bench took ${((performance.now() - benchStarted) / 1000).toFixed(0)} s`);
     console.log(report.table);
     mkdirSync('bench/results', { recursive: true });
     const json = JSON.stringify(
@@ -152,6 +188,16 @@ async function main(): Promise<void> {
   }
 }
 
+async function startBridge(): Promise<{ child: Child; port: number }> {
+  const port = await freePort();
+  // As `npm start` and the Dockerfile run it, unless BENCH_BRIDGE_NODE_FLAGS says otherwise.
+  const flags = (process.env.BENCH_BRIDGE_NODE_FLAGS ?? '--max-semi-space-size=4').split(' ').filter(Boolean);
+  const child = startChild('node', [...flags, 'dist/src/main.js'], { AMQP_URL, PORT: String(port), HOST: '127.0.0.1' });
+  await child.waitForLine(/"msg":"listening"/);
+  await waitReady(`http://127.0.0.1:${port}/readyz`);
+  return { child, port };
+}
+
 async function runRawAmqp(concurrency: number, bodyBytes: number): Promise<RunResult> {
   const child = startChild('node', [...TSX, 'bench/targets/raw-amqp-rpc.ts'], {
     AMQP_URL,
@@ -166,22 +212,27 @@ async function runRawAmqp(concurrency: number, bodyBytes: number): Promise<RunRe
   return { ...raw, target: 'raw-amqp', concurrency, bodyBytes, errors: 0, non2xx: 0 };
 }
 
-/** Opens IN_FLIGHT requests (in quick batches, so the listen backlog keeps up) that all wait ~1 s. */
+/** Opens IN_FLIGHT requests (in batches the listen queue can take) that the worker holds for a while. */
 async function runInFlight(port: number, pid: number): Promise<InFlightResult> {
   const agent = new Agent({ keepAlive: false, maxSockets: Number.POSITIVE_INFINITY });
   const byStatus: Record<string, number> = {};
   let ok = 0;
   let wrong = 0;
   let peakHeap = 0;
+  let peakInFlight = 0;
   const heapPoll = setInterval(() => {
     void scrape(port, 'nodejs_heap_size_used_bytes').then((heap) => {
       peakHeap = Math.max(peakHeap, heap);
+    });
+    void scrape(port, 'rpc_in_flight').then((count) => {
+      peakInFlight = Math.max(peakInFlight, count);
     });
   }, 200);
   const started = performance.now();
   const pending: Array<Promise<void>> = [];
   for (let i = 0; i < IN_FLIGHT; i++) {
-    if (i > 0 && i % 500 === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+    // 250 new connections every 100 ms: faster, and this 2-core machine overflows the listen queue.
+    if (i > 0 && i % 250 === 0) await new Promise((resolve) => setTimeout(resolve, 100));
     const expected = `in-flight-${i}`;
     pending.push(
       new Promise<void>((resolve) => {
@@ -192,7 +243,7 @@ async function runInFlight(port: number, pid: number): Promise<InFlightResult> {
             path: `/rpc/${slowQueue}`,
             method: 'POST',
             agent,
-            headers: { 'Amqp-Header-Delay-Ms': '1000', 'Amqp-Timeout': '60000' },
+            headers: { 'Amqp-Header-Delay-Ms': String(IN_FLIGHT_DELAY_MS), 'Amqp-Timeout': '60000' },
           },
           (res) => {
             const chunks: Buffer[] = [];
@@ -226,6 +277,7 @@ async function runInFlight(port: number, pid: number): Promise<InFlightResult> {
     seconds,
     peakRssMb: peakRssBytes(pid) / 1024 / 1024,
     peakHeapMb: peakHeap / 1024 / 1024,
+    peakInFlight,
     inFlightAfter: await scrape(port, 'rpc_in_flight'),
   };
 }
@@ -249,7 +301,7 @@ async function waitReady(url: string): Promise<void> {
   throw new Error(`${url} never became ready`);
 }
 
-function buildReport(results: RunResult[], inFlight: InFlightResult) {
+function buildReport(results: RunResult[], inFlight: InFlightResult | undefined) {
   const find = (target: string, concurrency: number, bodyBytes = 100) =>
     results.find((r) => r.target === target && r.concurrency === concurrency && r.bodyBytes === bodyBytes);
   const bridge64 = find('bridge', 64);
@@ -267,9 +319,15 @@ function buildReport(results: RunResult[], inFlight: InFlightResult) {
     throughputVsEcho: { value: throughputRatio, target: '>= 0.7', met: throughputRatio >= 0.7 },
     p50AtConcurrency1Ms: { value: bridge1?.p50 ?? Number.NaN, target: '<= 0.6', met: (bridge1?.p50 ?? 99) <= 0.6 },
     p99AtConcurrency1Ms: { value: bridge1?.p99 ?? Number.NaN, target: '<= 1.5', met: (bridge1?.p99 ?? 99) <= 1.5 },
-    inFlightAllAnswered: { value: inFlight.ok, target: `${inFlight.requests}`, met: inFlight.ok === inFlight.requests },
-    inFlightPeakRssMb: { value: inFlight.peakRssMb, target: '<= 200', met: inFlight.peakRssMb <= 200 },
-    inFlightPendingAfter: { value: inFlight.inFlightAfter, target: '0', met: inFlight.inFlightAfter === 0 },
+    ...(inFlight && {
+      inFlightAllAnswered: {
+        value: inFlight.ok,
+        target: `${inFlight.requests}`,
+        met: inFlight.ok === inFlight.requests,
+      },
+      inFlightPeakRssMb: { value: inFlight.peakRssMb, target: '<= 200', met: inFlight.peakRssMb <= 200 },
+      inFlightPendingAfter: { value: inFlight.inFlightAfter, target: '0', met: inFlight.inFlightAfter === 0 },
+    }),
     oneMiBErrors: {
       value: (bridgeMiB?.errors ?? 0) + (bridgeMiB?.non2xx ?? 0),
       target: '0',
@@ -287,21 +345,24 @@ function buildReport(results: RunResult[], inFlight: InFlightResult) {
     ([name, ratio]) =>
       `| ${name} | ${typeof ratio.value === 'number' ? Number(ratio.value.toFixed(3)) : ratio.value} | ${ratio.target} | ${ratio.met ? 'met' : '**missed**'} |`,
   );
-  const inFlightLine =
-    `${inFlight.requests} requests in flight at once (worker answers after 1 s): ${inFlight.ok} answered correctly, ` +
-    `statuses ${JSON.stringify(inFlight.byStatus)}, all done in ${inFlight.seconds.toFixed(1)} s, ` +
-    `bridge peak RSS ${inFlight.peakRssMb.toFixed(0)} MB, peak heap ${inFlight.peakHeapMb.toFixed(0)} MB, rpc_in_flight after: ${inFlight.inFlightAfter}.`;
+  const inFlightLine = !inFlight
+    ? ''
+    : `${inFlight.requests} requests in flight at once (worker answers after ${IN_FLIGHT_DELAY_MS / 1000} s): ${inFlight.ok} answered correctly, ` +
+      `statuses ${JSON.stringify(inFlight.byStatus)}, all done in ${inFlight.seconds.toFixed(1)} s, ` +
+      `peak rpc_in_flight ${inFlight.peakInFlight}, bridge peak RSS ${inFlight.peakRssMb.toFixed(0)} MB, ` +
+      `peak heap ${inFlight.peakHeapMb.toFixed(0)} MB, rpc_in_flight after: ${inFlight.inFlightAfter}.`;
 
   const series = (target: string) => CONCURRENCIES.map((c) => (find(target, c)?.p50 ?? 0).toFixed(2)).join(', ');
   const chart = [
     '```mermaid',
     'xychart-beta',
-    '  title "p50 latency (ms) by concurrency: express-echo, bridge, raw-amqp (lines in that order)"',
+    '  title "p50 latency (ms) by concurrency: express-echo, bridge, raw-amqp, minimal (lines in that order)"',
     `  x-axis "concurrency" [${CONCURRENCIES.join(', ')}]`,
     '  y-axis "p50 ms"',
     `  line [${series('express-echo')}]`,
     `  line [${series('bridge')}]`,
     `  line [${series('raw-amqp')}]`,
+    `  line [${series('minimal')}]`,
     '```',
   ].join('\n');
 

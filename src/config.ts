@@ -12,6 +12,8 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export interface Config {
   readonly host: string;
   readonly port: number;
+  /** Connections the kernel may queue before the bridge accepts them (capped by net.core.somaxconn). */
+  readonly httpBacklog: number;
   /** Full AMQP URL including credentials: never log it, use `loggableConfig`. */
   readonly amqpUrl: string;
   readonly amqpChannels: number;
@@ -46,6 +48,7 @@ export function loadConfig(env: Env): Config {
   const config: Config = {
     host: read.string('HOST', '0.0.0.0'),
     port: read.integer('PORT', 8080, 0, 65_535),
+    httpBacklog: read.integer('HTTP_BACKLOG', 4096, 1, 65_535),
     amqpUrl: read.amqpUrl('AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672'),
     amqpChannels: read.integer('AMQP_CHANNELS', 4, 1, 256),
     replyTo: read.oneOf('AMQP_REPLY_TO', REPLY_TO_QUEUES, 'amq.rabbitmq.reply-to'),

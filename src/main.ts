@@ -21,7 +21,7 @@ async function main(): Promise<void> {
 
   const bridge = createBridge(config, logger);
   bridge.start();
-  const server = await listen(bridge.handler, config.port, config.host);
+  const server = await listen(bridge.handler, config.port, config.host, config.httpBacklog);
   logger.info({ port: server.port, host: config.host }, 'listening');
 
   let signalled = false;

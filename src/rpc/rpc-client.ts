@@ -19,8 +19,11 @@ export interface RpcRequest {
   readonly requestId: string;
   readonly contentType: string | undefined;
   readonly contentEncoding: string | undefined;
-  /** Message headers from the client; the bridge adds its own (x-deadline) on top. */
-  readonly headers: Record<string, string>;
+  /**
+   * Message headers from the client. The call owns this table: the client adds its own header
+   * (x-deadline) to it rather than copying it.
+   */
+  readonly headers: Record<string, string | number>;
   readonly priority: number | undefined;
   readonly type: string | undefined;
   readonly messageId: string | undefined;
@@ -112,7 +115,9 @@ export class RpcClient {
 
   private publish(call: RpcCall, request: RpcRequest, channel: ReplyChannel): void {
     const now = Date.now();
-    const headers: Record<string, unknown> = { ...request.headers, 'x-deadline': now + request.timeoutMs };
+    const { headers } = request;
+    // Set last, so a client header of the same name cannot move the deadline.
+    headers['x-deadline'] = now + request.timeoutMs;
     const properties: Options.Publish = {
       correlationId: call.correlationId,
       replyTo: this.options.replyTo,
