@@ -1,0 +1,173 @@
+import { readFileSync } from 'node:fs';
+import type { ConsumeMessage } from 'amqplib';
+import { Registry } from 'prom-client';
+import request from 'supertest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
+import { createMetrics } from '../../src/metrics.js';
+import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
+import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
+
+let bridge: TestBridge;
+let broker: TestBroker;
+let worker: RunningWorker;
+const echoQueue = uniqueName('echo');
+
+beforeAll(async () => {
+  broker = await connectTestBroker();
+  worker = await startEchoWorker({ url: AMQP_URL, queue: echoQueue, durable: false });
+  // A password that must never show up in a log line.
+  const url = new URL(AMQP_URL);
+  bridge = await startTestBridge({ AMQP_URL: url.toString(), LOG_LEVEL: 'info' });
+});
+
+afterAll(async () => {
+  await bridge?.close();
+  await worker?.close();
+  await broker?.close();
+});
+
+describe('metrics after a mixed workload', () => {
+  it('move by exactly what happened: ok, timeout, unroutable, rejected, late', async () => {
+    const silent = uniqueName('silent');
+    const nobody = uniqueName('nobody');
+    await broker.channel.assertQueue(silent, { durable: false, expires: 30_000 });
+    const bodies = ['a', 'bb', 'ccc'];
+    for (const body of bodies) {
+      const res = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send(body);
+      expect(res.status).toBe(200);
+    }
+    expect((await request(bridge.baseUrl).post(`/rpc/${silent}?timeout=100`).send('x')).status).toBe(504);
+    expect((await request(bridge.baseUrl).post(`/rpc/${nobody}`).send('x')).status).toBe(404);
+    expect((await request(bridge.baseUrl).post(`/rpc/${echoQueue}?timeout=0`).send('x')).status).toBe(400);
+    expect((await request(bridge.baseUrl).get('/healthz')).status).toBe(200);
+
+    const m = bridge.metric.bind(bridge);
+    const count = 'rpc_request_duration_seconds_count';
+    expect(await m(count, { queue: echoQueue, outcome: 'ok' })).toBe(3);
+    expect(await m(count, { queue: echoQueue, outcome: 'rejected' })).toBe(1);
+    expect(await m(count, { queue: silent, outcome: 'timeout' })).toBe(1);
+    expect(await m(count, { queue: nobody, outcome: 'unroutable' })).toBe(1);
+    expect(await m('rpc_timeouts_total', { queue: silent })).toBe(1);
+    expect(await m('rpc_unroutable_total', { queue: nobody })).toBe(1);
+    expect(await m('rpc_request_bytes_sum', { queue: echoQueue })).toBe(6);
+    expect(await m('rpc_response_bytes_sum', { queue: echoQueue })).toBe(6);
+    expect(await m('rpc_response_bytes_count', { queue: echoQueue })).toBe(3);
+    const http = 'http_request_duration_seconds_count';
+    expect(await m(http, { method: 'POST', route: '/rpc/:queue', status_code: '200' })).toBe(3);
+    expect(await m(http, { method: 'POST', route: '/rpc/:queue', status_code: '504' })).toBe(1);
+    expect(await m(http, { method: 'GET', route: '/healthz', status_code: '200' })).toBe(1);
+    expect(await m('rpc_in_flight')).toBe(0);
+    expect(await m('amqp_connected')).toBe(1);
+    expect(await m('amqp_connection_blocked')).toBe(0);
+    await broker.channel.deleteQueue(silent);
+  });
+
+  it('label HTTP metrics by route pattern, never by the raw path', async () => {
+    await request(bridge.baseUrl).get('/no/such/path/12345');
+    const text = await bridge.bridge.metrics.registry.metrics();
+    expect(text).not.toContain('12345');
+    expect(await bridge.metric('http_request_duration_seconds_count', { route: 'unmatched', status_code: '404' })).toBe(
+      1,
+    );
+  });
+});
+
+describe('logs', () => {
+  it('write one JSON line per RPC request that tells its story, and never a secret', async () => {
+    const silent = uniqueName('logged');
+    await broker.channel.assertQueue(silent, { durable: false, expires: 30_000 });
+    const res = await request(bridge.baseUrl)
+      .post(`/rpc/${silent}`)
+      .set('Amqp-Timeout', '100')
+      .set('X-Request-Id', 'story-1')
+      .set('Authorization', 'Bearer top-secret-token')
+      .set('Cookie', 'session=secret-cookie')
+      .send('hello');
+    expect(res.status).toBe(504);
+    await waitFor(
+      () => bridge.logs.some((line) => (line.req as { id?: string } | undefined)?.id === 'story-1'),
+      2_000,
+      'the log line',
+    );
+    const line = bridge.logs.find((entry) => (entry.req as { id?: string } | undefined)?.id === 'story-1');
+    expect(line).toMatchObject({
+      level: 50,
+      msg: 'request completed',
+      req: { id: 'story-1', method: 'POST', url: `/rpc/${silent}` },
+      res: { statusCode: 504 },
+      rpc: { route: '/rpc/:queue', target: silent, outcome: 'timeout', bytesIn: 5 },
+    });
+    expect((line?.rpc as { correlationId?: string } | undefined)?.correlationId).toMatch(/^[0-9a-f-]{36}$/);
+    expect(line?.responseTime).toBeGreaterThanOrEqual(100);
+
+    const everything = bridge.logs.map((entry) => JSON.stringify(entry)).join('\n');
+    expect(everything).not.toContain('top-secret-token');
+    expect(everything).not.toContain('secret-cookie');
+    expect(everything).not.toContain(`:${new URL(AMQP_URL).password}@`);
+    expect(everything).toContain('"msg":"amqp connected"');
+    await broker.channel.deleteQueue(silent);
+  });
+});
+
+describe('trace context', () => {
+  it('passes the caller trace on to the worker, and starts one when the caller has none', async () => {
+    const queue = uniqueName('traced');
+    const seen: ConsumeMessage[] = [];
+    await startRawWorker(broker, queue, (message, reply) => {
+      seen.push(message);
+      reply(Buffer.from('ok'), { headers: { traceparent: '00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-01' } });
+    });
+    const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+    const traced = await request(bridge.baseUrl)
+      .post(`/rpc/${queue}`)
+      .set('traceparent', traceparent)
+      .set('tracestate', 'vendor=1')
+      .send('x');
+    const untraced = await request(bridge.baseUrl).post(`/rpc/${queue}`).send('x');
+    expect(seen[0]?.properties.headers).toMatchObject({ traceparent, tracestate: 'vendor=1' });
+    expect(seen[1]?.properties.headers?.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+    // The worker's own trace header is not the caller's business.
+    expect(traced.headers['amqp-header-traceparent']).toBeUndefined();
+    expect(untraced.headers['amqp-header-traceparent']).toBeUndefined();
+  });
+});
+
+describe('dashboard and alert rules', () => {
+  const exported = async (): Promise<Set<string>> => {
+    const metrics = createMetrics(new Registry(), 10);
+    const names = (await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name);
+    return new Set(names);
+  };
+  const metricNamesIn = (expr: string): string[] => {
+    const withoutLabels = expr.replace(/\{[^}]*\}/g, '').replace(/"[^"]*"/g, '');
+    const words = withoutLabels.match(/[a-z_][a-z0-9_]*/g) ?? [];
+    return words.filter((word) =>
+      /_(seconds|total|bytes|connected|blocked|flight)(_bucket|_sum|_count)?$|^nodejs_|^process_/.test(word),
+    );
+  };
+  const baseName = (name: string) => name.replace(/_(bucket|sum|count)$/, '');
+
+  it('query only metrics the bridge exports', async () => {
+    const names = await exported();
+    const dashboard = JSON.parse(readFileSync('observability/grafana/dashboards/amqp-rpc-bridge.json', 'utf8')) as {
+      panels: Array<{ title: string; targets: Array<{ expr: string }> }>;
+    };
+    const alerts = parse(readFileSync('observability/prometheus/alerts.yml', 'utf8')) as {
+      groups: Array<{ rules: Array<{ alert: string; expr: string }> }>;
+    };
+    const exprs = [
+      ...dashboard.panels.flatMap((panel) =>
+        panel.targets.map((target) => ({ where: panel.title, expr: target.expr })),
+      ),
+      ...alerts.groups.flatMap((group) => group.rules.map((rule) => ({ where: rule.alert, expr: rule.expr }))),
+    ];
+    expect(exprs.length).toBeGreaterThan(10);
+    for (const { where, expr } of exprs) {
+      const used = metricNamesIn(expr);
+      expect(used.length, `${where}: ${expr}`).toBeGreaterThan(0);
+      for (const name of used) expect(names.has(baseName(name)) || names.has(name), `${where} uses ${name}`).toBe(true);
+    }
+  });
+});
