@@ -16,6 +16,7 @@ import { RpcClient } from './rpc/rpc-client.js';
 /** Channels that fail to reopen are retried within these bounds, independent of connection backoff. */
 const CHANNEL_REOPEN_MIN_MS = 50;
 const CHANNEL_REOPEN_MAX_MS = 5_000;
+const DRAIN_POLL_MS = 20;
 
 /** Everything the process runs, built from the configuration and wired together; nothing listens yet. */
 export interface Bridge {
@@ -30,9 +31,11 @@ export interface Bridge {
   readiness(): Readiness;
   /** Connects to the broker in the background; /readyz tells when it is up. */
   start(): void;
-  /** Refuses new RPCs (503) from now on; in-flight ones still finish. */
+  /** Refuses new RPCs (503) and reports not ready from now on; in-flight ones still finish. */
   beginShutdown(): void;
-  /** Settles what is still in flight, then closes channels and the connection. Idempotent. */
+  /** Resolves when no RPC is in flight, or after `graceMs`, whichever comes first. */
+  drain(graceMs: number): Promise<void>;
+  /** Answers what is still in flight (502), then closes channels and the connection. Idempotent. */
   stop(): Promise<void>;
 }
 
@@ -48,6 +51,7 @@ export function createBridge(config: Config, logger: Logger): Bridge {
   const pool = new ChannelPool({
     size: config.amqpChannels,
     replyTo: config.replyTo,
+    confirms: config.publisherConfirms,
     connection,
     logger,
     reopenMinMs: CHANNEL_REOPEN_MIN_MS,
@@ -78,6 +82,7 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     exchanges: new ExchangeChecker(connection, config.exchangeCheckTtlMs),
     replyTo: config.replyTo,
     appId: config.appId,
+    maxInFlight: config.maxInFlight,
     onStart: () => metrics.rpcInFlight.inc(),
     onSettle: () => metrics.rpcInFlight.dec(),
   });
@@ -116,6 +121,12 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     start: () => connection.start(),
     beginShutdown() {
       shuttingDown = true;
+    },
+    async drain(graceMs) {
+      const deadline = Date.now() + graceMs;
+      while (rpc.inFlightCount > 0 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS));
+      }
     },
     stop() {
       shuttingDown = true;

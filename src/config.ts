@@ -18,6 +18,10 @@ export interface Config {
   readonly amqpUrl: string;
   readonly amqpChannels: number;
   readonly replyTo: ReplyToQueue;
+  /** Publisher confirms on the request channels: a broker nack answers 503 at once. */
+  readonly publisherConfirms: boolean;
+  /** RPCs in flight beyond which new ones are refused with 503. */
+  readonly maxInFlight: number;
   readonly reconnectMinMs: number;
   readonly reconnectMaxMs: number;
   readonly rpcTimeoutMs: number;
@@ -52,6 +56,8 @@ export function loadConfig(env: Env): Config {
     amqpUrl: read.amqpUrl('AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672'),
     amqpChannels: read.integer('AMQP_CHANNELS', 4, 1, 256),
     replyTo: read.oneOf('AMQP_REPLY_TO', REPLY_TO_QUEUES, 'amq.rabbitmq.reply-to'),
+    publisherConfirms: read.boolean('AMQP_PUBLISHER_CONFIRMS', true),
+    maxInFlight: read.integer('MAX_IN_FLIGHT', 10_000, 1, 10_000_000),
     reconnectMinMs,
     reconnectMaxMs: read.integer('AMQP_RECONNECT_MAX_MS', 30_000, reconnectMinMs, 3_600_000),
     rpcTimeoutMs,
@@ -104,6 +110,14 @@ class EnvReader {
       throw new ConfigError(`${name} must be between ${min} and ${max}, got ${value}`);
     }
     return parsed;
+  }
+
+  boolean(name: string, fallback: boolean): boolean {
+    const value = this.raw(name)?.toLowerCase();
+    if (value === undefined) return fallback;
+    if (value === 'true' || value === '1') return true;
+    if (value === 'false' || value === '0') return false;
+    throw new ConfigError(`${name} must be true or false, got ${JSON.stringify(value)}`);
   }
 
   oneOf<const T extends string>(name: string, allowed: readonly T[], fallback: T): T {

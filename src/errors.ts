@@ -14,6 +14,8 @@ export const PROBLEMS = {
   'request-lost': { status: 502, title: 'Request lost with its broker channel' },
   'bad-reply': { status: 502, title: 'Worker reply is unusable' },
   'broker-unavailable': { status: 503, title: 'Broker unavailable' },
+  'broker-rejected': { status: 503, title: 'Broker refused the message' },
+  overloaded: { status: 503, title: 'Too many requests in flight' },
   'shutting-down': { status: 503, title: 'Bridge is shutting down' },
   timeout: { status: 504, title: 'No reply in time' },
   internal: { status: 500, title: 'Internal error' },

@@ -6,6 +6,8 @@ import { listen } from './server.js';
 
 /** EX_CONFIG from sysexits.h: the operator must fix the environment. */
 const EXIT_CONFIG = 78;
+/** After the broker side is closed, how long the last responses get to reach their clients. */
+const FINAL_WRITE_MS = 1_000;
 
 async function main(): Promise<void> {
   let config: ReturnType<typeof loadConfig>;
@@ -28,16 +30,22 @@ async function main(): Promise<void> {
   const shutdown = async (signal: NodeJS.Signals): Promise<void> => {
     if (signalled) {
       logger.warn({ signal }, 'second signal: exiting at once');
+      logger.flush();
       process.exit(1);
     }
     signalled = true;
     logger.info({ signal, graceMs: config.shutdownGraceMs }, 'shutting down');
-    // Order matters: not ready and refusing new RPCs, then drain, then the broker goes.
+    // Not ready and refusing new RPCs (503) at once; the load balancer moves traffic elsewhere.
     bridge.beginShutdown();
-    await server.close(config.shutdownGraceMs);
+    // In-flight RPCs may finish within the grace period...
+    await bridge.drain(config.shutdownGraceMs);
+    // ...what is left is answered 502 (never dropped), then channels and connection close.
     await bridge.stop();
-    logger.info('stopped');
-    process.exitCode = 0;
+    // Let those last answers leave, then close every connection.
+    await server.close(FINAL_WRITE_MS);
+    logger.info({ signal }, 'stopped');
+    logger.flush();
+    process.exit(0);
   };
   process.on('SIGTERM', (signal) => void shutdown(signal));
   process.on('SIGINT', (signal) => void shutdown(signal));

@@ -9,6 +9,8 @@ export const RPC_OUTCOMES = [
   'bad_reply',
   'rejected',
   'unavailable',
+  'overloaded',
+  'nacked',
   'cancelled',
 ] as const;
 export type RpcOutcomeLabel = (typeof RPC_OUTCOMES)[number];

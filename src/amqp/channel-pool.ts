@@ -8,6 +8,8 @@ import { ReplyChannel } from './reply-channel.js';
 export interface ChannelPoolOptions {
   readonly size: number;
   readonly replyTo: string;
+  /** Open the channels in confirm mode (publisher confirms). */
+  readonly confirms: boolean;
   readonly connection: BrokerConnection;
   readonly logger: Logger;
   readonly reopenMinMs: number;
@@ -86,7 +88,7 @@ export class ChannelPool implements ConnectionListener {
   private async openSlot(model: ChannelModel, generation: number, failures: number): Promise<void> {
     if (this.isStale(model, generation)) return;
     try {
-      const channel = await ReplyChannel.open(model, this.options.replyTo, {
+      const channel = await ReplyChannel.open(model, this.options.replyTo, this.options.confirms, {
         strayReply: this.options.onStrayReply,
         backpressure: this.options.onBackpressure,
         closed: (closedChannel, reason, brokerCode) =>

@@ -1,4 +1,4 @@
-import type { Channel, ChannelModel, ConsumeMessage, Message, Options } from 'amqplib';
+import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Message, Options } from 'amqplib';
 import type { PendingCall } from '../rpc/outcome.js';
 
 export interface ReplyChannelHooks {
@@ -27,17 +27,25 @@ export class ReplyChannel {
   private closed = false;
 
   private constructor(
-    private readonly channel: Channel,
+    private readonly channel: Channel | ConfirmChannel,
+    private readonly confirms: boolean,
     private readonly hooks: ReplyChannelHooks,
   ) {}
 
   /**
    * Opens a channel and starts its reply consumer. Resolves only after the broker's consume-ok:
-   * publishing with reply_to before that is refused by the broker with a channel error.
+   * publishing with reply_to before that is refused by the broker with a channel error. With
+   * `confirms`, the channel is in confirm mode, so a message the broker refuses (a full queue with
+   * `x-overflow: reject-publish`) comes back as basic.nack instead of silence until the timeout.
    */
-  static async open(model: ChannelModel, replyTo: string, hooks: ReplyChannelHooks): Promise<ReplyChannel> {
-    const channel = await model.createChannel();
-    const replyChannel = new ReplyChannel(channel, hooks);
+  static async open(
+    model: ChannelModel,
+    replyTo: string,
+    confirms: boolean,
+    hooks: ReplyChannelHooks,
+  ): Promise<ReplyChannel> {
+    const channel = confirms ? await model.createConfirmChannel() : await model.createChannel();
+    const replyChannel = new ReplyChannel(channel, confirms, hooks);
     // Listeners first: an 'error' with no listener would be thrown by amqplib and crash the process.
     channel.on('error', (err: Error & { code?: unknown }) => {
       replyChannel.closeReason = err.message;
@@ -72,7 +80,13 @@ export class ReplyChannel {
   publish(exchange: string, routingKey: string, body: Buffer, properties: Options.Publish, call: PendingCall): void {
     this.pending.set(call.correlationId, call);
     try {
-      if (!this.channel.publish(exchange, routingKey, body, properties)) {
+      const accepted = this.confirms
+        ? (this.channel as ConfirmChannel).publish(exchange, routingKey, body, properties, (err: unknown) => {
+            // An ack needs nothing: the reply (or return, or timeout) settles the call. A nack is final.
+            if (err !== null && err !== undefined) this.onNack(call);
+          })
+        : this.channel.publish(exchange, routingKey, body, properties);
+      if (!accepted) {
         this.writable = false;
         this.hooks.backpressure();
       }
@@ -127,6 +141,13 @@ export class ReplyChannel {
     this.pending.delete(call.correlationId);
     const fields = message.fields as Message['fields'] & { replyCode?: number; replyText?: string };
     call.settle({ kind: 'unroutable', replyCode: fields.replyCode ?? 312, replyText: fields.replyText ?? 'NO_ROUTE' });
+  }
+
+  private onNack(call: PendingCall): void {
+    // Still pending: the broker refused the message, so no reply can come.
+    if (this.pending.get(call.correlationId) !== call) return;
+    this.pending.delete(call.correlationId);
+    call.settle({ kind: 'nacked' });
   }
 
   private onDrain(): void {

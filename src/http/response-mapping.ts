@@ -77,6 +77,17 @@ export function outcomeProblem(outcome: Exclude<RpcOutcome, { kind: 'reply' }>, 
         target,
         retryAfterSeconds: Math.max(1, Math.ceil(outcome.retryAfterMs / 1000)),
       });
+    case 'overloaded':
+      return new HttpProblem('overloaded', `More than ${outcome.limit} requests are in flight (MAX_IN_FLIGHT)`, {
+        target,
+        retryAfterSeconds: 1,
+      });
+    case 'nacked':
+      return new HttpProblem(
+        'broker-rejected',
+        'The broker refused the message (basic.nack): the queue is full and rejects publishes, or the broker failed to take it',
+        { target, retryAfterSeconds: 1 },
+      );
     case 'cancelled':
       return new HttpProblem('request-lost', 'The client closed the connection', { target });
   }

@@ -30,6 +30,8 @@ const OUTCOME_LABELS: Record<RpcOutcome['kind'], RpcOutcomeLabel> = {
   timeout: 'timeout',
   cancelled: 'cancelled',
   unavailable: 'unavailable',
+  overloaded: 'overloaded',
+  nacked: 'nacked',
 };
 
 /** The route patterns RPC requests are counted under in http_request_duration_seconds. */
@@ -131,6 +133,8 @@ class RpcExchange {
     res.statusCode = reply.status;
     for (const [name, value] of reply.headers) res.setHeader(name, value);
     res.setHeader('Server-Timing', `rpc;dur=${(this.call?.roundTripMs ?? 0).toFixed(2)}`);
+    // Draining: the client should reconnect, to another instance.
+    if (this.deps.isShuttingDown()) res.setHeader('Connection', 'close');
     this.log.bytesOut = reply.body.length;
     this.record('ok');
     res.end(reply.body);

@@ -11,7 +11,9 @@ export type RpcOutcome =
   | { readonly kind: 'lost'; readonly reason: string }
   | { readonly kind: 'timeout' }
   | { readonly kind: 'cancelled' }
-  | { readonly kind: 'unavailable'; readonly reason: string; readonly retryAfterMs: number };
+  | { readonly kind: 'unavailable'; readonly reason: string; readonly retryAfterMs: number }
+  | { readonly kind: 'overloaded'; readonly limit: number }
+  | { readonly kind: 'nacked' };
 
 /** What a reply channel holds for each request it published and has not yet seen answered. */
 export interface PendingCall {

@@ -35,6 +35,8 @@ export interface RpcClientOptions {
   readonly exchanges: ExchangeChecker;
   readonly replyTo: string;
   readonly appId: string;
+  /** Calls in flight beyond which `start` refuses at once (outcome `overloaded`). */
+  readonly maxInFlight: number;
   /** In-flight accounting: called once when a call starts and once when it settles. */
   readonly onStart?: () => void;
   readonly onSettle?: () => void;
@@ -63,7 +65,12 @@ export class RpcClient {
     const call = new RpcCall(randomUUID(), request.timeoutMs, this.forgetCall, onOutcome);
     this.inFlight.add(call);
     this.options.onStart?.();
-    this.route(call, request);
+    if (this.inFlight.size > this.options.maxInFlight) {
+      // Refused before the broker sees it: memory stays bounded however fast callers arrive.
+      settleSoon(call, { kind: 'overloaded', limit: this.options.maxInFlight });
+    } else {
+      this.route(call, request);
+    }
     return call;
   }
 

@@ -29,7 +29,8 @@ export async function connectTestBroker(): Promise<TestBroker> {
   };
 }
 
-export type ReplyFn = (content: Buffer, options: amqp.Options.Publish) => void;
+/** Publishes to the request's reply_to with its correlation id (unless options name another, or `anonymous`). */
+export type ReplyFn = (content: Buffer, options: amqp.Options.Publish, anonymous?: 'without-correlation-id') => void;
 
 /**
  * A worker the test controls completely: `handle` receives each request and a `reply` function
@@ -47,11 +48,9 @@ export async function startRawWorker(
     queue,
     (message) => {
       if (message === null) return;
-      const reply: ReplyFn = (content, options) => {
-        channel.sendToQueue(String(message.properties.replyTo), content, {
-          correlationId: message.properties.correlationId,
-          ...options,
-        });
+      const reply: ReplyFn = (content, options, anonymous) => {
+        const properties = anonymous ? options : { correlationId: message.properties.correlationId, ...options };
+        channel.sendToQueue(String(message.properties.replyTo), content, properties);
       };
       handle(message, reply);
     },
