@@ -83,7 +83,9 @@ export class ReplyChannel {
       const accepted = this.confirms
         ? (this.channel as ConfirmChannel).publish(exchange, routingKey, body, properties, (err: unknown) => {
             // An ack needs nothing: the reply (or return, or timeout) settles the call. A nack is final.
-            if (err !== null && err !== undefined) this.onNack(call);
+            // amqplib also calls back with an error when the channel closes first; the 'close'
+            // handler settles those calls as lost, so only a real nack counts here.
+            if (isNack(err)) this.onNack(call);
           })
         : this.channel.publish(exchange, routingKey, body, properties);
       if (!accepted) {
@@ -170,4 +172,9 @@ export class ReplyChannel {
     this.drainWaiters = [];
     for (const resolve of waiters) resolve();
   }
+}
+
+/** amqplib tells a basic.nack from a closed channel only by the message of the error it passes. */
+function isNack(err: unknown): boolean {
+  return err instanceof Error && err.message === 'message nacked';
 }
