@@ -12,6 +12,19 @@ export default defineConfig({
       {
         extends: true,
         test: {
+          name: 'faults',
+          include: ['test/faults/**/*.test.ts'],
+          globalSetup: ['test/helpers/require-broker.ts'],
+          // They stop the broker and close every connection on it: one file at a time, nothing beside.
+          fileParallelism: false,
+          testTimeout: 120_000,
+          hookTimeout: 60_000,
+          execArgv: ['--expose-gc'],
+        },
+      },
+      {
+        extends: true,
+        test: {
           name: 'integration',
           include: ['test/integration/**/*.test.ts'],
           // Fails the run at once, with what to do, when no broker answers.

@@ -73,6 +73,7 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     },
     blockedChanged(blocked) {
       metrics.amqpBlocked.set(blocked ? 1 : 0);
+      if (blocked) rpc.releaseAllBlocked('the broker blocks publishers (resource alarm)');
     },
   });
   metrics.amqpConnected.set(0);

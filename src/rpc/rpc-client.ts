@@ -79,6 +79,16 @@ export class RpcClient {
     for (const call of [...this.inFlight]) call.settle({ kind: 'lost', reason });
   }
 
+  /**
+   * Settles every call still in flight as unavailable (503): the broker blocks publishers, so
+   * neither these requests nor the workers' replies move until the alarm clears. A request already
+   * handed to the broker may still be worked on later, as after a timeout.
+   */
+  releaseAllBlocked(reason: string): void {
+    const retryAfterMs = this.options.connection.retryAfterMs();
+    for (const call of [...this.inFlight]) call.settle({ kind: 'unavailable', reason, retryAfterMs });
+  }
+
   private route(call: RpcCall, request: RpcRequest): void {
     const { connection, exchanges } = this.options;
     if (!connection.isConnected) {

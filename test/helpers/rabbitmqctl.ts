@@ -23,3 +23,15 @@ export async function closeConnectionsNamed(marker: string, reason: string): Pro
   for (const pid of pids) await run('rabbitmqctl', ['close_connection', pid, reason]);
   return pids.length;
 }
+
+export async function rabbitmqctl(...args: string[]): Promise<string> {
+  const { stdout } = await run('rabbitmqctl', args, { timeout: 60_000 });
+  return stdout;
+}
+
+/** The broker's memory high watermark as configured now (a fraction of RAM). */
+export async function memoryWatermark(): Promise<string> {
+  const environment = await rabbitmqctl('environment');
+  const match = /\{vm_memory_high_watermark,([0-9.]+)\}/.exec(environment);
+  return match?.[1] ?? '0.4';
+}

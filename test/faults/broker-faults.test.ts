@@ -1,0 +1,199 @@
+/**
+ * Real faults, driven with the broker's own tools. Run alone (`npm run test:faults`): they close
+ * every connection on the broker, stop it, and raise a memory alarm, so nothing else may run beside.
+ */
+import request from 'supertest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
+import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
+import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
+import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
+import { memoryWatermark, rabbitmqctl } from '../helpers/rabbitmqctl.js';
+
+let bridge: TestBridge;
+let broker: TestBroker | undefined;
+let worker: RunningWorker | undefined;
+const echoQueue = uniqueName('echo');
+const stuckQueue = uniqueName('stuck');
+
+/** The arranging connection and the echo worker do not reconnect by themselves: make them anew. */
+async function connectSideActors(): Promise<void> {
+  await worker?.close();
+  await broker?.close();
+  broker = await connectTestBroker();
+  await startRawWorker(broker, stuckQueue, () => undefined);
+  worker = await startEchoWorker({ url: AMQP_URL, queue: echoQueue, durable: false });
+}
+
+async function echo(body: string) {
+  return request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send(body);
+}
+
+/**
+ * Puts five requests that nobody answers in flight. `answers` (wrapped, so that awaiting this does
+ * not wait for them) resolves with each response and when it came.
+ */
+async function fiveInFlight() {
+  const answers = Promise.all(
+    Array.from({ length: 5 }, () =>
+      request(bridge.baseUrl)
+        .post(`/rpc/${stuckQueue}`)
+        .set('Amqp-Timeout', '30000')
+        .send('x')
+        .then((res) => ({ res, at: Date.now() })),
+    ),
+  );
+  await waitFor(() => bridge.bridge.rpc.inFlightCount === 5, 5_000, 'five requests in flight');
+  return { answers };
+}
+
+function expectNothingPending(): void {
+  expect(bridge.bridge.rpc.inFlightCount).toBe(0);
+  expect(bridge.bridge.pool.pendingCount).toBe(0);
+}
+
+beforeAll(async () => {
+  // A first reconnect slow enough to observe the bridge while the broker is away.
+  bridge = await startTestBridge({ AMQP_RECONNECT_MIN_MS: '1500', AMQP_RECONNECT_MAX_MS: '3000' });
+});
+
+beforeEach(async () => {
+  await waitFor(() => bridge.bridge.readiness().ready, 30_000, 'the bridge to be ready');
+  await connectSideActors();
+});
+
+afterEach(() => {
+  expectNothingPending();
+});
+
+afterAll(async () => {
+  await bridge?.close();
+  await worker?.close();
+  await broker?.close();
+});
+
+describe('rabbitmqctl close_all_connections', () => {
+  it('answers in-flight requests at once, refuses new ones with 503 while away, and recovers by itself', async () => {
+    const { answers } = await fiveInFlight();
+    const reconnectsBefore = await bridge.metric('amqp_reconnects_total');
+    const faultAt = Date.now();
+    await rabbitmqctl('close_all_connections', 'fault test');
+
+    const answered = await answers;
+    for (const { res } of answered) {
+      expect(res.status).toBe(502);
+      expect(res.body.type).toBe(`${PROBLEM_TYPE_PREFIX}request-lost`);
+    }
+    const lastAnswerMs = Math.max(...answered.map(({ at }) => at)) - faultAt;
+    expect(lastAnswerMs).toBeLessThan(3_000);
+
+    const whileAway = await echo('x');
+    expect(whileAway.status).toBe(503);
+    expect(Number(whileAway.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
+
+    await waitFor(() => bridge.bridge.readiness().ready, 15_000, 'the bridge to reconnect');
+    const recoveredMs = Date.now() - faultAt;
+    expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(200);
+    expect(bridge.bridge.pool.isFull).toBe(true);
+    expect(await bridge.metric('amqp_reconnects_total')).toBe(reconnectsBefore + 1);
+    await connectSideActors();
+    const after = await echo('back');
+    expect(after.status).toBe(200);
+    expect(after.text).toBe('back');
+    console.info(
+      `close_all_connections: in-flight answered ${lastAnswerMs} ms after the fault, ready again after ${recoveredMs} ms`,
+    );
+  });
+});
+
+describe('rabbitmqctl stop_app / start_app', () => {
+  it('answers in-flight requests at once, answers 503 while the broker is down, and reconnects when it is back', async () => {
+    const { answers } = await fiveInFlight();
+    const faultAt = Date.now();
+    const stopped = rabbitmqctl('stop_app');
+    try {
+      const answered = await answers;
+      for (const { res } of answered) expect([502, 503]).toContain(res.status);
+      const lastAnswerMs = Math.max(...answered.map(({ at }) => at)) - faultAt;
+      await stopped;
+
+      const started = Date.now();
+      const whileDown = await echo('x');
+      expect(whileDown.status).toBe(503);
+      expect(whileDown.body.type).toBe(`${PROBLEM_TYPE_PREFIX}broker-unavailable`);
+      expect(Number(whileDown.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+      expect(Date.now() - started).toBeLessThan(200);
+      expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
+      expect(await bridge.metric('amqp_connected')).toBe(0);
+      console.info(`stop_app: in-flight answered ${lastAnswerMs} ms after the fault`);
+    } finally {
+      await stopped.catch(() => undefined);
+      await rabbitmqctl('start_app');
+      await rabbitmqctl('await_startup');
+    }
+    const backAt = Date.now();
+    await waitFor(() => bridge.bridge.readiness().ready, 20_000, 'the bridge to reconnect');
+    await connectSideActors();
+    const after = await echo('back');
+    expect(after.status).toBe(200);
+    console.info(`start_app: ready again ${Date.now() - backAt} ms after the broker was back`);
+  });
+});
+
+describe('a memory alarm (rabbitmqctl set_vm_memory_high_watermark)', () => {
+  it('answers 503 while the broker blocks publishers, and serves again once the alarm clears', async () => {
+    const original = await memoryWatermark();
+    const pending = request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Amqp-Timeout', '20000');
+    try {
+      await rabbitmqctl('set_vm_memory_high_watermark', '0.00001');
+      // RabbitMQ tells a connection it is blocked when it next publishes: this request is that publish.
+      const started = Date.now();
+      const first = await pending.send('first');
+      expect(first.status).toBe(503);
+      expect(Date.now() - started).toBeLessThan(5_000);
+      await waitFor(() => bridge.bridge.connection.isBlocked, 5_000, 'the connection to be blocked');
+      expect(await bridge.metric('amqp_connection_blocked')).toBe(1);
+      expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
+
+      const whileBlocked = await echo('x');
+      expect(whileBlocked.status).toBe(503);
+      expect(whileBlocked.headers['retry-after']).toBeDefined();
+      expectNothingPending();
+    } finally {
+      await rabbitmqctl('set_vm_memory_high_watermark', original);
+    }
+    await waitFor(() => !bridge.bridge.connection.isBlocked, 10_000, 'the connection to be unblocked');
+    await connectSideActors();
+    const after = await echo('after the alarm');
+    expect(after.status).toBe(200);
+    expect(after.text).toBe('after the alarm');
+  });
+});
+
+describe('twenty faults in a row', () => {
+  it('leave nothing pending and do not grow memory', async () => {
+    const gc = (globalThis as { gc?: () => void }).gc;
+    expect(gc, 'run with --expose-gc (the faults project does)').toBeTypeOf('function');
+    const heapAfterGc = () => {
+      gc?.();
+      return process.memoryUsage().heapUsed;
+    };
+    const samples: number[] = [];
+    for (let fault = 1; fault <= 20; fault++) {
+      const { answers } = await fiveInFlight();
+      await rabbitmqctl('close_all_connections', `fault ${fault}`);
+      for (const { res } of await answers) expect(res.status).toBe(502);
+      await waitFor(() => bridge.bridge.readiness().ready, 15_000, 'the bridge to reconnect');
+      await connectSideActors();
+      expect((await echo(`after fault ${fault}`)).status).toBe(200);
+      expectNothingPending();
+      if (fault === 5 || fault === 20) samples.push(heapAfterGc());
+    }
+    const [atFive, atTwenty] = samples as [number, number];
+    console.info(
+      `heap after GC: ${(atFive / 1e6).toFixed(1)} MB after 5 faults, ${(atTwenty / 1e6).toFixed(1)} MB after 20`,
+    );
+    expect(atTwenty).toBeLessThan(atFive * 1.1);
+  });
+});
