@@ -3,6 +3,7 @@ import express, { type Express, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { pinoHttp } from 'pino-http';
 import { HttpProblem } from './errors.js';
+import type { AccessPolicy } from './http/access-control.js';
 import { errorHandler } from './http/error-handler.js';
 import { operationalRoutes, type Readiness } from './http/health-routes.js';
 import type { MappingLimits } from './http/request-mapping.js';
@@ -13,6 +14,7 @@ import type { Metrics } from './metrics.js';
 import type { RpcClient } from './rpc/rpc-client.js';
 
 export interface AppDeps {
+  readonly access: AccessPolicy;
   readonly rpc: RpcClient;
   readonly metrics: Metrics;
   readonly logger: Logger;
@@ -21,6 +23,7 @@ export interface AppDeps {
   readonly readiness: () => Readiness;
   readonly isShuttingDown: () => boolean;
   readonly openApiYaml: string;
+  readonly protectMetrics: boolean;
 }
 
 /** The RPC operations, in express path syntax (the OpenAPI test reads them from here). */
@@ -63,7 +66,12 @@ export function createApp(deps: AppDeps): Express {
   });
   app.all(RPC_PATHS, methodNotAllowed);
   app.use(
-    operationalRoutes({ readiness: deps.readiness, registry: deps.metrics.registry, openApiYaml: deps.openApiYaml }),
+    operationalRoutes({
+      readiness: deps.readiness,
+      registry: deps.metrics.registry,
+      openApiYaml: deps.openApiYaml,
+      guardMetrics: deps.protectMetrics ? (req) => deps.access.authenticate(req.headers) : undefined,
+    }),
   );
   app.use((req, _res) => {
     throw new HttpProblem('not-found', `No route for ${req.method} ${req.path}`);

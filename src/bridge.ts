@@ -8,6 +8,7 @@ import { ChannelPool } from './amqp/channel-pool.js';
 import { ExchangeChecker } from './amqp/exchange-checker.js';
 import { createHttpEdge } from './app.js';
 import type { Config } from './config.js';
+import { createAccessPolicy } from './http/access-control.js';
 import type { Readiness } from './http/health-routes.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { loadOpenApiYaml } from './openapi.js';
@@ -101,6 +102,12 @@ export function createBridge(config: Config, logger: Logger): Bridge {
   };
 
   const { app, handler } = createHttpEdge({
+    access: createAccessPolicy({
+      tokens: config.authTokens,
+      allowedQueues: config.allowedQueues,
+      allowedExchanges: config.allowedExchanges,
+    }),
+    protectMetrics: config.authProtectMetrics,
     rpc,
     metrics,
     logger,

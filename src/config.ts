@@ -3,6 +3,8 @@
  * environment variables; everything else receives a Config.
  */
 
+import { readFileSync } from 'node:fs';
+
 export const REPLY_TO_QUEUES = ['amq.rabbitmq.reply-to', 'amq.direct.reply-to'] as const;
 export type ReplyToQueue = (typeof REPLY_TO_QUEUES)[number];
 
@@ -32,6 +34,14 @@ export interface Config {
   readonly shutdownGraceMs: number;
   readonly logLevel: LogLevel;
   readonly appId: string;
+  /** Bearer tokens that may call the bridge; empty means no authentication. Secret: never logged. */
+  readonly authTokens: readonly string[];
+  /** Whether /metrics also needs a token (health endpoints never do: probes must reach them). */
+  readonly authProtectMetrics: boolean;
+  /** Glob patterns of queues callers may address; undefined means any (except reserved `amq.` names). */
+  readonly allowedQueues: readonly string[] | undefined;
+  /** Glob patterns of exchanges callers may address; undefined means any. */
+  readonly allowedExchanges: readonly string[] | undefined;
 }
 
 /** Thrown at start-up; the message always names the offending variable. */
@@ -68,13 +78,17 @@ export function loadConfig(env: Env): Config {
     shutdownGraceMs: read.integer('SHUTDOWN_GRACE_MS', 10_000, 0, 3_600_000),
     logLevel: read.oneOf('LOG_LEVEL', LOG_LEVELS, 'info'),
     appId: read.string('APP_ID', 'amqp-rpc-bridge'),
+    authTokens: read.tokens('AUTH_TOKENS', 'AUTH_TOKENS_FILE'),
+    authProtectMetrics: read.boolean('AUTH_PROTECT_METRICS', false),
+    allowedQueues: read.list('ALLOWED_QUEUES'),
+    allowedExchanges: read.list('ALLOWED_EXCHANGES'),
   };
   return Object.freeze(config);
 }
 
 /** The configuration as it may appear in a log line: credentials replaced. */
 export function loggableConfig(config: Config): Record<string, unknown> {
-  return { ...config, amqpUrl: redactUrl(config.amqpUrl) };
+  return { ...config, amqpUrl: redactUrl(config.amqpUrl), authTokens: `${config.authTokens.length} configured` };
 }
 
 export function redactUrl(url: string): string {
@@ -110,6 +124,42 @@ class EnvReader {
       throw new ConfigError(`${name} must be between ${min} and ${max}, got ${value}`);
     }
     return parsed;
+  }
+
+  /** Comma-separated values; undefined when the variable is unset or empty. */
+  list(name: string): readonly string[] | undefined {
+    const value = this.raw(name);
+    if (value === undefined) return undefined;
+    const items = value
+      .split(',')
+      .map((item) => item.trim())
+      .filter((item) => item !== '');
+    if (items.length === 0) throw new ConfigError(`${name} lists nothing`);
+    return Object.freeze(items);
+  }
+
+  /** Secrets from a comma-separated variable or a file with one per line (for mounted secrets). */
+  tokens(name: string, fileName: string): readonly string[] {
+    const inline = this.list(name) ?? [];
+    const file = this.raw(fileName);
+    let fromFile: string[] = [];
+    if (file !== undefined) {
+      try {
+        fromFile = readFileSync(file, 'utf8')
+          .split(/\r?\n/)
+          .map((line) => line.trim())
+          .filter((line) => line !== '' && !line.startsWith('#'));
+      } catch (err) {
+        throw new ConfigError(`${fileName} cannot be read: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+      }
+      if (fromFile.length === 0) throw new ConfigError(`${fileName} holds no token`);
+    }
+    const tokens = [...inline, ...fromFile];
+    // Never echo a token: say only which variable is wrong.
+    if (tokens.some((token) => token.length < 16)) {
+      throw new ConfigError(`${name}/${fileName}: every token must be at least 16 characters`);
+    }
+    return Object.freeze(tokens);
   }
 
   boolean(name: string, fallback: boolean): boolean {

@@ -6,6 +6,8 @@
 
 export const PROBLEMS = {
   'invalid-request': { status: 400, title: 'Invalid request' },
+  unauthorized: { status: 401, title: 'Authentication required' },
+  forbidden: { status: 403, title: 'Target not allowed' },
   'not-found': { status: 404, title: 'No such route' },
   'method-not-allowed': { status: 405, title: 'Method not allowed' },
   unroutable: { status: 404, title: 'Message was not routed to any queue' },
@@ -30,6 +32,8 @@ export interface ProblemOptions {
   readonly target?: string;
   /** Seconds, for 503 answers. */
   readonly retryAfterSeconds?: number;
+  /** WWW-Authenticate, for 401 answers. */
+  readonly challenge?: string;
 }
 
 /** An error that knows how it is answered over HTTP. Throw it from a route; the error middleware renders it. */

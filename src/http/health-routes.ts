@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http';
 import { Router } from 'express';
 import type { Registry } from 'prom-client';
 
@@ -11,6 +12,8 @@ export interface OperationalDeps {
   readonly readiness: () => Readiness;
   readonly registry: Registry;
   readonly openApiYaml: string;
+  /** Throws (401) when /metrics is protected and the request has no valid token. */
+  readonly guardMetrics: ((req: IncomingMessage) => void) | undefined;
 }
 
 /** /healthz, /readyz, /metrics and /openapi.yaml. */
@@ -23,7 +26,8 @@ export function operationalRoutes(deps: OperationalDeps): Router {
     const { ready, checks } = deps.readiness();
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', checks });
   });
-  router.get('/metrics', async (_req, res) => {
+  router.get('/metrics', async (req, res) => {
+    deps.guardMetrics?.(req);
     const text = await deps.registry.metrics();
     res.setHeader('Content-Type', deps.registry.contentType);
     res.end(text);

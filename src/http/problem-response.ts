@@ -7,6 +7,7 @@ export function sendProblem(res: ServerResponse, problem: HttpProblem, requestId
   res.setHeader('Content-Type', 'application/problem+json');
   const { retryAfterSeconds } = problem.options;
   if (retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(retryAfterSeconds));
+  if (problem.options.challenge !== undefined) res.setHeader('WWW-Authenticate', problem.options.challenge);
   // The rest of an oversized body is not worth reading: let the connection go.
   if (problem.code === 'payload-too-large') res.setHeader('Connection', 'close');
   res.end(JSON.stringify(problemDocument(problem, requestId)));

@@ -6,6 +6,7 @@ import type { Metrics, RpcOutcomeLabel } from '../metrics.js';
 import type { RpcOutcome } from '../rpc/outcome.js';
 import type { RpcCall } from '../rpc/rpc-call.js';
 import type { RpcClient } from '../rpc/rpc-client.js';
+import type { AccessPolicy } from './access-control.js';
 import { sendProblem } from './problem-response.js';
 import { ClientClosedError, readRawBody } from './raw-body.js';
 import { assignRequestId } from './request-id.js';
@@ -14,6 +15,7 @@ import { outcomeProblem, replyToHttp } from './response-mapping.js';
 import { decodeSegments, type RpcPath, timeoutParameter } from './rpc-path.js';
 
 export interface RpcRouteDeps {
+  readonly access: AccessPolicy;
   readonly rpc: RpcClient;
   readonly metrics: Metrics;
   readonly logger: Logger;
@@ -81,8 +83,10 @@ class RpcExchange {
     let target: RpcTarget;
     let fields: ReturnType<typeof messageFields>;
     try {
+      this.deps.access.authenticate(this.req.headers);
       target = targetOf(decodeSegments(path));
       this.log.target = target.label;
+      this.deps.access.authorize(target);
       if (this.deps.isShuttingDown()) {
         this.record('unavailable');
         throw new HttpProblem('shutting-down', 'The bridge is shutting down; retry on another instance', {

@@ -58,3 +58,24 @@ describe('loadConfig', () => {
     expect(redactUrl(config.amqpUrl)).toBe('amqps://user:***@broker.example:5671/vhost');
   });
 });
+
+describe('access configuration', () => {
+  it('reads tokens and allowlists, and shows tokens only as a count', () => {
+    const config = loadConfig({
+      AUTH_TOKENS: 'aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb',
+      ALLOWED_QUEUES: 'orders.*, billing',
+    });
+    expect(config.authTokens).toEqual(['aaaaaaaaaaaaaaaa', 'bbbbbbbbbbbbbbbb']);
+    expect(config.allowedQueues).toEqual(['orders.*', 'billing']);
+    expect(config.allowedExchanges).toBeUndefined();
+    expect(JSON.stringify(loggableConfig(config))).not.toContain('aaaaaaaaaaaaaaaa');
+  });
+
+  it('refuses short tokens without echoing them, and an unreadable token file', () => {
+    expect(() => loadConfig({ AUTH_TOKENS: 'short-secret' })).toThrow(/at least 16 characters/);
+    expect(() => loadConfig({ AUTH_TOKENS: 'short-secret' })).not.toThrow(/short-secret/);
+    expect(() => loadConfig({ AUTH_TOKENS_FILE: '/nonexistent/tokens' })).toThrow(
+      /AUTH_TOKENS_FILE cannot be read: ENOENT/,
+    );
+  });
+});

@@ -152,3 +152,15 @@ describe('headers that cross to the broker', () => {
     });
   });
 });
+
+describe('globToRegExp', () => {
+  it('matches * and ? and nothing else specially', async () => {
+    const { globToRegExp } = await import('../../src/http/access-control.js');
+    expect(globToRegExp('orders.*').test('orders.create')).toBe(true);
+    expect(globToRegExp('orders.*').test('ordersXcreate')).toBe(false);
+    expect(globToRegExp('job-?').test('job-1')).toBe(true);
+    expect(globToRegExp('job-?').test('job-12')).toBe(false);
+    expect(globToRegExp('a+b').test('a+b')).toBe(true);
+    expect(globToRegExp('a+b').test('aab')).toBe(false);
+  });
+});

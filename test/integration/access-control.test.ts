@@ -1,0 +1,89 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import request from 'supertest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
+import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
+import { startTestBridge, type TestBridge } from '../helpers/bridge.js';
+import { AMQP_URL, uniqueName } from '../helpers/broker.js';
+
+const TOKEN = 'token-for-tests-0123456789';
+const SECOND = 'second-token-from-a-file-9876';
+let bridge: TestBridge;
+let worker: RunningWorker;
+const allowed = uniqueName('allowed');
+
+beforeAll(async () => {
+  worker = await startEchoWorker({ url: AMQP_URL, queue: allowed, durable: false });
+  const secrets = mkdtempSync(join(tmpdir(), 'bridge-tokens-'));
+  writeFileSync(join(secrets, 'tokens'), `# mounted secret\n${SECOND}\n`);
+  bridge = await startTestBridge({
+    AUTH_TOKENS: TOKEN,
+    AUTH_TOKENS_FILE: join(secrets, 'tokens'),
+    AUTH_PROTECT_METRICS: 'true',
+    ALLOWED_QUEUES: 'test.allowed.*,orders',
+    ALLOWED_EXCHANGES: 'amq.topic',
+  });
+});
+
+afterAll(async () => {
+  await bridge?.close();
+  await worker?.close();
+});
+
+describe('bearer tokens', () => {
+  it('answers 401 with WWW-Authenticate when the token is missing or wrong', async () => {
+    const missing = await request(bridge.baseUrl).post(`/rpc/${allowed}`).send('x');
+    expect(missing.status).toBe(401);
+    expect(missing.headers['www-authenticate']).toBe('Bearer realm="amqp-rpc-bridge"');
+    expect(missing.body.type).toBe(`${PROBLEM_TYPE_PREFIX}unauthorized`);
+
+    const wrong = await request(bridge.baseUrl).post(`/rpc/${allowed}`).set('Authorization', 'Bearer nope').send('x');
+    expect(wrong.status).toBe(401);
+    expect(wrong.headers['www-authenticate']).toBe('Bearer realm="amqp-rpc-bridge", error="invalid_token"');
+
+    const basic = await request(bridge.baseUrl)
+      .post(`/rpc/${allowed}`)
+      .set('Authorization', `Basic ${TOKEN}`)
+      .send('x');
+    expect(basic.status).toBe(401);
+  });
+
+  it('serves a request with a token from AUTH_TOKENS or from AUTH_TOKENS_FILE, and never logs it', async () => {
+    for (const token of [TOKEN, SECOND]) {
+      const res = await request(bridge.baseUrl)
+        .post(`/rpc/${allowed}`)
+        .set('Authorization', `Bearer ${token}`)
+        .set('Content-Type', 'text/plain')
+        .send('ok');
+      expect(res.status).toBe(200);
+      expect(res.text).toBe('ok');
+    }
+    const logs = bridge.logs.map((line) => JSON.stringify(line)).join('\n');
+    expect(logs).not.toContain(TOKEN);
+    expect(logs).not.toContain(SECOND);
+  });
+
+  it('protects /metrics when AUTH_PROTECT_METRICS is set, but never the health probes', async () => {
+    expect((await request(bridge.baseUrl).get('/metrics')).status).toBe(401);
+    expect((await request(bridge.baseUrl).get('/metrics').set('Authorization', `Bearer ${TOKEN}`)).status).toBe(200);
+    expect((await request(bridge.baseUrl).get('/healthz')).status).toBe(200);
+    expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(200);
+  });
+});
+
+describe('allowlists', () => {
+  it('answers 403 for a queue or exchange off the list, before anything reaches the broker', async () => {
+    const auth = { Authorization: `Bearer ${TOKEN}` };
+    const queue = await request(bridge.baseUrl).post('/rpc/payments').set(auth).send('x');
+    expect(queue.status).toBe(403);
+    expect(queue.body).toMatchObject({ type: `${PROBLEM_TYPE_PREFIX}forbidden`, target: 'payments' });
+    const exchange = await request(bridge.baseUrl).post('/rpc/amq.direct/orders').set(auth).send('x');
+    expect(exchange.status).toBe(403);
+    // On the list: reaches the broker (no queue bound for this key, so the broker returns it).
+    const topic = await request(bridge.baseUrl).post('/rpc/amq.topic/nobody.listens').set(auth).send('x');
+    expect(topic.status).toBe(404);
+    expect(topic.body.type).toBe(`${PROBLEM_TYPE_PREFIX}unroutable`);
+  });
+});
