@@ -13,6 +13,10 @@ export const PROBLEMS = {
   unroutable: { status: 404, title: 'Message was not routed to any queue' },
   'exchange-not-found': { status: 404, title: 'Exchange does not exist' },
   'payload-too-large': { status: 413, title: 'Request body too large' },
+  // Refused by Node's HTTP parser before any route runs (server.ts answers them).
+  'malformed-request': { status: 400, title: 'Malformed HTTP request' },
+  'request-timeout': { status: 408, title: 'Request not received in time' },
+  'headers-too-large': { status: 431, title: 'Request header fields too large' },
   'request-lost': { status: 502, title: 'Request lost with its broker channel' },
   'bad-reply': { status: 502, title: 'Worker reply is unusable' },
   'broker-unavailable': { status: 503, title: 'Broker unavailable' },

@@ -1,5 +1,7 @@
-import { createServer, type RequestListener, type Server } from 'node:http';
+import { createServer, type RequestListener, STATUS_CODES, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { PROBLEM_TYPE_PREFIX, PROBLEMS, type ProblemCode } from './errors.js';
 
 /** Slow or stalled clients must not hold sockets: these bound how long the request itself may take. */
 const HEADERS_TIMEOUT_MS = 15_000;
@@ -30,6 +32,7 @@ export async function listen(
     { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS },
     handler,
   );
+  server.on('clientError', answerClientError);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, backlog, () => {
@@ -53,4 +56,26 @@ export async function listen(
       return closing;
     },
   };
+}
+
+/**
+ * What Node refuses before any route runs (oversized headers, malformed HTTP) still leaves as a
+ * problem document, like every other error of the bridge; then the connection closes.
+ */
+function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const code: ProblemCode =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? 'headers-too-large'
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? 'request-timeout'
+        : 'malformed-request';
+  const { status, title } = PROBLEMS[code];
+  const body = JSON.stringify({ type: PROBLEM_TYPE_PREFIX + code, title, status, detail: err.code ?? err.message });
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
 }
