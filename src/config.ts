@@ -16,6 +16,9 @@ export interface Config {
   readonly port: number;
   /** Connections the kernel may queue before the bridge accepts them (capped by net.core.somaxconn). */
   readonly httpBacklog: number;
+  /** How long a client may take to send its headers, and its whole request (a slow body is cut off). */
+  readonly httpHeadersTimeoutMs: number;
+  readonly httpRequestTimeoutMs: number;
   /** Full AMQP URL including credentials: never log it, use `loggableConfig`. */
   readonly amqpUrl: string;
   readonly amqpChannels: number;
@@ -63,6 +66,8 @@ export function loadConfig(env: Env): Config {
     host: read.string('HOST', '0.0.0.0'),
     port: read.integer('PORT', 8080, 0, 65_535),
     httpBacklog: read.integer('HTTP_BACKLOG', 4096, 1, 65_535),
+    httpHeadersTimeoutMs: read.integer('HTTP_HEADERS_TIMEOUT_MS', 10_000, 100, 600_000),
+    httpRequestTimeoutMs: read.integer('HTTP_REQUEST_TIMEOUT_MS', 30_000, 100, 3_600_000),
     amqpUrl: read.amqpUrl('AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672'),
     amqpChannels: read.integer('AMQP_CHANNELS', 4, 1, 256),
     replyTo: read.oneOf('AMQP_REPLY_TO', REPLY_TO_QUEUES, 'amq.rabbitmq.reply-to'),

@@ -23,7 +23,13 @@ async function main(): Promise<void> {
 
   const bridge = createBridge(config, logger);
   bridge.start();
-  const server = await listen(bridge.handler, config.port, config.host, config.httpBacklog);
+  const server = await listen(bridge.handler, {
+    port: config.port,
+    host: config.host,
+    backlog: config.httpBacklog,
+    headersTimeoutMs: config.httpHeadersTimeoutMs,
+    requestTimeoutMs: config.httpRequestTimeoutMs,
+  });
   logger.info({ port: server.port, host: config.host }, 'listening');
 
   let signalled = false;

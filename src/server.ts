@@ -3,13 +3,23 @@ import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { PROBLEM_TYPE_PREFIX, PROBLEMS, type ProblemCode } from './errors.js';
 
-/** Slow or stalled clients must not hold sockets: these bound how long the request itself may take. */
-const HEADERS_TIMEOUT_MS = 15_000;
-const REQUEST_TIMEOUT_MS = 60_000;
 /** Longer than the idle timeout of common load balancers (60 s), so they close first, not us. */
 const KEEP_ALIVE_TIMEOUT_MS = 65_000;
-/** Node's own default is 511; a bridge in front of bursty callers absorbs more before dropping SYNs. */
-export const DEFAULT_BACKLOG = 4096;
+/** How often Node looks for requests past their timeouts (its default, 30 s, would let them overstay). */
+const TIMEOUT_CHECK_INTERVAL_MS = 1_000;
+
+export interface ListenOptions {
+  readonly port: number;
+  readonly host: string;
+  /**
+   * Connections the kernel queues before node accepts them (capped by net.core.somaxconn): a burst
+   * larger than it is dropped and retried by clients a second later.
+   */
+  readonly backlog: number;
+  /** Slow or stalled clients must not hold sockets: how long the headers, and the whole request, may take. */
+  readonly headersTimeoutMs: number;
+  readonly requestTimeoutMs: number;
+}
 
 export interface RunningServer {
   readonly server: Server;
@@ -18,18 +28,15 @@ export interface RunningServer {
   close(graceMs: number): Promise<void>;
 }
 
-/**
- * Listens on host:port. `backlog` bounds connections the kernel queues before node accepts them
- * (capped by net.core.somaxconn): a burst larger than it is dropped and retried by clients after 1 s.
- */
-export async function listen(
-  handler: RequestListener,
-  port: number,
-  host: string,
-  backlog = DEFAULT_BACKLOG,
-): Promise<RunningServer> {
+export async function listen(handler: RequestListener, options: ListenOptions): Promise<RunningServer> {
+  const { port, host, backlog } = options;
   const server = createServer(
-    { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS },
+    {
+      headersTimeout: options.headersTimeoutMs,
+      requestTimeout: options.requestTimeoutMs,
+      keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+      connectionsCheckingInterval: TIMEOUT_CHECK_INTERVAL_MS,
+    },
     handler,
   );
   server.on('clientError', answerClientError);

@@ -29,7 +29,13 @@ export async function startTestBridge(env: Record<string, string> = {}): Promise
   const bridge = createBridge(config, createLogger(config.logLevel, sink));
   bridge.start();
   await waitFor(() => bridge.readiness().ready, 10_000, 'the bridge to become ready');
-  const server = await listen(bridge.handler, 0, '127.0.0.1');
+  const server = await listen(bridge.handler, {
+    port: 0,
+    host: '127.0.0.1',
+    backlog: config.httpBacklog,
+    headersTimeoutMs: config.httpHeadersTimeoutMs,
+    requestTimeoutMs: config.httpRequestTimeoutMs,
+  });
   return {
     bridge,
     server,

@@ -153,7 +153,13 @@ async function startOfflineBridge() {
   });
   const offline = createBridge(config, createLogger('silent'));
   offline.start();
-  const server = await listen(offline.handler, 0, '127.0.0.1');
+  const server = await listen(offline.handler, {
+    port: 0,
+    host: '127.0.0.1',
+    backlog: config.httpBacklog,
+    headersTimeoutMs: config.httpHeadersTimeoutMs,
+    requestTimeoutMs: config.httpRequestTimeoutMs,
+  });
   return {
     baseUrl: `http://127.0.0.1:${server.port}`,
     async close() {
