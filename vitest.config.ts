@@ -29,6 +29,17 @@ export default defineConfig({
           include: ['test/integration/**/*.test.ts'],
           // Fails the run at once, with what to do, when no broker answers.
           globalSetup: ['test/helpers/require-broker.ts'],
+          env: { RPC_REPLY_MODE: 'direct' },
+        },
+      },
+      {
+        extends: true,
+        test: {
+          // The same integration suite, with callback queues instead of direct reply-to.
+          name: 'integration-queue-mode',
+          include: ['test/integration/**/*.test.ts'],
+          globalSetup: ['test/helpers/require-broker.ts'],
+          env: { RPC_REPLY_MODE: 'queue' },
         },
       },
     ],

@@ -43,7 +43,7 @@ export interface Bridge {
 export function createBridge(config: Config, logger: Logger): Bridge {
   const metrics = createMetrics(new Registry(), config.metricsMaxQueues);
   const connection = new BrokerConnection({
-    url: config.amqpUrl,
+    urls: config.amqpUrls,
     reconnectMinMs: config.reconnectMinMs,
     reconnectMaxMs: config.reconnectMaxMs,
     connectionName: `${config.appId}@${hostname()}`,
@@ -51,7 +51,7 @@ export function createBridge(config: Config, logger: Logger): Bridge {
   });
   const pool = new ChannelPool({
     size: config.amqpChannels,
-    replyTo: config.replyTo,
+    replies: config.replyMode === 'queue' ? { mode: 'queue' } : { mode: 'direct', pseudoQueue: config.replyTo },
     confirms: config.publisherConfirms,
     connection,
     logger,
@@ -82,7 +82,6 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     connection,
     pool,
     exchanges: new ExchangeChecker(connection, config.exchangeCheckTtlMs),
-    replyTo: config.replyTo,
     appId: config.appId,
     maxInFlight: config.maxInFlight,
     onStart: () => metrics.rpcInFlight.inc(),

@@ -19,10 +19,15 @@ export interface Config {
   /** How long a client may take to send its headers, and its whole request (a slow body is cut off). */
   readonly httpHeadersTimeoutMs: number;
   readonly httpRequestTimeoutMs: number;
-  /** Full AMQP URL including credentials: never log it, use `loggableConfig`. */
-  readonly amqpUrl: string;
+  /**
+   * Broker URLs including credentials, tried in turn: never log them, use `loggableConfig`. One
+   * for a single broker; several (cluster nodes, or a standby) to fail over on connection loss.
+   */
+  readonly amqpUrls: readonly string[];
   readonly amqpChannels: number;
   readonly replyTo: ReplyToQueue;
+  /** `direct`: direct reply-to (no queue). `queue`: one exclusive, server-named callback queue per channel. */
+  readonly replyMode: 'direct' | 'queue';
   /** Publisher confirms on the request channels: a broker nack answers 503 at once. */
   readonly publisherConfirms: boolean;
   /** RPCs in flight beyond which new ones are refused with 503. */
@@ -68,9 +73,10 @@ export function loadConfig(env: Env): Config {
     httpBacklog: read.integer('HTTP_BACKLOG', 4096, 1, 65_535),
     httpHeadersTimeoutMs: read.integer('HTTP_HEADERS_TIMEOUT_MS', 10_000, 100, 600_000),
     httpRequestTimeoutMs: read.integer('HTTP_REQUEST_TIMEOUT_MS', 30_000, 100, 3_600_000),
-    amqpUrl: read.amqpUrl('AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672'),
+    amqpUrls: read.amqpUrls('AMQP_URLS', 'AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672'),
     amqpChannels: read.integer('AMQP_CHANNELS', 4, 1, 256),
     replyTo: read.oneOf('AMQP_REPLY_TO', REPLY_TO_QUEUES, 'amq.rabbitmq.reply-to'),
+    replyMode: read.oneOf('RPC_REPLY_MODE', ['direct', 'queue'] as const, 'direct'),
     publisherConfirms: read.boolean('AMQP_PUBLISHER_CONFIRMS', true),
     maxInFlight: read.integer('MAX_IN_FLIGHT', 10_000, 1, 10_000_000),
     reconnectMinMs,
@@ -93,7 +99,11 @@ export function loadConfig(env: Env): Config {
 
 /** The configuration as it may appear in a log line: credentials replaced. */
 export function loggableConfig(config: Config): Record<string, unknown> {
-  return { ...config, amqpUrl: redactUrl(config.amqpUrl), authTokens: `${config.authTokens.length} configured` };
+  return {
+    ...config,
+    amqpUrls: config.amqpUrls.map(redactUrl),
+    authTokens: `${config.authTokens.length} configured`,
+  };
 }
 
 export function redactUrl(url: string): string {
@@ -185,18 +195,27 @@ class EnvReader {
     return match;
   }
 
-  amqpUrl(name: string, fallback: string): string {
-    const value = this.raw(name) ?? fallback;
-    let parsed: URL;
-    try {
-      parsed = new URL(value);
-    } catch {
-      // Never echo the value: it may hold a password.
-      throw new ConfigError(`${name} is not a valid URL`);
-    }
-    if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
-      throw new ConfigError(`${name} must start with amqp:// or amqps://, got ${parsed.protocol}//`);
-    }
-    return value;
+  /** AMQP_URLS, else AMQP_URL, each a comma-separated list of amqp:// or amqps:// URLs. */
+  amqpUrls(listName: string, name: string, fallback: string): readonly string[] {
+    const used = this.raw(listName) !== undefined ? listName : name;
+    const urls = (this.raw(used) ?? fallback)
+      .split(',')
+      .map((url) => url.trim())
+      .filter((url) => url !== '');
+    if (urls.length === 0) throw new ConfigError(`${used} lists no URL`);
+    urls.forEach((url, index) => {
+      const which = urls.length > 1 ? `${used} (URL ${index + 1})` : used;
+      let parsed: URL;
+      try {
+        parsed = new URL(url);
+      } catch {
+        // Never echo the value: it may hold a password.
+        throw new ConfigError(`${which} is not a valid URL`);
+      }
+      if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
+        throw new ConfigError(`${which} must start with amqp:// or amqps://, got ${parsed.protocol}//`);
+      }
+    });
+    return Object.freeze(urls);
   }
 }

@@ -1,4 +1,4 @@
-import { createServer, type RequestListener, STATUS_CODES, type Server } from 'node:http';
+import { createServer, type RequestListener, type Server, STATUS_CODES } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { PROBLEM_TYPE_PREFIX, PROBLEMS, type ProblemCode } from './errors.js';

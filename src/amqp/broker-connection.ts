@@ -5,7 +5,8 @@ import { toError } from '../errors.js';
 import { reconnectDelay } from './backoff.js';
 
 export interface BrokerConnectionOptions {
-  readonly url: string;
+  /** Tried in turn: after a failed attempt or a lost connection, the next one. */
+  readonly urls: readonly string[];
   readonly reconnectMinMs: number;
   readonly reconnectMaxMs: number;
   /** Shown in the broker's management UI as the connection name. */
@@ -36,6 +37,7 @@ export class BrokerConnection {
   private retryTimer: NodeJS.Timeout | undefined;
   private nextAttemptAt = 0;
   private blocked = false;
+  private urlIndex = 0;
   private readonly listeners: ConnectionListener[] = [];
 
   constructor(private readonly options: BrokerConnectionOptions) {}
@@ -81,14 +83,14 @@ export class BrokerConnection {
     const { logger } = this.options;
     let model: ChannelModel;
     try {
-      model = await amqp.connect(this.options.url, {
+      model = await amqp.connect(this.url, {
         // Without noDelay a small publish can sit behind Nagle's algorithm for a delayed ACK (~40 ms).
         noDelay: true,
         timeout: CONNECT_TIMEOUT_MS,
         clientProperties: { connection_name: this.options.connectionName },
       });
     } catch (err) {
-      this.scheduleReconnect(`connect failed: ${toError(err).message}`);
+      this.scheduleReconnect(`connect to ${redactUrl(this.url)} failed: ${toError(err).message}`);
       return;
     }
     if (this.stopped) {
@@ -103,10 +105,7 @@ export class BrokerConnection {
     this.model = model;
     this.attempt = 0;
     this.nextAttemptAt = 0;
-    logger.info(
-      { broker: redactUrl(this.options.url), server: model.connection.serverProperties.product },
-      'amqp connected',
-    );
+    logger.info({ broker: redactUrl(this.url), server: model.connection.serverProperties.product }, 'amqp connected');
     for (const listener of this.listeners) listener.connected(model);
   }
 
@@ -126,8 +125,14 @@ export class BrokerConnection {
     for (const listener of this.listeners) listener.blockedChanged(blocked);
   }
 
+  private get url(): string {
+    return this.options.urls[this.urlIndex] as string;
+  }
+
   private scheduleReconnect(reason: string): void {
     if (this.stopped) return;
+    // The next broker in the list (the same one when there is only one).
+    this.urlIndex = (this.urlIndex + 1) % this.options.urls.length;
     this.attempt += 1;
     const delay = reconnectDelay(this.attempt, this.options.reconnectMinMs, this.options.reconnectMaxMs);
     this.nextAttemptAt = Date.now() + delay;

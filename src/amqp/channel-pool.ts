@@ -3,11 +3,11 @@ import type { Logger } from 'pino';
 import { toError } from '../errors.js';
 import { reconnectDelay } from './backoff.js';
 import type { BrokerConnection, ConnectionListener } from './broker-connection.js';
-import { ReplyChannel } from './reply-channel.js';
+import { ReplyChannel, type ReplySource } from './reply-channel.js';
 
 export interface ChannelPoolOptions {
   readonly size: number;
-  readonly replyTo: string;
+  readonly replies: ReplySource;
   /** Open the channels in confirm mode (publisher confirms). */
   readonly confirms: boolean;
   readonly connection: BrokerConnection;
@@ -88,7 +88,7 @@ export class ChannelPool implements ConnectionListener {
   private async openSlot(model: ChannelModel, generation: number, failures: number): Promise<void> {
     if (this.isStale(model, generation)) return;
     try {
-      const channel = await ReplyChannel.open(model, this.options.replyTo, this.options.confirms, {
+      const channel = await ReplyChannel.open(model, this.options.replies, this.options.confirms, {
         strayReply: this.options.onStrayReply,
         backpressure: this.options.onBackpressure,
         closed: (closedChannel, reason, brokerCode) =>

@@ -1,6 +1,13 @@
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Message, Options } from 'amqplib';
 import type { PendingCall } from '../rpc/outcome.js';
 
+/**
+ * Where replies come back. `direct`: the broker's direct reply-to pseudo-queue (no queue at all).
+ * `queue`: an exclusive, auto-delete, server-named callback queue per channel (LavinMQ's article's
+ * first pattern), for brokers or policies without direct reply-to.
+ */
+export type ReplySource = { readonly mode: 'direct'; readonly pseudoQueue: string } | { readonly mode: 'queue' };
+
 export interface ReplyChannelHooks {
   /** A reply whose correlation id nobody waits for (late, duplicate or stray). */
   strayReply(message: ConsumeMessage): void;
@@ -23,6 +30,8 @@ export class ReplyChannel {
   private writable = true;
   private drainWaiters: Array<() => void> = [];
   private closeReason = 'channel closed';
+  /** What requests published here carry in reply_to: the pseudo-queue, or this channel's own queue. */
+  replyTo = '';
   private brokerCode: number | undefined;
   private closed = false;
 
@@ -40,7 +49,7 @@ export class ReplyChannel {
    */
   static async open(
     model: ChannelModel,
-    replyTo: string,
+    replies: ReplySource,
     confirms: boolean,
     hooks: ReplyChannelHooks,
   ): Promise<ReplyChannel> {
@@ -55,7 +64,15 @@ export class ReplyChannel {
     channel.on('return', (message: Message) => replyChannel.onReturn(message));
     channel.on('drain', () => replyChannel.onDrain());
     try {
-      await channel.consume(replyTo, (message) => replyChannel.onReply(message), { noAck: true });
+      if (replies.mode === 'queue') {
+        // The callback-queue pattern: a server-named queue of this channel's own, gone with it.
+        const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true, durable: false });
+        replyChannel.replyTo = queue;
+      } else {
+        replyChannel.replyTo = replies.pseudoQueue;
+      }
+      // No-ack in both modes: a reply is worth exactly one delivery, and an unacked one is of no use.
+      await channel.consume(replyChannel.replyTo, (message) => replyChannel.onReply(message), { noAck: true });
     } catch (err) {
       await replyChannel.close();
       throw err;

@@ -33,7 +33,6 @@ export interface RpcClientOptions {
   readonly connection: BrokerConnection;
   readonly pool: ChannelPool;
   readonly exchanges: ExchangeChecker;
-  readonly replyTo: string;
   readonly appId: string;
   /** Calls in flight beyond which `start` refuses at once (outcome `overloaded`). */
   readonly maxInFlight: number;
@@ -137,7 +136,7 @@ export class RpcClient {
     headers['x-deadline'] = now + request.timeoutMs;
     const properties: Options.Publish = {
       correlationId: call.correlationId,
-      replyTo: this.options.replyTo,
+      replyTo: channel.replyTo,
       mandatory: true,
       // A request nobody picked up before the caller gave up expires in the queue instead of being worked on.
       expiration: String(request.timeoutMs),

@@ -5,6 +5,9 @@ import { createLogger } from '../../src/logger.js';
 import { listen, type RunningServer } from '../../src/server.js';
 import { AMQP_URL, uniqueName } from './broker.js';
 
+/** The reply mode this run of the suite tests: `direct` (default) or `queue`. */
+export const REPLY_MODE = process.env.RPC_REPLY_MODE ?? 'direct';
+
 export interface TestBridge {
   readonly bridge: Bridge;
   readonly server: RunningServer;
@@ -18,7 +21,15 @@ export interface TestBridge {
 
 /** A real bridge on a real broker, listening on a free loopback port, ready when this resolves. */
 export async function startTestBridge(env: Record<string, string> = {}): Promise<TestBridge> {
-  const config = loadConfig({ AMQP_URL, HOST: '127.0.0.1', PORT: '0', APP_ID: uniqueName('bridge'), ...env });
+  const config = loadConfig({
+    AMQP_URL,
+    HOST: '127.0.0.1',
+    PORT: '0',
+    APP_ID: uniqueName('bridge'),
+    // The integration suite runs once per reply mode (vitest projects set it).
+    RPC_REPLY_MODE: REPLY_MODE,
+    ...env,
+  });
   const logs: Array<Record<string, unknown>> = [];
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {

@@ -105,3 +105,26 @@ describe('when the broker closes one reply channel', () => {
     }
   });
 });
+
+describe('with several broker URLs', () => {
+  it('moves on to the next URL when one is unreachable, at start and after a connection loss', async () => {
+    const marker = uniqueName('failover');
+    const dead = 'amqp://guest:guest@127.0.0.1:1';
+    const listed = await startTestBridge({ APP_ID: marker, AMQP_URL: `${dead},${AMQP_URL}` });
+    try {
+      // Ready at all means the dead first URL was passed over.
+      const first = await request(listed.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send('1');
+      expect(first.status).toBe(200);
+      expect(await closeConnectionsNamed(marker, 'test: failover')).toBe(1);
+      await waitFor(() => !listed.bridge.readiness().ready, 5_000, 'the connection loss to be seen');
+      // Next in turn is the dead URL, then the live one again.
+      await waitFor(() => listed.bridge.readiness().ready, 15_000, 'the bridge to come back through the list');
+      const messages = listed.logs.map((line) => String(line.reason ?? ''));
+      expect(messages.some((reason) => reason.includes('connect to amqp://guest:***@127.0.0.1:1 failed'))).toBe(true);
+      const after = await request(listed.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send('2');
+      expect(after.status).toBe(200);
+    } finally {
+      await listed.close();
+    }
+  });
+});

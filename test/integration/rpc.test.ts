@@ -3,7 +3,7 @@ import { request as httpRequest } from 'node:http';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
-import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
+import { REPLY_MODE, startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
 
 let bridge: TestBridge;
@@ -123,7 +123,8 @@ describe('what the worker receives', () => {
     const message = received[0];
     if (message === undefined) throw new Error('the worker got nothing');
     const { properties } = message;
-    expect(properties.replyTo).toMatch(/^amq\.rabbitmq\.reply-to\./);
+    // Opaque to workers either way: the broker's rewritten pseudo-queue, or the channel's own queue.
+    expect(properties.replyTo).toMatch(REPLY_MODE === 'queue' ? /^amq\.gen-/ : /^amq\.rabbitmq\.reply-to\./);
     expect(properties.correlationId).toMatch(/^[0-9a-f-]{36}$/);
     expect(properties.contentType).toBe('application/json');
     expect(properties.priority).toBe(7);

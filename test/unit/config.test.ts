@@ -6,7 +6,7 @@ describe('loadConfig', () => {
     const config = loadConfig({});
     expect(config).toMatchObject({
       port: 8080,
-      amqpUrl: 'amqp://guest:guest@127.0.0.1:5672',
+      amqpUrls: ['amqp://guest:guest@127.0.0.1:5672'],
       amqpChannels: 4,
       replyTo: 'amq.rabbitmq.reply-to',
       rpcTimeoutMs: 30_000,
@@ -55,7 +55,7 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ AMQP_URL: `amqp://user:${secret}@[bad` })).toThrow(/AMQP_URL is not a valid URL$/);
     const config = loadConfig({ AMQP_URL: `amqps://user:${secret}@broker.example:5671/vhost` });
     expect(JSON.stringify(loggableConfig(config))).not.toContain(secret);
-    expect(redactUrl(config.amqpUrl)).toBe('amqps://user:***@broker.example:5671/vhost');
+    expect(redactUrl(config.amqpUrls[0] ?? '')).toBe('amqps://user:***@broker.example:5671/vhost');
   });
 });
 
@@ -77,5 +77,20 @@ describe('access configuration', () => {
     expect(() => loadConfig({ AUTH_TOKENS_FILE: '/nonexistent/tokens' })).toThrow(
       /AUTH_TOKENS_FILE cannot be read: ENOENT/,
     );
+  });
+});
+
+describe('broker URLs', () => {
+  it('takes a comma-separated list from AMQP_URL or AMQP_URLS, and names the bad one', () => {
+    expect(loadConfig({ AMQP_URL: 'amqp://a:5672, amqps://b:5671/vh' }).amqpUrls).toEqual([
+      'amqp://a:5672',
+      'amqps://b:5671/vh',
+    ]);
+    expect(loadConfig({ AMQP_URLS: 'amqp://x', AMQP_URL: 'amqp://ignored' }).amqpUrls).toEqual(['amqp://x']);
+    expect(() => loadConfig({ AMQP_URLS: 'amqp://ok, http://secret@bad' })).toThrow(
+      'AMQP_URLS (URL 2) must start with amqp://',
+    );
+    const logged = JSON.stringify(loggableConfig(loadConfig({ AMQP_URL: 'amqp://u:pw1@a,amqp://u:pw2@b' })));
+    expect(logged).not.toMatch(/pw1|pw2/);
   });
 });
