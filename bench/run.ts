@@ -69,6 +69,10 @@ async function main(): Promise<void> {
     await worker.waitForLine(/consuming/);
 
     const { child: bridge, port: bridgePort } = await startBridge();
+    // The same bridge in its other configurations, to show what each costs.
+    const queueMode = await startBridge({ RPC_REPLY_MODE: 'queue' });
+    const noConfirms = await startBridge({ AMQP_PUBLISHER_CONFIRMS: 'false' });
+    children.push(queueMode.child, noConfirms.child);
     children.push(bridge);
 
     const echo = startChild('node', [...TSX, 'bench/targets/express-echo.ts'], {});
@@ -98,6 +102,24 @@ async function main(): Promise<void> {
           seconds: SECONDS,
         }),
       'raw-amqp': (concurrency: number, body: Buffer) => runRawAmqp(concurrency, body.length),
+      'bridge-queue-mode': (concurrency: number, body: Buffer) =>
+        runHttpLoad({
+          target: 'bridge-queue-mode',
+          url: `http://127.0.0.1:${queueMode.port}/rpc/${echoQueue}`,
+          pid: queueMode.child.pid,
+          concurrency,
+          body,
+          seconds: SECONDS,
+        }),
+      'bridge-no-confirms': (concurrency: number, body: Buffer) =>
+        runHttpLoad({
+          target: 'bridge-no-confirms',
+          url: `http://127.0.0.1:${noConfirms.port}/rpc/${echoQueue}`,
+          pid: noConfirms.child.pid,
+          concurrency,
+          body,
+          seconds: SECONDS,
+        }),
       minimal: (concurrency: number, body: Buffer) =>
         runHttpLoad({
           target: 'minimal',
@@ -127,7 +149,11 @@ async function main(): Promise<void> {
       if (SCENARIOS.has('concurrency')) {
         console.error(`round ${round}/${ROUNDS}: concurrency`);
         for (const concurrency of CONCURRENCIES) {
-          for (const run of Object.values(targets)) keep(await run(concurrency, body100));
+          for (const [name, run] of Object.entries(targets)) {
+            // The configuration variants at the two concurrencies the targets are judged at.
+            if (name.startsWith('bridge-') && concurrency !== 1 && concurrency !== 64) continue;
+            keep(await run(concurrency, body100));
+          }
         }
       }
       if (!SCENARIOS.has('bodies')) continue;
@@ -188,11 +214,16 @@ async function main(): Promise<void> {
   }
 }
 
-async function startBridge(): Promise<{ child: Child; port: number }> {
+async function startBridge(env: Record<string, string> = {}): Promise<{ child: Child; port: number }> {
   const port = await freePort();
   // As `npm start` and the Dockerfile run it, unless BENCH_BRIDGE_NODE_FLAGS says otherwise.
   const flags = (process.env.BENCH_BRIDGE_NODE_FLAGS ?? '--max-semi-space-size=4').split(' ').filter(Boolean);
-  const child = startChild('node', [...flags, 'dist/src/main.js'], { AMQP_URL, PORT: String(port), HOST: '127.0.0.1' });
+  const child = startChild('node', [...flags, 'dist/src/main.js'], {
+    AMQP_URL,
+    PORT: String(port),
+    HOST: '127.0.0.1',
+    ...env,
+  });
   await child.waitForLine(/"msg":"listening"/);
   await waitReady(`http://127.0.0.1:${port}/readyz`);
   return { child, port };
