@@ -8,7 +8,7 @@ import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.
 import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
 import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
-import { memoryWatermark, rabbitmqctl } from '../helpers/rabbitmqctl.js';
+import { memoryWatermark, rabbitmqctl, SECOND_NODE, startSecondNode, stopSecondNode } from '../helpers/rabbitmqctl.js';
 
 let bridge: TestBridge;
 let broker: TestBroker | undefined;
@@ -195,5 +195,65 @@ describe('twenty faults in a row', () => {
       `heap after GC: ${(atFive / 1e6).toFixed(1)} MB after 5 faults, ${(atTwenty / 1e6).toFixed(1)} MB after 20`,
     );
     expect(atTwenty).toBeLessThan(atFive * 1.1);
+  });
+});
+
+describe('a second broker node in AMQP_URLS', () => {
+  it('takes over when the first node stops under load, with every request answered', async () => {
+    await startSecondNode();
+    const secondUrl = `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`;
+    // The two nodes are independent brokers: the queue and a worker exist on each.
+    const secondWorker = await startEchoWorker({ url: secondUrl, queue: echoQueue, durable: false });
+    const listed = await startTestBridge({ AMQP_URLS: `${AMQP_URL},${secondUrl}`, AMQP_RECONNECT_MIN_MS: '200' });
+    const statuses = new Map<string, number>();
+    let running = true;
+    let stoppedAt = 0;
+    let firstFailureAt = 0;
+    let recoveredAt = 0;
+    const loop = async () => {
+      while (running) {
+        const res = await request(listed.baseUrl)
+          .post(`/rpc/${echoQueue}`)
+          .set('Content-Type', 'text/plain')
+          .set('Amqp-Timeout', '5000')
+          .send('x')
+          .catch(() => ({ status: 'error' as const, text: '' }));
+        const status = String(res.status);
+        statuses.set(status, (statuses.get(status) ?? 0) + 1);
+        // The first answer that is not 200 marks the first node's connection gone; the next 200 came through the second.
+        if (stoppedAt > 0 && status !== '200' && firstFailureAt === 0) firstFailureAt = Date.now();
+        if (firstFailureAt > 0 && status === '200' && recoveredAt === 0) recoveredAt = Date.now();
+      }
+    };
+    try {
+      const clients = Array.from({ length: 8 }, loop);
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      stoppedAt = Date.now();
+      await rabbitmqctl('stop_app');
+      await waitFor(() => recoveredAt > 0, 20_000, 'requests to succeed through the second node');
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      running = false;
+      await Promise.all(clients);
+      const counts = Object.fromEntries(statuses);
+      console.info(
+        `failover: first failed answer ${firstFailureAt - stoppedAt} ms after stop_app began, ` +
+          `first 200 through the second node ${recoveredAt - firstFailureAt} ms after that; statuses ${JSON.stringify(counts)}`,
+      );
+      // Every request got an answer, and only the documented ones: 200, or 502/503 around the switch.
+      for (const status of Object.keys(counts)) expect(['200', '502', '503']).toContain(status);
+      expect(counts['200']).toBeGreaterThan(0);
+      expect(
+        listed.logs.some(
+          (line) => line.msg === 'amqp connected' && String(line.broker).includes(`:${SECOND_NODE.port}`),
+        ),
+      ).toBe(true);
+    } finally {
+      running = false;
+      await listed.close();
+      await secondWorker.close();
+      await rabbitmqctl('start_app');
+      await rabbitmqctl('await_startup');
+      await stopSecondNode();
+    }
   });
 });

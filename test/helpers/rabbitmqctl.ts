@@ -66,7 +66,17 @@ export async function startSecondNode(): Promise<void> {
       RABBITMQ_PID_FILE: join(base, 'pid'),
     },
   });
-  await rabbitmqctl('-n', SECOND_NODE.name, 'await_startup', '--timeout', '60');
+  // -detached returns before the node is reachable, and await_startup fails until it is: retry.
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    try {
+      await rabbitmqctl('-n', SECOND_NODE.name, 'await_startup', '--timeout', '30');
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+    }
+  }
 }
 
 export async function stopSecondNode(): Promise<void> {

@@ -4,7 +4,7 @@ import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.
 import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
 import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
-import { closeConnectionsNamed } from '../helpers/rabbitmqctl.js';
+import { closeConnectionsNamed, rabbitmqctl } from '../helpers/rabbitmqctl.js';
 
 let bridge: TestBridge;
 let broker: TestBroker;
@@ -125,6 +125,31 @@ describe('with several broker URLs', () => {
       expect(after.status).toBe(200);
     } finally {
       await listed.close();
+    }
+  });
+});
+
+describe('a virtual host in the URL', () => {
+  it('connects to that vhost and routes only there', async () => {
+    const vhost = uniqueName('vhost');
+    await rabbitmqctl('add_vhost', vhost);
+    await rabbitmqctl('set_permissions', '-p', vhost, 'guest', '.*', '.*', '.*');
+    const url = new URL(AMQP_URL);
+    url.pathname = `/${encodeURIComponent(vhost)}`;
+    const queue = uniqueName('in-vhost');
+    const inVhost = await startEchoWorker({ url: url.toString(), queue, durable: false });
+    const scoped = await startTestBridge({ AMQP_URL: url.toString() });
+    try {
+      const there = await request(scoped.baseUrl).post(`/rpc/${queue}`).set('Content-Type', 'text/plain').send('vh');
+      expect(there.status).toBe(200);
+      expect(there.text).toBe('vh');
+      // The default vhost has no such queue: the other bridge's publish is returned.
+      const elsewhere = await request(bridge.baseUrl).post(`/rpc/${queue}`).send('vh');
+      expect(elsewhere.status).toBe(404);
+    } finally {
+      await scoped.close();
+      await inVhost.close();
+      await rabbitmqctl('delete_vhost', vhost);
     }
   });
 });
