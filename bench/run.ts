@@ -82,53 +82,17 @@ async function main(): Promise<void> {
     children.push(minimal);
     const minimalPort = (JSON.parse(await minimal.waitForLine(/"port"/)) as { port: number }).port;
 
+    const httpTarget =
+      (target: string, port: number, pid: number, path: string) => (concurrency: number, body: Buffer) =>
+        runHttpLoad({ target, url: `http://127.0.0.1:${port}${path}`, pid, concurrency, body, seconds: SECONDS });
+    const rpcPath = `/rpc/${echoQueue}`;
     const targets = {
-      'express-echo': (concurrency: number, body: Buffer) =>
-        runHttpLoad({
-          target: 'express-echo',
-          url: `http://127.0.0.1:${echoPort}/echo`,
-          pid: echo.pid,
-          concurrency,
-          body,
-          seconds: SECONDS,
-        }),
-      bridge: (concurrency: number, body: Buffer) =>
-        runHttpLoad({
-          target: 'bridge',
-          url: `http://127.0.0.1:${bridgePort}/rpc/${echoQueue}`,
-          pid: bridge.pid,
-          concurrency,
-          body,
-          seconds: SECONDS,
-        }),
+      'express-echo': httpTarget('express-echo', echoPort, echo.pid, '/echo'),
+      bridge: httpTarget('bridge', bridgePort, bridge.pid, rpcPath),
       'raw-amqp': (concurrency: number, body: Buffer) => runRawAmqp(concurrency, body.length),
-      'bridge-queue-mode': (concurrency: number, body: Buffer) =>
-        runHttpLoad({
-          target: 'bridge-queue-mode',
-          url: `http://127.0.0.1:${queueMode.port}/rpc/${echoQueue}`,
-          pid: queueMode.child.pid,
-          concurrency,
-          body,
-          seconds: SECONDS,
-        }),
-      'bridge-no-confirms': (concurrency: number, body: Buffer) =>
-        runHttpLoad({
-          target: 'bridge-no-confirms',
-          url: `http://127.0.0.1:${noConfirms.port}/rpc/${echoQueue}`,
-          pid: noConfirms.child.pid,
-          concurrency,
-          body,
-          seconds: SECONDS,
-        }),
-      minimal: (concurrency: number, body: Buffer) =>
-        runHttpLoad({
-          target: 'minimal',
-          url: `http://127.0.0.1:${minimalPort}/rpc`,
-          pid: minimal.pid,
-          concurrency,
-          body,
-          seconds: SECONDS,
-        }),
+      'bridge-queue-mode': httpTarget('bridge-queue-mode', queueMode.port, queueMode.child.pid, rpcPath),
+      'bridge-no-confirms': httpTarget('bridge-no-confirms', noConfirms.port, noConfirms.child.pid, rpcPath),
+      minimal: httpTarget('minimal', minimalPort, minimal.pid, '/rpc'),
     };
 
     console.error(`warming up (${Object.keys(targets).join(', ')})`);

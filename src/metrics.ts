@@ -110,20 +110,10 @@ export function createMetrics(registry: Registry, maxQueues: number): Metrics {
     labelNames: ['queue'] as const,
     registers,
   });
-  const requestBytes = new Histogram({
-    name: 'rpc_request_bytes',
-    help: 'Size of RPC request bodies',
-    labelNames: ['queue'] as const,
-    buckets: SIZE_BUCKETS,
-    registers,
-  });
-  const responseBytes = new Histogram({
-    name: 'rpc_response_bytes',
-    help: 'Size of reply bodies returned to HTTP callers',
-    labelNames: ['queue'] as const,
-    buckets: SIZE_BUCKETS,
-    registers,
-  });
+  const sizeHistogram = (name: string, help: string) =>
+    new Histogram({ name, help, labelNames: ['queue'] as const, buckets: SIZE_BUCKETS, registers });
+  const requestBytes = sizeHistogram('rpc_request_bytes', 'Size of RPC request bodies');
+  const responseBytes = sizeHistogram('rpc_response_bytes', 'Size of reply bodies returned to HTTP callers');
   const httpDuration = new Histogram({
     name: 'http_request_duration_seconds',
     help: 'HTTP requests by method, route pattern and status code',

@@ -1,6 +1,7 @@
+import type { RequestListener } from 'node:http';
 import { Writable } from 'node:stream';
 import { type Bridge, createBridge } from '../../src/bridge.js';
-import { loadConfig } from '../../src/config.js';
+import { type Config, loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import { listen, type RunningServer } from '../../src/server.js';
 import { AMQP_URL, uniqueName } from './broker.js';
@@ -40,13 +41,7 @@ export async function startTestBridge(env: Record<string, string> = {}): Promise
   const bridge = createBridge(config, createLogger(config.logLevel, sink));
   bridge.start();
   await waitFor(() => bridge.readiness().ready, 10_000, 'the bridge to become ready');
-  const server = await listen(bridge.handler, {
-    port: 0,
-    host: '127.0.0.1',
-    backlog: config.httpBacklog,
-    headersTimeoutMs: config.httpHeadersTimeoutMs,
-    requestTimeoutMs: config.httpRequestTimeoutMs,
-  });
+  const server = await listenOnLoopback(bridge.handler, config);
   return {
     bridge,
     server,
@@ -61,6 +56,17 @@ export async function startTestBridge(env: Record<string, string> = {}): Promise
       await bridge.stop();
     },
   };
+}
+
+/** Listens on a free loopback port with the configuration's HTTP settings. */
+export function listenOnLoopback(handler: RequestListener, config: Config): Promise<RunningServer> {
+  return listen(handler, {
+    port: 0,
+    host: '127.0.0.1',
+    backlog: config.httpBacklog,
+    headersTimeoutMs: config.httpHeadersTimeoutMs,
+    requestTimeoutMs: config.httpRequestTimeoutMs,
+  });
 }
 
 export function readMetric(text: string, name: string, labels: Record<string, string>): number {

@@ -2,47 +2,35 @@ import { readFileSync } from 'node:fs';
 import type { ConsumeMessage } from 'amqplib';
 import { Registry } from 'prom-client';
 import request from 'supertest';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
 import { createMetrics } from '../../src/metrics.js';
-import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
-import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
+import { waitFor } from '../helpers/bridge.js';
+import { AMQP_URL, startRawWorker, uniqueName } from '../helpers/broker.js';
+import { useEchoBridge } from '../helpers/fixture.js';
 
-let bridge: TestBridge;
-let broker: TestBroker;
-let worker: RunningWorker;
-const echoQueue = uniqueName('echo');
-
-beforeAll(async () => {
-  broker = await connectTestBroker();
-  worker = await startEchoWorker({ url: AMQP_URL, queue: echoQueue, durable: false });
-  // A password that must never show up in a log line.
-  const url = new URL(AMQP_URL);
-  bridge = await startTestBridge({ AMQP_URL: url.toString(), LOG_LEVEL: 'info' });
-});
-
-afterAll(async () => {
-  await bridge?.close();
-  await worker?.close();
-  await broker?.close();
-});
+const fixture = useEchoBridge({ LOG_LEVEL: 'info' });
+const { echoQueue } = fixture;
 
 describe('metrics after a mixed workload', () => {
   it('move by exactly what happened: ok, timeout, unroutable, rejected, late', async () => {
     const silent = uniqueName('silent');
     const nobody = uniqueName('nobody');
-    await broker.channel.assertQueue(silent, { durable: false, expires: 30_000 });
+    await fixture.broker.channel.assertQueue(silent, { durable: false, expires: 30_000 });
     const bodies = ['a', 'bb', 'ccc'];
     for (const body of bodies) {
-      const res = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send(body);
+      const res = await request(fixture.bridge.baseUrl)
+        .post(`/rpc/${echoQueue}`)
+        .set('Content-Type', 'text/plain')
+        .send(body);
       expect(res.status).toBe(200);
     }
-    expect((await request(bridge.baseUrl).post(`/rpc/${silent}?timeout=100`).send('x')).status).toBe(504);
-    expect((await request(bridge.baseUrl).post(`/rpc/${nobody}`).send('x')).status).toBe(404);
-    expect((await request(bridge.baseUrl).post(`/rpc/${echoQueue}?timeout=0`).send('x')).status).toBe(400);
-    expect((await request(bridge.baseUrl).get('/healthz')).status).toBe(200);
+    expect((await request(fixture.bridge.baseUrl).post(`/rpc/${silent}?timeout=100`).send('x')).status).toBe(504);
+    expect((await request(fixture.bridge.baseUrl).post(`/rpc/${nobody}`).send('x')).status).toBe(404);
+    expect((await request(fixture.bridge.baseUrl).post(`/rpc/${echoQueue}?timeout=0`).send('x')).status).toBe(400);
+    expect((await request(fixture.bridge.baseUrl).get('/healthz')).status).toBe(200);
 
+    const { bridge } = fixture;
     const m = bridge.metric.bind(bridge);
     const count = 'rpc_request_duration_seconds_count';
     expect(await m(count, { queue: echoQueue, outcome: 'ok' })).toBe(3);
@@ -61,24 +49,24 @@ describe('metrics after a mixed workload', () => {
     expect(await m('rpc_in_flight')).toBe(0);
     expect(await m('amqp_connected')).toBe(1);
     expect(await m('amqp_connection_blocked')).toBe(0);
-    await broker.channel.deleteQueue(silent);
+    await fixture.broker.channel.deleteQueue(silent);
   });
 
   it('label HTTP metrics by route pattern, never by the raw path', async () => {
-    await request(bridge.baseUrl).get('/no/such/path/12345');
-    const text = await bridge.bridge.metrics.registry.metrics();
+    await request(fixture.bridge.baseUrl).get('/no/such/path/12345');
+    const text = await fixture.bridge.bridge.metrics.registry.metrics();
     expect(text).not.toContain('12345');
-    expect(await bridge.metric('http_request_duration_seconds_count', { route: 'unmatched', status_code: '404' })).toBe(
-      1,
-    );
+    expect(
+      await fixture.bridge.metric('http_request_duration_seconds_count', { route: 'unmatched', status_code: '404' }),
+    ).toBe(1);
   });
 });
 
 describe('logs', () => {
   it('write one JSON line per RPC request that tells its story, and never a secret', async () => {
     const silent = uniqueName('logged');
-    await broker.channel.assertQueue(silent, { durable: false, expires: 30_000 });
-    const res = await request(bridge.baseUrl)
+    await fixture.broker.channel.assertQueue(silent, { durable: false, expires: 30_000 });
+    const res = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${silent}`)
       .set('Amqp-Timeout', '100')
       .set('X-Request-Id', 'story-1')
@@ -87,11 +75,11 @@ describe('logs', () => {
       .send('hello');
     expect(res.status).toBe(504);
     await waitFor(
-      () => bridge.logs.some((line) => (line.req as { id?: string } | undefined)?.id === 'story-1'),
+      () => fixture.bridge.logs.some((line) => (line.req as { id?: string } | undefined)?.id === 'story-1'),
       2_000,
       'the log line',
     );
-    const line = bridge.logs.find((entry) => (entry.req as { id?: string } | undefined)?.id === 'story-1');
+    const line = fixture.bridge.logs.find((entry) => (entry.req as { id?: string } | undefined)?.id === 'story-1');
     expect(line).toMatchObject({
       level: 50,
       msg: 'request completed',
@@ -102,12 +90,12 @@ describe('logs', () => {
     expect((line?.rpc as { correlationId?: string } | undefined)?.correlationId).toMatch(/^[0-9a-f-]{36}$/);
     expect(line?.responseTime).toBeGreaterThanOrEqual(100);
 
-    const everything = bridge.logs.map((entry) => JSON.stringify(entry)).join('\n');
+    const everything = fixture.bridge.logs.map((entry) => JSON.stringify(entry)).join('\n');
     expect(everything).not.toContain('top-secret-token');
     expect(everything).not.toContain('secret-cookie');
     expect(everything).not.toContain(`:${new URL(AMQP_URL).password}@`);
     expect(everything).toContain('"msg":"amqp connected"');
-    await broker.channel.deleteQueue(silent);
+    await fixture.broker.channel.deleteQueue(silent);
   });
 });
 
@@ -115,17 +103,17 @@ describe('trace context', () => {
   it('passes the caller trace on to the worker, and starts one when the caller has none', async () => {
     const queue = uniqueName('traced');
     const seen: ConsumeMessage[] = [];
-    await startRawWorker(broker, queue, (message, reply) => {
+    await startRawWorker(fixture.broker, queue, (message, reply) => {
       seen.push(message);
       reply(Buffer.from('ok'), { headers: { traceparent: '00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-01' } });
     });
     const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
-    const traced = await request(bridge.baseUrl)
+    const traced = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${queue}`)
       .set('traceparent', traceparent)
       .set('tracestate', 'vendor=1')
       .send('x');
-    const untraced = await request(bridge.baseUrl).post(`/rpc/${queue}`).send('x');
+    const untraced = await request(fixture.bridge.baseUrl).post(`/rpc/${queue}`).send('x');
     expect(seen[0]?.properties.headers).toMatchObject({ traceparent, tracestate: 'vendor=1' });
     expect(seen[1]?.properties.headers?.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
     // The worker's own trace header is not the caller's business.

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { methodNotAllowed, RPC_PATHS } from '../../src/app.js';
 import { PROBLEM_TYPE_PREFIX, PROBLEMS } from '../../src/errors.js';
-import { startTestBridge, type TestBridge } from '../helpers/bridge.js';
+import { listenOnLoopback, startTestBridge, type TestBridge } from '../helpers/bridge.js';
 
 let bridge: TestBridge;
 
@@ -145,7 +145,6 @@ async function startOfflineBridge() {
   const { createBridge } = await import('../../src/bridge.js');
   const { loadConfig } = await import('../../src/config.js');
   const { createLogger } = await import('../../src/logger.js');
-  const { listen } = await import('../../src/server.js');
   const config = loadConfig({
     AMQP_URL: 'amqp://guest:guest@127.0.0.1:1',
     AMQP_RECONNECT_MIN_MS: '2000',
@@ -153,13 +152,7 @@ async function startOfflineBridge() {
   });
   const offline = createBridge(config, createLogger('silent'));
   offline.start();
-  const server = await listen(offline.handler, {
-    port: 0,
-    host: '127.0.0.1',
-    backlog: config.httpBacklog,
-    headersTimeoutMs: config.httpHeadersTimeoutMs,
-    requestTimeoutMs: config.httpRequestTimeoutMs,
-  });
+  const server = await listenOnLoopback(offline.handler, config);
   return {
     baseUrl: `http://127.0.0.1:${server.port}`,
     async close() {

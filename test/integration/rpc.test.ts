@@ -1,32 +1,19 @@
 import { randomBytes } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import request from 'supertest';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
-import { REPLY_MODE, startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
-import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
+import { describe, expect, it } from 'vitest';
+import { startEchoWorker } from '../../examples/echo-worker.js';
+import { REPLY_MODE, waitFor } from '../helpers/bridge.js';
+import { AMQP_URL, startRawWorker, uniqueName } from '../helpers/broker.js';
+import { useEchoBridge } from '../helpers/fixture.js';
 
-let bridge: TestBridge;
-let broker: TestBroker;
-let worker: RunningWorker;
-const echoQueue = uniqueName('echo');
-
-beforeAll(async () => {
-  broker = await connectTestBroker();
-  worker = await startEchoWorker({ url: AMQP_URL, queue: echoQueue, durable: false });
-  bridge = await startTestBridge();
-});
-
-afterAll(async () => {
-  await bridge?.close();
-  await worker?.close();
-  await broker?.close();
-});
+const fixture = useEchoBridge();
+const { echoQueue } = fixture;
 
 describe('POST /rpc/:queue through the sample echo worker', () => {
   it('returns the worker reply to a JSON request, byte for byte with its content type', async () => {
     const body = '{"hi":1,"nested":{"list":[1,2,3]},"text":"grüße"}';
-    const res = await request(bridge.baseUrl)
+    const res = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${echoQueue}`)
       .set('Content-Type', 'application/json; charset=utf-8')
       .send(body);
@@ -38,7 +25,7 @@ describe('POST /rpc/:queue through the sample echo worker', () => {
   });
 
   it('echoes a text body with its content encoding', async () => {
-    const res = await request(bridge.baseUrl)
+    const res = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${echoQueue}`)
       .set('Content-Type', 'text/plain')
       .set('Content-Encoding', 'identity')
@@ -51,7 +38,7 @@ describe('POST /rpc/:queue through the sample echo worker', () => {
 
   it('forwards a binary body byte for byte, including bytes that are not valid UTF-8', async () => {
     const body = Buffer.concat([Buffer.from([0x00, 0xff, 0xfe, 0xc3, 0x28]), randomBytes(64 * 1024)]);
-    const res = await request(bridge.baseUrl)
+    const res = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${echoQueue}`)
       .set('Content-Type', 'application/octet-stream')
       .responseType('blob')
@@ -61,7 +48,7 @@ describe('POST /rpc/:queue through the sample echo worker', () => {
   });
 
   it('answers with the status the worker sets in http-status and returns reply headers as Amqp-Header-*', async () => {
-    const res = await request(bridge.baseUrl)
+    const res = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${echoQueue}`)
       .set('Amqp-Header-Reply-Status', '201')
       .set('Content-Type', 'text/plain')
@@ -73,9 +60,12 @@ describe('POST /rpc/:queue through the sample echo worker', () => {
   });
 
   it('keeps a sane X-Request-Id from the caller and echoes it', async () => {
-    const res = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('X-Request-Id', 'abc-123').send('x');
+    const res = await request(fixture.bridge.baseUrl)
+      .post(`/rpc/${echoQueue}`)
+      .set('X-Request-Id', 'abc-123')
+      .send('x');
     expect(res.headers['x-request-id']).toBe('abc-123');
-    const replaced = await request(bridge.baseUrl)
+    const replaced = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${echoQueue}`)
       .set('X-Request-Id', 'has spaces and "quotes"')
       .send('x');
@@ -83,7 +73,7 @@ describe('POST /rpc/:queue through the sample echo worker', () => {
   });
 
   it('gives 200 concurrent requests each its own reply', async () => {
-    const agent = request(bridge.baseUrl);
+    const agent = request(fixture.bridge.baseUrl);
     const results = await Promise.all(
       Array.from({ length: 200 }, async (_, index) => {
         const res = await agent.post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send(`request-${index}`);
@@ -94,7 +84,7 @@ describe('POST /rpc/:queue through the sample echo worker', () => {
       expect(result.status).toBe(200);
       expect(result.text).toBe(`request-${result.index}`);
     }
-    expect(bridge.bridge.rpc.inFlightCount).toBe(0);
+    expect(fixture.bridge.bridge.rpc.inFlightCount).toBe(0);
   });
 });
 
@@ -102,12 +92,12 @@ describe('what the worker receives', () => {
   it('carries the request properties the contract names, and nothing else from the HTTP request', async () => {
     const queue = uniqueName('inspect');
     const received: Array<import('amqplib').ConsumeMessage> = [];
-    await startRawWorker(broker, queue, (message, reply) => {
+    await startRawWorker(fixture.broker, queue, (message, reply) => {
       received.push(message);
       reply(Buffer.from('ok'), {});
     });
     const before = Date.now();
-    const res = await request(bridge.baseUrl)
+    const res = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${queue}`)
       .set('Content-Type', 'application/json')
       .set('Amqp-Timeout', '5000')
@@ -148,12 +138,12 @@ describe('what the worker receives', () => {
   it('uses a fresh correlation id for every request, whatever the caller sends', async () => {
     const queue = uniqueName('corr');
     const ids: unknown[] = [];
-    await startRawWorker(broker, queue, (message, reply) => {
+    await startRawWorker(fixture.broker, queue, (message, reply) => {
       ids.push(message.properties.correlationId);
       reply(Buffer.alloc(0), {});
     });
     for (let i = 0; i < 3; i++) {
-      await request(bridge.baseUrl).post(`/rpc/${queue}`).set('Amqp-Header-Correlation-Id', 'forged').send('');
+      await request(fixture.bridge.baseUrl).post(`/rpc/${queue}`).set('Amqp-Header-Correlation-Id', 'forged').send('');
     }
     expect(new Set(ids).size).toBe(3);
     expect(ids).not.toContain('forged');
@@ -164,37 +154,37 @@ describe('routing through a named exchange', () => {
   it('delivers via exchange and routing key', async () => {
     const exchange = uniqueName('ex');
     const queue = uniqueName('bound');
-    await broker.channel.assertExchange(exchange, 'direct', { durable: false, autoDelete: true });
+    await fixture.broker.channel.assertExchange(exchange, 'direct', { durable: false, autoDelete: true });
     const worker2 = await startEchoWorker({ url: AMQP_URL, queue, durable: false });
     try {
-      await broker.channel.bindQueue(queue, exchange, 'orders.create');
-      const res = await request(bridge.baseUrl)
+      await fixture.broker.channel.bindQueue(queue, exchange, 'orders.create');
+      const res = await request(fixture.bridge.baseUrl)
         .post(`/rpc/${encodeURIComponent(exchange)}/orders.create`)
         .send('via exchange');
       expect(res.status).toBe(200);
       expect(res.text).toBe('via exchange');
 
-      const unbound = await request(bridge.baseUrl).post(`/rpc/${exchange}/no.such.key`).send('x');
+      const unbound = await request(fixture.bridge.baseUrl).post(`/rpc/${exchange}/no.such.key`).send('x');
       expect(unbound.status).toBe(404);
       expect(unbound.body.type).toBe('tag:amqp-rpc-bridge,2026:problem/unroutable');
       expect(unbound.body.target).toBe(`${exchange}:no.such.key`);
     } finally {
       await worker2.close();
-      await broker.channel.deleteExchange(exchange).catch(() => undefined);
+      await fixture.broker.channel.deleteExchange(exchange).catch(() => undefined);
     }
   });
 
   it('answers 404 for a missing exchange without closing a reply channel', async () => {
-    const closesBefore = await bridge.metric('amqp_channel_closes_total');
-    const res = await request(bridge.baseUrl)
+    const closesBefore = await fixture.bridge.metric('amqp_channel_closes_total');
+    const res = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${uniqueName('missing-ex')}/key`)
       .send('x');
     expect(res.status).toBe(404);
     expect(res.headers['content-type']).toBe('application/problem+json');
     expect(res.body.type).toBe('tag:amqp-rpc-bridge,2026:problem/exchange-not-found');
-    expect(await bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
-    expect(bridge.bridge.pool.isFull).toBe(true);
-    const good = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).send('still fine');
+    expect(await fixture.bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
+    expect(fixture.bridge.bridge.pool.isFull).toBe(true);
+    const good = await request(fixture.bridge.baseUrl).post(`/rpc/${echoQueue}`).send('still fine');
     expect(good.status).toBe(200);
   });
 });
@@ -202,9 +192,9 @@ describe('routing through a named exchange', () => {
 describe('failures the caller must hear about at once', () => {
   it('answers 404 well under the timeout when no queue takes the message (basic.return)', async () => {
     const queue = uniqueName('nobody');
-    const before = await bridge.metric('rpc_unroutable_total', { queue });
+    const before = await fixture.bridge.metric('rpc_unroutable_total', { queue });
     const started = Date.now();
-    const res = await request(bridge.baseUrl).post(`/rpc/${queue}`).set('Amqp-Timeout', '10000').send('hello?');
+    const res = await request(fixture.bridge.baseUrl).post(`/rpc/${queue}`).set('Amqp-Timeout', '10000').send('hello?');
     const elapsed = Date.now() - started;
     expect(res.status).toBe(404);
     expect(res.headers['content-type']).toBe('application/problem+json');
@@ -215,38 +205,38 @@ describe('failures the caller must hear about at once', () => {
       requestId: res.headers['x-request-id'],
     });
     expect(elapsed).toBeLessThan(1_000);
-    expect(await bridge.metric('rpc_unroutable_total', { queue })).toBe(before + 1);
+    expect(await fixture.bridge.metric('rpc_unroutable_total', { queue })).toBe(before + 1);
   });
 
   it('answers 504 near the timeout when nobody replies', async () => {
     const queue = uniqueName('silent');
-    await broker.channel.assertQueue(queue, { durable: false, autoDelete: false, expires: 30_000 });
+    await fixture.broker.channel.assertQueue(queue, { durable: false, autoDelete: false, expires: 30_000 });
     const started = Date.now();
-    const res = await request(bridge.baseUrl).post(`/rpc/${queue}?timeout=300`).send('anyone?');
+    const res = await request(fixture.bridge.baseUrl).post(`/rpc/${queue}?timeout=300`).send('anyone?');
     const elapsed = Date.now() - started;
     expect(res.status).toBe(504);
     expect(res.body.type).toBe('tag:amqp-rpc-bridge,2026:problem/timeout');
     expect(elapsed).toBeGreaterThanOrEqual(295);
     expect(elapsed).toBeLessThan(1_500);
-    expect(await bridge.metric('rpc_timeouts_total', { queue })).toBe(1);
-    await broker.channel.deleteQueue(queue);
+    expect(await fixture.bridge.metric('rpc_timeouts_total', { queue })).toBe(1);
+    await fixture.broker.channel.deleteQueue(queue);
   });
 
   it('drops and counts a reply that arrives after the timeout, and answers the next request normally', async () => {
     const queue = uniqueName('late');
     let replied = 0;
-    await startRawWorker(broker, queue, (_message, reply) => {
+    await startRawWorker(fixture.broker, queue, (_message, reply) => {
       setTimeout(() => {
         reply(Buffer.from('too late'), {});
         replied += 1;
       }, 400);
     });
-    const lateBefore = await bridge.metric('rpc_late_replies_total');
-    const res = await request(bridge.baseUrl).post(`/rpc/${queue}`).set('Amqp-Timeout', '150').send('x');
+    const lateBefore = await fixture.bridge.metric('rpc_late_replies_total');
+    const res = await request(fixture.bridge.baseUrl).post(`/rpc/${queue}`).set('Amqp-Timeout', '150').send('x');
     expect(res.status).toBe(504);
     await waitFor(() => replied === 1, 2_000, 'the late reply');
-    await expect.poll(() => bridge.metric('rpc_late_replies_total')).toBe(lateBefore + 1);
-    const good = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).send('next');
+    await expect.poll(() => fixture.bridge.metric('rpc_late_replies_total')).toBe(lateBefore + 1);
+    const good = await request(fixture.bridge.baseUrl).post(`/rpc/${echoQueue}`).send('next');
     expect(good.status).toBe(200);
     expect(good.text).toBe('next');
   });
@@ -254,49 +244,49 @@ describe('failures the caller must hear about at once', () => {
   it('forgets a request whose HTTP client disconnects, and drops its reply when it comes', async () => {
     const queue = uniqueName('abandoned');
     let replied = false;
-    await startRawWorker(broker, queue, (_message, reply) => {
+    await startRawWorker(fixture.broker, queue, (_message, reply) => {
       setTimeout(() => {
         reply(Buffer.from('nobody listens'), {});
         replied = true;
       }, 500);
     });
-    const lateBefore = await bridge.metric('rpc_late_replies_total');
-    const url = new URL(`/rpc/${queue}`, bridge.baseUrl);
+    const lateBefore = await fixture.bridge.metric('rpc_late_replies_total');
+    const url = new URL(`/rpc/${queue}`, fixture.bridge.baseUrl);
     const req = httpRequest(url, { method: 'POST' });
     req.on('error', () => undefined);
     req.end('bye');
-    await waitFor(() => bridge.bridge.rpc.inFlightCount === 1, 2_000, 'the request to be in flight');
+    await waitFor(() => fixture.bridge.bridge.rpc.inFlightCount === 1, 2_000, 'the request to be in flight');
     req.destroy();
-    await waitFor(() => bridge.bridge.rpc.inFlightCount === 0, 1_000, 'the request to be forgotten');
-    expect(bridge.bridge.pool.pendingCount).toBe(0);
+    await waitFor(() => fixture.bridge.bridge.rpc.inFlightCount === 0, 1_000, 'the request to be forgotten');
+    expect(fixture.bridge.bridge.pool.pendingCount).toBe(0);
     await expect
-      .poll(() => bridge.metric('rpc_request_duration_seconds_count', { queue, outcome: 'cancelled' }))
+      .poll(() => fixture.bridge.metric('rpc_request_duration_seconds_count', { queue, outcome: 'cancelled' }))
       .toBe(1);
     await waitFor(() => replied, 2_000, 'the reply');
-    await expect.poll(() => bridge.metric('rpc_late_replies_total')).toBe(lateBefore + 1);
+    await expect.poll(() => fixture.bridge.metric('rpc_late_replies_total')).toBe(lateBefore + 1);
   });
 
   it('answers 502 when the reply carries an http-status that is not 200-599', async () => {
     const queue = uniqueName('badstatus');
-    await startRawWorker(broker, queue, (_message, reply) =>
+    await startRawWorker(fixture.broker, queue, (_message, reply) =>
       reply(Buffer.from('?'), { headers: { 'http-status': 99 } }),
     );
-    const res = await request(bridge.baseUrl).post(`/rpc/${queue}`).send('x');
+    const res = await request(fixture.bridge.baseUrl).post(`/rpc/${queue}`).send('x');
     expect(res.status).toBe(502);
     expect(res.body.type).toBe('tag:amqp-rpc-bridge,2026:problem/bad-reply');
   });
 
   it('answers a reply whose correlation id matches only once, even if the worker replies twice', async () => {
     const queue = uniqueName('twice');
-    await startRawWorker(broker, queue, (_message, reply) => {
+    await startRawWorker(fixture.broker, queue, (_message, reply) => {
       reply(Buffer.from('first'), {});
       reply(Buffer.from('second'), {});
     });
-    const lateBefore = await bridge.metric('rpc_late_replies_total');
-    const res = await request(bridge.baseUrl).post(`/rpc/${queue}`).send('x');
+    const lateBefore = await fixture.bridge.metric('rpc_late_replies_total');
+    const res = await request(fixture.bridge.baseUrl).post(`/rpc/${queue}`).send('x');
     // The reply has no content_type: the bridge says application/octet-stream.
     expect(res.headers['content-type']).toBe('application/octet-stream');
     expect(Buffer.from(res.body as Buffer).toString()).toBe('first');
-    await expect.poll(() => bridge.metric('rpc_late_replies_total')).toBe(lateBefore + 1);
+    await expect.poll(() => fixture.bridge.metric('rpc_late_replies_total')).toBe(lateBefore + 1);
   });
 });
