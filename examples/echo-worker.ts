@@ -44,7 +44,12 @@ export async function startEchoWorker(options: EchoWorkerOptions): Promise<Runni
   await channel.assertQueue(options.queue, { durable, autoDelete: !durable });
   await channel.prefetch(options.prefetch ?? 32);
   await channel.consume(options.queue, (message) => {
-    if (message !== null) void answer(channel, message);
+    if (message === null) return;
+    answer(channel, message).catch((err: unknown) => {
+      // The channel closed while this request was being worked on (e.g. during a delay): the
+      // broker redelivers the unacked request to another consumer, so there is nothing to do here.
+      console.error('echo worker could not answer:', err instanceof Error ? err.message : err);
+    });
   });
   return {
     closed,
