@@ -7,8 +7,16 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
 import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
 import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
+import { startBridgeProcess } from '../helpers/bridge-process.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
-import { memoryWatermark, rabbitmqctl, SECOND_NODE, startSecondNode, stopSecondNode } from '../helpers/rabbitmqctl.js';
+import {
+  memoryWatermark,
+  rabbitmqctl,
+  SECOND_NODE,
+  secondNodeCaFile,
+  startSecondNode,
+  stopSecondNode,
+} from '../helpers/rabbitmqctl.js';
 
 let bridge: TestBridge;
 let broker: TestBroker | undefined;
@@ -198,9 +206,47 @@ describe('twenty faults in a row', () => {
   });
 });
 
-describe('a second broker node in AMQP_URLS', () => {
-  it('takes over when the first node stops under load, with every request answered', async () => {
+describe('a second broker node', () => {
+  beforeAll(async () => {
     await startSecondNode();
+  }, 90_000);
+  afterAll(async () => {
+    await stopSecondNode();
+  });
+
+  it('speaks TLS: amqps:// works end to end, with the server certificate verified', async () => {
+    const plainUrl = `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`;
+    const queue = uniqueName('over-tls');
+    const tlsWorker = await startEchoWorker({ url: plainUrl, queue, durable: false });
+    // The bridge trusts the test CA the way an operator would: NODE_EXTRA_CA_CERTS.
+    const tls = await startBridgeProcess({
+      AMQP_URL: `amqps://guest:guest@localhost:${SECOND_NODE.tlsPort}`,
+      NODE_EXTRA_CA_CERTS: secondNodeCaFile,
+    });
+    try {
+      const res = await request(tls.baseUrl).post(`/rpc/${queue}`).set('Content-Type', 'text/plain').send('over tls');
+      expect(res.status).toBe(200);
+      expect(res.text).toBe('over tls');
+    } finally {
+      tls.child.kill('SIGTERM');
+      await tls.exited;
+      await tlsWorker.close();
+    }
+    // Without the CA the certificate is refused: the bridge never becomes ready.
+    const untrusting = await startBridgeProcess(
+      { AMQP_URL: `amqps://guest:guest@localhost:${SECOND_NODE.tlsPort}` },
+      { waitForReady: false },
+    );
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      expect((await request(untrusting.baseUrl).get('/readyz')).status).toBe(503);
+    } finally {
+      untrusting.child.kill('SIGKILL');
+      await untrusting.exited;
+    }
+  });
+
+  it('takes over when the first node stops under load, with every request answered', async () => {
     const secondUrl = `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`;
     // The two nodes are independent brokers: the queue and a worker exist on each.
     const secondWorker = await startEchoWorker({ url: secondUrl, queue: echoQueue, durable: false });
@@ -253,7 +299,6 @@ describe('a second broker node in AMQP_URLS', () => {
       await secondWorker.close();
       await rabbitmqctl('start_app');
       await rabbitmqctl('await_startup');
-      await stopSecondNode();
     }
   });
 });

@@ -12,7 +12,10 @@ export interface BridgeProcess {
 }
 
 /** The real process, as `npm start` runs it (from source here), on a free port. */
-export async function startBridgeProcess(env: Record<string, string>): Promise<BridgeProcess> {
+export async function startBridgeProcess(
+  env: Record<string, string>,
+  { waitForReady = true }: { waitForReady?: boolean } = {},
+): Promise<BridgeProcess> {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
     env: { ...process.env, AMQP_URL, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -29,7 +32,7 @@ export async function startBridgeProcess(env: Record<string, string>): Promise<B
     });
   });
   const baseUrl = `http://127.0.0.1:${port}`;
-  for (let attempt = 0; (await request(baseUrl).get('/readyz')).status !== 200; attempt++) {
+  for (let attempt = 0; waitForReady && (await request(baseUrl).get('/readyz')).status !== 200; attempt++) {
     if (attempt > 100) throw new Error('the bridge process never became ready');
     await new Promise((resolve) => setTimeout(resolve, 50));
   }

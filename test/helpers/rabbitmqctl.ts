@@ -39,7 +39,10 @@ export async function memoryWatermark(): Promise<string> {
   return match?.[1] ?? '0.4';
 }
 
-export const SECOND_NODE = { name: 'bridge-test-2@localhost', port: 5673, distPort: 25673 };
+export const SECOND_NODE = { name: 'bridge-test-2@localhost', port: 5673, tlsPort: 5674, distPort: 25673 };
+
+/** Where startSecondNode left the CA that signed its TLS certificate (for NODE_EXTRA_CA_CERTS). */
+export let secondNodeCaFile = '';
 
 /**
  * Starts a second, independent RabbitMQ node on this machine (its own name, ports and data dir),
@@ -47,7 +50,21 @@ export const SECOND_NODE = { name: 'bridge-test-2@localhost', port: 5673, distPo
  */
 export async function startSecondNode(): Promise<void> {
   const base = await mkdtemp(join(tmpdir(), 'rabbit2-'));
-  await writeFile(join(base, 'rabbitmq.conf'), `listeners.tcp.local = 127.0.0.1:${SECOND_NODE.port}\n`);
+  await makeCertificates(base);
+  secondNodeCaFile = join(base, 'ca.pem');
+  await writeFile(
+    join(base, 'rabbitmq.conf'),
+    [
+      `listeners.tcp.local = 127.0.0.1:${SECOND_NODE.port}`,
+      `listeners.ssl.default = 127.0.0.1:${SECOND_NODE.tlsPort}`,
+      `ssl_options.cacertfile = ${join(base, 'ca.pem')}`,
+      `ssl_options.certfile = ${join(base, 'server.pem')}`,
+      `ssl_options.keyfile = ${join(base, 'server.key')}`,
+      'ssl_options.verify = verify_none',
+      'ssl_options.fail_if_no_peer_cert = false',
+      '',
+    ].join('\n'),
+  );
   await writeFile(join(base, 'rabbitmq-env.conf'), '');
   await writeFile(join(base, 'enabled_plugins'), '[].\n');
   // The server runs as the rabbitmq user, which must own what it writes.
@@ -81,4 +98,54 @@ export async function startSecondNode(): Promise<void> {
 
 export async function stopSecondNode(): Promise<void> {
   await rabbitmqctl('-n', SECOND_NODE.name, 'stop').catch(() => undefined);
+}
+
+/** A throwaway CA and a server certificate for localhost / 127.0.0.1, made with openssl. */
+async function makeCertificates(dir: string): Promise<void> {
+  const at = (file: string) => join(dir, file);
+  await run('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-days',
+    '1',
+    '-subj',
+    '/CN=bridge-test-ca',
+    '-keyout',
+    at('ca.key'),
+    '-out',
+    at('ca.pem'),
+  ]);
+  await run('openssl', [
+    'req',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-subj',
+    '/CN=localhost',
+    '-keyout',
+    at('server.key'),
+    '-out',
+    at('server.csr'),
+  ]);
+  await writeFile(at('san.ext'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
+  await run('openssl', [
+    'x509',
+    '-req',
+    '-in',
+    at('server.csr'),
+    '-CA',
+    at('ca.pem'),
+    '-CAkey',
+    at('ca.key'),
+    '-CAcreateserial',
+    '-days',
+    '1',
+    '-extfile',
+    at('san.ext'),
+    '-out',
+    at('server.pem'),
+  ]);
 }
