@@ -23,23 +23,6 @@ const SIZE_BUCKETS = [64, 256, 1024, 4096, 16_384, 65_536, 262_144, 1_048_576, 4
 /** Where queues past METRICS_MAX_QUEUES are counted. */
 export const OVERFLOW_LABEL = 'other';
 
-/** Every metric name the bridge exports itself (the dashboard test checks its queries against these). */
-export const METRIC_NAMES = [
-  'rpc_request_duration_seconds',
-  'rpc_unroutable_total',
-  'rpc_timeouts_total',
-  'rpc_late_replies_total',
-  'rpc_in_flight',
-  'rpc_request_bytes',
-  'rpc_response_bytes',
-  'amqp_connected',
-  'amqp_reconnects_total',
-  'amqp_channel_closes_total',
-  'amqp_connection_blocked',
-  'amqp_publish_backpressure_total',
-  'http_request_duration_seconds',
-] as const;
-
 interface Observer {
   observe(value: number): void;
 }
