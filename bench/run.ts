@@ -154,6 +154,10 @@ async function main(): Promise<void> {
     const report = buildReport(results, inFlight);
     console.error(`bench took ${((performance.now() - benchStarted) / 1000).toFixed(0)} s`);
     console.log(report.table);
+    if (SCENARIOS.size < 3) {
+      console.error('a partial run (BENCH_SCENARIOS): results printed, nothing written');
+      return;
+    }
     mkdirSync('bench/results', { recursive: true });
     const json = JSON.stringify(
       {
