@@ -41,7 +41,12 @@ export interface Bridge {
 }
 
 export function createBridge(config: Config, logger: Logger): Bridge {
-  const metrics = createMetrics(new Registry(), config.metricsMaxQueues);
+  // The gauges read connection and client state when scraped (both are declared below).
+  const metrics = createMetrics(new Registry(), config.metricsMaxQueues, {
+    inFlight: () => rpc.inFlightCount,
+    connected: () => connection.isConnected,
+    blocked: () => connection.isBlocked,
+  });
   const connection = new BrokerConnection({
     urls: config.amqpUrls,
     reconnectMinMs: config.reconnectMinMs,
@@ -64,28 +69,27 @@ export function createBridge(config: Config, logger: Logger): Bridge {
   let everConnected = false;
   connection.addListener({
     connected() {
-      metrics.amqpConnected.set(1);
       if (everConnected) metrics.amqpReconnects.inc();
       everConnected = true;
     },
     disconnected(reason) {
-      metrics.amqpConnected.set(0);
       logger.warn({ reason }, 'amqp disconnected');
     },
     blockedChanged(blocked) {
-      metrics.amqpBlocked.set(blocked ? 1 : 0);
-      if (blocked) rpc.releaseAllBlocked('the broker blocks publishers (resource alarm)');
+      // Neither these requests nor the workers' replies move until the alarm clears. A request
+      // already handed to the broker may still be worked on later, as after a timeout.
+      if (blocked) {
+        const reason = 'the broker blocks publishers (resource alarm)';
+        rpc.settleAll({ kind: 'unavailable', reason, retryAfterMs: rpc.retryAfterMs() });
+      }
     },
   });
-  metrics.amqpConnected.set(0);
   const rpc = new RpcClient({
     connection,
     pool,
     exchanges: new ExchangeChecker(connection, config.exchangeCheckTtlMs),
     appId: config.appId,
     maxInFlight: config.maxInFlight,
-    onStart: () => metrics.rpcInFlight.inc(),
-    onSettle: () => metrics.rpcInFlight.dec(),
   });
 
   let shuttingDown = false;
@@ -138,7 +142,7 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     stop() {
       shuttingDown = true;
       stopping ??= (async () => {
-        rpc.abandonAll('the bridge is shutting down');
+        rpc.settleAll({ kind: 'lost', reason: 'the bridge is shutting down' });
         await pool.stop();
         await connection.stop();
       })();

@@ -57,22 +57,40 @@ export interface Metrics {
   observeRpc(observation: RpcObservation): void;
   /** Records one HTTP request by its route pattern (never the raw path). */
   observeHttp(method: string, route: string, statusCode: number, seconds: number): void;
-  readonly rpcInFlight: Gauge;
   readonly lateReplies: Counter;
-  readonly amqpConnected: Gauge;
   readonly amqpReconnects: Counter;
-  readonly amqpBlocked: Gauge;
   readonly publishBackpressure: Counter;
   readonly channelCloses: Counter<'reason'>;
+}
+
+/** State the gauges report as it is when scraped, rather than mirroring it on every change. */
+export interface MetricSources {
+  inFlight(): number;
+  connected(): boolean;
+  blocked(): boolean;
 }
 
 /**
  * Every metric in one place, on the registry the caller owns. Any client can invent queue names,
  * so the `queue` label takes at most `maxQueues` distinct values; later ones are counted as "other".
  */
-export function createMetrics(registry: Registry, maxQueues: number): Metrics {
+export function createMetrics(registry: Registry, maxQueues: number, sources: MetricSources): Metrics {
   const registers = [registry];
   collectDefaultMetrics({ register: registry });
+  const gauge = (name: string, help: string, read: () => number) =>
+    new Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        this.set(read());
+      },
+    });
+  gauge('rpc_in_flight', 'RPC requests published and not yet answered', sources.inFlight);
+  gauge('amqp_connected', '1 while connected to the broker, else 0', () => (sources.connected() ? 1 : 0));
+  gauge('amqp_connection_blocked', '1 while the broker blocks publishers (resource alarm), else 0', () =>
+    sources.blocked() ? 1 : 0,
+  );
 
   const duration = new Histogram({
     name: 'rpc_request_duration_seconds',
@@ -153,21 +171,14 @@ export function createMetrics(registry: Registry, maxQueues: number): Metrics {
       }
       observer.observe(seconds);
     },
-    rpcInFlight: new Gauge({ name: 'rpc_in_flight', help: 'RPC requests published and not yet answered', registers }),
     lateReplies: new Counter({
       name: 'rpc_late_replies_total',
       help: 'Replies dropped because no request waits for their correlation id (late, duplicate or stray)',
       registers,
     }),
-    amqpConnected: new Gauge({ name: 'amqp_connected', help: '1 while connected to the broker, else 0', registers }),
     amqpReconnects: new Counter({
       name: 'amqp_reconnects_total',
       help: 'Connections to the broker established after the first',
-      registers,
-    }),
-    amqpBlocked: new Gauge({
-      name: 'amqp_connection_blocked',
-      help: '1 while the broker blocks publishers (resource alarm), else 0',
       registers,
     }),
     publishBackpressure: new Counter({

@@ -111,12 +111,13 @@ export function messageHeaders(headers: IncomingHttpHeaders, target: string): Re
     const key = name.slice(HEADER_PREFIX.length);
     if (key === '') throw invalid('Amqp-Header- needs a name after the prefix', target);
     const text = fromHeaderBytes(Array.isArray(value) ? value.join(', ') : value);
+    const keyBytes = Buffer.byteLength(key);
     count += 1;
-    bytes += Buffer.byteLength(key) + Buffer.byteLength(text) + 6;
+    bytes += keyBytes + Buffer.byteLength(text) + 6;
     if (count > MAX_MESSAGE_HEADERS) {
       throw invalid(`At most ${MAX_MESSAGE_HEADERS} Amqp-Header-* headers are allowed`, target);
     }
-    if (Buffer.byteLength(key) > SHORT_STRING_BYTES) throw invalid('An Amqp-Header-* name is too long', target);
+    if (keyBytes > SHORT_STRING_BYTES) throw invalid('An Amqp-Header-* name is too long', target);
     table[key] = text;
   }
   if (bytes > MAX_HEADER_TABLE_BYTES) {

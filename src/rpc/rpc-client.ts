@@ -36,17 +36,13 @@ export interface RpcClientOptions {
   readonly appId: string;
   /** Calls in flight beyond which `start` refuses at once (outcome `overloaded`). */
   readonly maxInFlight: number;
-  /** In-flight accounting: called once when a call starts and once when it settles. */
-  readonly onStart?: () => void;
-  readonly onSettle?: () => void;
 }
 
-/** Publishes requests with direct reply-to and hands back calls that settle with their outcome. */
+/** Publishes requests (replies come back to the channel that published) and hands back calls that settle with their outcome. */
 export class RpcClient {
   private readonly inFlight = new Set<RpcCall>();
   private readonly forgetCall = (call: RpcCall): void => {
     this.inFlight.delete(call);
-    this.options.onSettle?.();
   };
 
   constructor(private readonly options: RpcClientOptions) {}
@@ -63,7 +59,6 @@ export class RpcClient {
   start(request: RpcRequest, onOutcome: (outcome: RpcOutcome) => void): RpcCall {
     const call = new RpcCall(randomUUID(), request.timeoutMs, this.forgetCall, onOutcome);
     this.inFlight.add(call);
-    this.options.onStart?.();
     if (this.inFlight.size > this.options.maxInFlight) {
       // Refused before the broker sees it: memory stays bounded however fast callers arrive.
       settleSoon(call, { kind: 'overloaded', limit: this.options.maxInFlight });
@@ -73,36 +68,35 @@ export class RpcClient {
     return call;
   }
 
-  /** Settles every call still in flight as lost (shutdown after the grace period). */
-  abandonAll(reason: string): void {
-    for (const call of [...this.inFlight]) call.settle({ kind: 'lost', reason });
+  /** Settles every call still in flight with the same outcome (shutdown, a resource alarm). */
+  settleAll(outcome: RpcOutcome): void {
+    for (const call of [...this.inFlight]) call.settle(outcome);
   }
 
-  /**
-   * Settles every call still in flight as unavailable (503): the broker blocks publishers, so
-   * neither these requests nor the workers' replies move until the alarm clears. A request already
-   * handed to the broker may still be worked on later, as after a timeout.
-   */
-  releaseAllBlocked(reason: string): void {
-    const retryAfterMs = this.options.connection.retryAfterMs();
-    for (const call of [...this.inFlight]) call.settle({ kind: 'unavailable', reason, retryAfterMs });
+  /** Milliseconds until the broker connection is tried again, for Retry-After. */
+  retryAfterMs(): number {
+    return this.options.connection.retryAfterMs();
   }
 
   private route(call: RpcCall, request: RpcRequest): void {
     const { connection, exchanges } = this.options;
-    if (!connection.isConnected) {
-      this.unavailable(call, 'not connected to the broker');
-    } else if (connection.isBlocked) {
-      this.unavailable(call, 'the broker is blocking publishers (resource alarm)');
-    } else if (request.exchange === '' || exchanges.cached(request.exchange) === true) {
+    if (!connection.isConnected || connection.isBlocked) {
+      const reason = connection.isBlocked
+        ? 'the broker is blocking publishers (resource alarm)'
+        : 'not connected to the broker';
+      this.unavailable(call, reason);
+      return;
+    }
+    const exists = request.exchange === '' ? true : exchanges.cached(request.exchange);
+    if (exists === true) {
       this.publishWhenWritable(call, request);
-    } else if (exchanges.cached(request.exchange) === false) {
+    } else if (exists === false) {
       settleSoon(call, { kind: 'exchange-not-found' });
     } else {
       exchanges.check(request.exchange).then(
-        (exists) => {
+        (found) => {
           if (call.isSettled) return;
-          if (exists) this.publishWhenWritable(call, request);
+          if (found) this.publishWhenWritable(call, request);
           else call.settle({ kind: 'exchange-not-found' });
         },
         (err: unknown) => {

@@ -59,8 +59,8 @@ const BAD_REQUESTS: BadRequest[] = [
     type: 'invalid-request',
   },
   {
-    name: 'an empty queue name (percent-encoded)',
-    path: '/rpc/%20'.replace('%20', ''),
+    name: 'an empty queue name',
+    path: '/rpc/',
     status: 404,
     type: 'not-found',
   },

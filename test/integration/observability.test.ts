@@ -124,7 +124,11 @@ describe('trace context', () => {
 
 describe('dashboard and alert rules', () => {
   const exported = async (): Promise<Set<string>> => {
-    const metrics = createMetrics(new Registry(), 10);
+    const metrics = createMetrics(new Registry(), 10, {
+      inFlight: () => 0,
+      connected: () => false,
+      blocked: () => false,
+    });
     const names = (await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name);
     return new Set(names);
   };
