@@ -137,8 +137,7 @@ class RpcExchange {
     res.statusCode = reply.status;
     for (const [name, value] of reply.headers) res.setHeader(name, value);
     res.setHeader('Server-Timing', `rpc;dur=${(this.call?.roundTripMs ?? 0).toFixed(2)}`);
-    // Draining: the client should reconnect, to another instance.
-    if (this.deps.isShuttingDown()) res.setHeader('Connection', 'close');
+    this.closeConnectionIfDraining();
     this.log.bytesOut = reply.body.length;
     this.record('ok');
     res.end(reply.body);
@@ -163,7 +162,13 @@ class RpcExchange {
       this.res.destroy();
       return;
     }
+    this.closeConnectionIfDraining();
     sendProblem(this.res, problem, this.requestId);
+  }
+
+  /** Every answer given while draining, success or problem, tells the client to reconnect elsewhere. */
+  private closeConnectionIfDraining(): void {
+    if (this.deps.isShuttingDown()) this.res.setHeader('Connection', 'close');
   }
 
   private record(outcome: RpcOutcomeLabel): void {

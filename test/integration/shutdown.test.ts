@@ -41,6 +41,10 @@ describe('graceful shutdown of the real process', () => {
     expect(refused.status).toBe(503);
     expect(refused.body.type).toBe(`${PROBLEM_TYPE_PREFIX}shutting-down`);
     expect(refused.headers['retry-after']).toBe('1');
+    // Over a keep-alive connection (fetch keeps them), the answer still asks the client to go elsewhere.
+    const keptAlive = await fetch(`${bridge.baseUrl}/rpc/${queue}`, { method: 'POST', body: 'too late' });
+    expect(keptAlive.status).toBe(503);
+    expect(keptAlive.headers.get('connection')).toBe('close');
 
     const results = await answers;
     results.forEach((res, i) => {
