@@ -41,10 +41,6 @@ export class ChannelPool implements ConnectionListener {
     return this.channels.length === this.options.size;
   }
 
-  get openCount(): number {
-    return this.channels.length;
-  }
-
   get pendingCount(): number {
     let total = 0;
     for (const channel of this.channels) total += channel.pendingCount;

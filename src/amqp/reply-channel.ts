@@ -142,31 +142,33 @@ export class ReplyChannel {
       void this.close();
       return;
     }
-    const correlationId: unknown = message.properties.correlationId;
-    const call = typeof correlationId === 'string' ? this.pending.get(correlationId) : undefined;
+    const call = this.take(message.properties.correlationId);
     if (call === undefined) {
       // Late (after a timeout or cancel), duplicate, or not ours: drop it on purpose, never throw.
       this.hooks.strayReply(message);
       return;
     }
-    this.pending.delete(call.correlationId);
     call.settle({ kind: 'reply', message });
   }
 
   private onReturn(message: Message): void {
-    const correlationId: unknown = message.properties.correlationId;
-    const call = typeof correlationId === 'string' ? this.pending.get(correlationId) : undefined;
+    const call = this.take(message.properties.correlationId);
     if (call === undefined) return;
-    this.pending.delete(call.correlationId);
     const fields = message.fields as Message['fields'] & { replyCode?: number; replyText?: string };
     call.settle({ kind: 'unroutable', replyCode: fields.replyCode ?? 312, replyText: fields.replyText ?? 'NO_ROUTE' });
   }
 
   private onNack(call: PendingCall): void {
-    // Still pending: the broker refused the message, so no reply can come.
-    if (this.pending.get(call.correlationId) !== call) return;
-    this.pending.delete(call.correlationId);
-    call.settle({ kind: 'nacked' });
+    // The broker refused the message, so no reply can come (if the call is still waiting for one).
+    this.take(call.correlationId)?.settle({ kind: 'nacked' });
+  }
+
+  /** Removes and returns the call waiting for this correlation id, if any. */
+  private take(correlationId: unknown): PendingCall | undefined {
+    if (typeof correlationId !== 'string') return undefined;
+    const call = this.pending.get(correlationId);
+    if (call !== undefined) this.pending.delete(correlationId);
+    return call;
   }
 
   private onDrain(): void {
