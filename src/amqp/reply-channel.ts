@@ -1,5 +1,5 @@
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Message, Options } from 'amqplib';
-import type { PendingCall } from '../rpc/outcome.js';
+import type { PendingCall, RpcOutcome } from '../rpc/outcome.js';
 
 /**
  * Where replies come back. `direct`: the broker's direct reply-to pseudo-queue (no queue at all).
@@ -27,6 +27,12 @@ export interface ReplyChannelHooks {
  */
 export class ReplyChannel {
   private readonly pending = new Map<string, PendingCall>();
+  /**
+   * With confirms, a basic.return is final only once its confirm arrives: LavinMQ answers a mandatory
+   * message that a full `reject-publish` queue refuses with a return *and then* a nack (RabbitMQ sends
+   * only the nack). The return waits here for its ack (unroutable) or nack (refused).
+   */
+  private readonly returned = new Map<string, Extract<RpcOutcome, { kind: 'unroutable' }>>();
   private writable = true;
   private drainWaiters: Array<() => void> = [];
   private closeReason = 'channel closed';
@@ -98,12 +104,9 @@ export class ReplyChannel {
     this.pending.set(call.correlationId, call);
     try {
       const accepted = this.confirms
-        ? (this.channel as ConfirmChannel).publish(exchange, routingKey, body, properties, (err: unknown) => {
-            // An ack needs nothing: the reply (or return, or timeout) settles the call. A nack is final.
-            // amqplib also calls back with an error when the channel closes first; the 'close'
-            // handler settles those calls as lost, so only a real nack counts here.
-            if (isNack(err)) this.onNack(call);
-          })
+        ? (this.channel as ConfirmChannel).publish(exchange, routingKey, body, properties, (err: unknown) =>
+            this.onConfirm(call, err),
+          )
         : this.channel.publish(exchange, routingKey, body, properties);
       if (!accepted) {
         this.writable = false;
@@ -118,6 +121,7 @@ export class ReplyChannel {
   /** The call was settled elsewhere (timeout, client gone): a reply for it is now stray. */
   forget(correlationId: string): void {
     this.pending.delete(correlationId);
+    if (this.returned.size > 0) this.returned.delete(correlationId);
   }
 
   /** Resolves when the channel can take more publishes, or has closed. */
@@ -152,15 +156,31 @@ export class ReplyChannel {
   }
 
   private onReturn(message: Message): void {
-    const call = this.take(message.properties.correlationId);
-    if (call === undefined) return;
+    const { correlationId } = message.properties;
+    if (typeof correlationId !== 'string' || !this.pending.has(correlationId)) return;
     const fields = message.fields as Message['fields'] & { replyCode?: number; replyText?: string };
-    call.settle({ kind: 'unroutable', replyCode: fields.replyCode ?? 312, replyText: fields.replyText ?? 'NO_ROUTE' });
+    const outcome = {
+      kind: 'unroutable',
+      replyCode: fields.replyCode ?? 312,
+      replyText: fields.replyText ?? 'NO_ROUTE',
+    } as const;
+    // The broker sends a message's return before its confirm, so the confirm decides.
+    if (this.confirms) this.returned.set(correlationId, outcome);
+    else this.take(correlationId)?.settle(outcome);
   }
 
-  private onNack(call: PendingCall): void {
-    // The broker refused the message, so no reply can come (if the call is still waiting for one).
-    this.take(call.correlationId)?.settle({ kind: 'nacked' });
+  /**
+   * An ack settles a returned call as unroutable and otherwise needs nothing (the reply or timeout
+   * settles it); a nack is final either way. amqplib also calls back with an error when the channel
+   * closes first: the 'close' handler settles those calls as lost, so only a real nack counts.
+   */
+  private onConfirm(call: PendingCall, err: unknown): void {
+    const nacked = isNack(err);
+    if (!nacked && (err != null || this.returned.size === 0)) return;
+    const returned = this.returned.get(call.correlationId);
+    if (returned !== undefined) this.returned.delete(call.correlationId);
+    if (nacked) this.take(call.correlationId)?.settle({ kind: 'nacked' });
+    else if (returned !== undefined) this.take(call.correlationId)?.settle(returned);
   }
 
   /** Removes and returns the call waiting for this correlation id, if any. */
@@ -180,6 +200,7 @@ export class ReplyChannel {
     this.closed = true;
     const lost = [...this.pending.values()];
     this.pending.clear();
+    this.returned.clear();
     const reason = this.closeReason;
     for (const call of lost) call.settle({ kind: 'lost', reason });
     this.releaseDrainWaiters();

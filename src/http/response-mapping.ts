@@ -66,6 +66,12 @@ export function outcomeProblem(outcome: Exclude<RpcOutcome, { kind: 'reply' }>, 
       );
     case 'exchange-not-found':
       return new HttpProblem('exchange-not-found', 'The exchange does not exist on the broker', { target });
+    case 'exchange-name-refused':
+      return new HttpProblem(
+        'invalid-request',
+        'The broker refuses this exchange name (406 PRECONDITION_FAILED on its declare); nothing was published',
+        { target },
+      );
     case 'lost':
       return new HttpProblem('request-lost', `The request was lost before a reply arrived: ${outcome.reason}`, {
         target,

@@ -28,6 +28,7 @@ const OUTCOME_LABELS: Record<RpcOutcome['kind'], RpcOutcomeLabel> = {
   reply: 'ok',
   unroutable: 'unroutable',
   'exchange-not-found': 'unroutable',
+  'exchange-name-refused': 'rejected',
   lost: 'lost',
   timeout: 'timeout',
   cancelled: 'cancelled',

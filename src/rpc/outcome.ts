@@ -8,6 +8,7 @@ export type RpcOutcome =
   | { readonly kind: 'reply'; readonly message: ConsumeMessage }
   | { readonly kind: 'unroutable'; readonly replyCode: number; readonly replyText: string }
   | { readonly kind: 'exchange-not-found' }
+  | { readonly kind: 'exchange-name-refused' }
   | { readonly kind: 'lost'; readonly reason: string }
   | { readonly kind: 'timeout' }
   | { readonly kind: 'cancelled' }

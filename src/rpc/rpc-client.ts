@@ -87,17 +87,17 @@ export class RpcClient {
       this.unavailable(call, reason);
       return;
     }
-    const exists = request.exchange === '' ? true : exchanges.cached(request.exchange);
-    if (exists === true) {
+    const verdict = request.exchange === '' ? 'exists' : exchanges.cached(request.exchange);
+    if (verdict === 'exists') {
       this.publishWhenWritable(call, request);
-    } else if (exists === false) {
-      settleSoon(call, { kind: 'exchange-not-found' });
+    } else if (verdict !== undefined) {
+      settleSoon(call, refusal(verdict));
     } else {
       exchanges.check(request.exchange).then(
-        (found) => {
+        (checked) => {
           if (call.isSettled) return;
-          if (found) this.publishWhenWritable(call, request);
-          else call.settle({ kind: 'exchange-not-found' });
+          if (checked === 'exists') this.publishWhenWritable(call, request);
+          else call.settle(refusal(checked));
         },
         (err: unknown) => {
           if (!connection.isConnected) this.unavailable(call, 'not connected to the broker');
@@ -155,6 +155,11 @@ export class RpcClient {
   private unavailable(call: RpcCall, reason: string): void {
     settleSoon(call, { kind: 'unavailable', reason, retryAfterMs: this.options.connection.retryAfterMs() });
   }
+}
+
+/** The outcome for an exchange that cannot take the message; nothing was published. */
+function refusal(verdict: 'missing' | 'invalid-name'): RpcOutcome {
+  return verdict === 'missing' ? { kind: 'exchange-not-found' } : { kind: 'exchange-name-refused' };
 }
 
 /** Keeps the promise of `start`: an outcome known at once is still delivered after it returns. */
