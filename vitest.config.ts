@@ -13,6 +13,29 @@ export default defineConfig({
       {
         extends: true,
         test: {
+          // npm run test:container: builds the image and runs the compose stack (needs a Docker engine).
+          name: 'container',
+          include: ['test/container/**/*.test.ts'],
+          fileParallelism: false,
+          testTimeout: 600_000,
+          hookTimeout: 600_000,
+        },
+      },
+      {
+        extends: true,
+        test: {
+          // npm run test:observability: promtool on the alert rules, a real Prometheus scraping the bridge.
+          name: 'observability',
+          include: ['test/observability/**/*.test.ts'],
+          globalSetup: ['test/helpers/require-broker.ts'],
+          fileParallelism: false,
+          testTimeout: 120_000,
+          hookTimeout: 120_000,
+        },
+      },
+      {
+        extends: true,
+        test: {
           name: 'faults',
           include: ['test/faults/**/*.test.ts'],
           globalSetup: ['test/helpers/require-broker.ts'],

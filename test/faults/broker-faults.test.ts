@@ -1,6 +1,8 @@
 /**
- * Real faults, driven with the broker's own tools. Run alone (`npm run test:faults`): they close
- * every connection on the broker, stop it, and raise a memory alarm, so nothing else may run beside.
+ * Real faults, driven with the broker's own tools (rabbitmqctl or lavinmqctl, whichever broker
+ * answers at AMQP_URL). Run alone (`npm run test:faults`): they close every connection on the broker,
+ * stop it, and raise a memory alarm, so nothing else may run beside. A drill the broker cannot stage
+ * is skipped with the reason printed.
  */
 import request from 'supertest';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -9,14 +11,20 @@ import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
 import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
 import { startBridgeProcess } from '../helpers/bridge-process.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
+import { brokerAdmin, drillIt, rabbitmqctl } from '../helpers/broker-admin.js';
 import {
   memoryWatermark,
-  rabbitmqctl,
   SECOND_NODE,
   secondNodeCaFile,
-  startSecondNode,
-  stopSecondNode,
-} from '../helpers/rabbitmqctl.js';
+  secondNodeUnavailable,
+  secondNodeUrl,
+  startSecondNodeOf,
+  stopSecondNodeOf,
+} from '../helpers/second-node.js';
+
+const admin = await brokerAdmin();
+const restart = 'unavailable' in admin.restart ? undefined : admin.restart;
+const cannotRestart = 'unavailable' in admin.restart ? admin.restart.unavailable : undefined;
 
 let bridge: TestBridge;
 let broker: TestBroker | undefined;
@@ -80,12 +88,12 @@ afterAll(async () => {
   await broker?.close();
 });
 
-describe('rabbitmqctl close_all_connections', () => {
+describe('the broker closes every connection (close_all_connections)', () => {
   it('answers in-flight requests at once, refuses new ones with 503 while away, and recovers by itself', async () => {
     const { answers } = await fiveInFlight();
     const reconnectsBefore = await bridge.metric('amqp_reconnects_total');
     const faultAt = Date.now();
-    await rabbitmqctl('close_all_connections', 'fault test');
+    await admin.closeAllConnections('fault test');
 
     const answered = await answers;
     for (const { res } of answered) {
@@ -115,42 +123,53 @@ describe('rabbitmqctl close_all_connections', () => {
   });
 });
 
-describe('rabbitmqctl stop_app / start_app', () => {
-  it('answers in-flight requests at once, answers 503 while the broker is down, and reconnects when it is back', async () => {
-    const { answers } = await fiveInFlight();
-    const faultAt = Date.now();
-    const stopped = rabbitmqctl('stop_app');
-    try {
-      const answered = await answers;
-      for (const { res } of answered) expect([502, 503]).toContain(res.status);
-      const lastAnswerMs = Math.max(...answered.map(({ at }) => at)) - faultAt;
-      await stopped;
+describe('the broker stops and starts again', () => {
+  drillIt(
+    admin,
+    'broker stop and start',
+    cannotRestart,
+  )(
+    'answers in-flight requests at once, answers 503 while the broker is down, and reconnects when it is back',
+    async () => {
+      if (restart === undefined) return;
+      const { answers } = await fiveInFlight();
+      const faultAt = Date.now();
+      const stopped = restart.stop();
+      try {
+        const answered = await answers;
+        for (const { res } of answered) expect([502, 503]).toContain(res.status);
+        const lastAnswerMs = Math.max(...answered.map(({ at }) => at)) - faultAt;
+        await stopped;
 
-      const started = Date.now();
-      const whileDown = await echo('x');
-      expect(whileDown.status).toBe(503);
-      expect(whileDown.body.type).toBe(`${PROBLEM_TYPE_PREFIX}broker-unavailable`);
-      expect(Number(whileDown.headers['retry-after'])).toBeGreaterThanOrEqual(1);
-      expect(Date.now() - started).toBeLessThan(200);
-      expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
-      expect(await bridge.metric('amqp_connected')).toBe(0);
-      console.info(`stop_app: in-flight answered ${lastAnswerMs} ms after the fault`);
-    } finally {
-      await stopped.catch(() => undefined);
-      await rabbitmqctl('start_app');
-      await rabbitmqctl('await_startup');
-    }
-    const backAt = Date.now();
-    await waitFor(() => bridge.bridge.readiness().ready, 20_000, 'the bridge to reconnect');
-    await connectSideActors();
-    const after = await echo('back');
-    expect(after.status).toBe(200);
-    console.info(`start_app: ready again ${Date.now() - backAt} ms after the broker was back`);
-  });
+        const started = Date.now();
+        const whileDown = await echo('x');
+        expect(whileDown.status).toBe(503);
+        expect(whileDown.body.type).toBe(`${PROBLEM_TYPE_PREFIX}broker-unavailable`);
+        expect(Number(whileDown.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+        expect(Date.now() - started).toBeLessThan(200);
+        expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
+        expect(await bridge.metric('amqp_connected')).toBe(0);
+        console.info(`broker stop: in-flight answered ${lastAnswerMs} ms after the fault`);
+      } finally {
+        await stopped.catch(() => undefined);
+        await restart.start();
+      }
+      const backAt = Date.now();
+      await waitFor(() => bridge.bridge.readiness().ready, 20_000, 'the bridge to reconnect');
+      await connectSideActors();
+      const after = await echo('back');
+      expect(after.status).toBe(200);
+      console.info(`broker start: ready again ${Date.now() - backAt} ms after the broker was back`);
+    },
+  );
 });
 
 describe('a memory alarm (rabbitmqctl set_vm_memory_high_watermark)', () => {
-  it('answers 503 while the broker blocks publishers, and serves again once the alarm clears', async () => {
+  drillIt(
+    admin,
+    'memory alarm',
+    admin.product === 'rabbitmq' ? undefined : 'LavinMQ has no memory watermark to set from the command line',
+  )('answers 503 while the broker blocks publishers, and serves again once the alarm clears', async () => {
     const original = await memoryWatermark();
     const pending = request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Amqp-Timeout', '20000');
     try {
@@ -190,7 +209,7 @@ describe('twenty faults in a row', () => {
     const samples: number[] = [];
     for (let fault = 1; fault <= 20; fault++) {
       const { answers } = await fiveInFlight();
-      await rabbitmqctl('close_all_connections', `fault ${fault}`);
+      await admin.closeAllConnections(`fault ${fault}`);
       for (const { res } of await answers) expect(res.status).toBe(502);
       await waitFor(() => bridge.bridge.readiness().ready, 15_000, 'the bridge to reconnect');
       await connectSideActors();
@@ -206,15 +225,23 @@ describe('twenty faults in a row', () => {
   });
 });
 
-describe('a second broker node', () => {
+const cannotStartSecondNode = secondNodeUnavailable(admin.product);
+if (cannotStartSecondNode !== undefined)
+  console.warn(`SKIPPED on ${admin.product}: second node: ${cannotStartSecondNode}`);
+
+describe.skipIf(cannotStartSecondNode !== undefined)('a second broker node', () => {
   beforeAll(async () => {
-    await startSecondNode();
+    await startSecondNodeOf(admin.product);
   }, 90_000);
   afterAll(async () => {
-    await stopSecondNode();
+    await stopSecondNodeOf(admin.product);
   });
 
-  it('speaks TLS: amqps:// works end to end, with the server certificate verified', async () => {
+  drillIt(
+    admin,
+    'TLS to a second node',
+    admin.product === 'rabbitmq' ? undefined : 'the TLS drill configures a RabbitMQ node with its own test CA',
+  )('speaks TLS: amqps:// works end to end, with the server certificate verified', async () => {
     const plainUrl = `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`;
     const queue = uniqueName('over-tls');
     const tlsWorker = await startEchoWorker({ url: plainUrl, queue, durable: false });
@@ -246,8 +273,13 @@ describe('a second broker node', () => {
     }
   });
 
-  it('takes over when the first node stops under load, with every request answered', async () => {
-    const secondUrl = `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`;
+  drillIt(
+    admin,
+    'failover to a second node',
+    cannotRestart,
+  )('takes over when the first node stops under load, with every request answered', async () => {
+    if (restart === undefined) return;
+    const secondUrl = secondNodeUrl(admin.product);
     // The two nodes are independent brokers: the queue and a worker exist on each.
     const secondWorker = await startEchoWorker({ url: secondUrl, queue: echoQueue, durable: false });
     const listed = await startTestBridge({ AMQP_URLS: `${AMQP_URL},${secondUrl}`, AMQP_RECONNECT_MIN_MS: '200' });
@@ -275,14 +307,14 @@ describe('a second broker node', () => {
       const clients = Array.from({ length: 8 }, loop);
       await new Promise((resolve) => setTimeout(resolve, 1_000));
       stoppedAt = Date.now();
-      await rabbitmqctl('stop_app');
+      await restart.stop();
       await waitFor(() => recoveredAt > 0, 20_000, 'requests to succeed through the second node');
       await new Promise((resolve) => setTimeout(resolve, 1_000));
       running = false;
       await Promise.all(clients);
       const counts = Object.fromEntries(statuses);
       console.info(
-        `failover: first failed answer ${firstFailureAt - stoppedAt} ms after stop_app began, ` +
+        `failover: first failed answer ${firstFailureAt - stoppedAt} ms after the broker stop began, ` +
           `first 200 through the second node ${recoveredAt - firstFailureAt} ms after that; statuses ${JSON.stringify(counts)}`,
       );
       // Every request got an answer, and only the documented ones: 200, or 502/503 around the switch.
@@ -290,15 +322,14 @@ describe('a second broker node', () => {
       expect(counts['200']).toBeGreaterThan(0);
       expect(
         listed.logs.some(
-          (line) => line.msg === 'amqp connected' && String(line.broker).includes(`:${SECOND_NODE.port}`),
+          (line) => line.msg === 'amqp connected' && String(line.broker).includes(`:${new URL(secondUrl).port}`),
         ),
       ).toBe(true);
     } finally {
       running = false;
       await listed.close();
       await secondWorker.close();
-      await rabbitmqctl('start_app');
-      await rabbitmqctl('await_startup');
+      await restart.start();
     }
   });
 });

@@ -1,36 +1,12 @@
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { type BrokerProduct, rabbitmqctl, SHARED_LAVINMQ } from './broker-admin.js';
 
 const run = promisify(execFile);
-
-/**
- * Closes, from the broker's side, every connection whose client properties contain `marker`
- * (the bridge's connection_name carries its APP_ID). Returns how many it closed.
- */
-export async function closeConnectionsNamed(marker: string, reason: string): Promise<number> {
-  // Tab-separated lines: the pid as close_connection takes it, then the client properties.
-  const { stdout } = await run('rabbitmqctl', [
-    'list_connections',
-    'pid',
-    'client_properties',
-    '--no-table-headers',
-    '-q',
-  ]);
-  const pids = stdout
-    .split('\n')
-    .filter((line) => line.includes(`"${marker}`))
-    .map((line) => line.split('\t')[0] ?? '');
-  for (const pid of pids) await run('rabbitmqctl', ['close_connection', pid, reason]);
-  return pids.length;
-}
-
-export async function rabbitmqctl(...args: string[]): Promise<string> {
-  const { stdout } = await run('rabbitmqctl', args, { timeout: 60_000 });
-  return stdout;
-}
 
 /** The broker's memory high watermark as configured now (a fraction of RAM). */
 export async function memoryWatermark(): Promise<string> {
@@ -39,7 +15,31 @@ export async function memoryWatermark(): Promise<string> {
   return match?.[1] ?? '0.4';
 }
 
+/** A second, independent node beside the broker at AMQP_URL, for failover (and, on RabbitMQ, TLS). */
 export const SECOND_NODE = { name: 'bridge-test-2@localhost', port: 5673, tlsPort: 5674, distPort: 25673 };
+/** LavinMQ's second node: clear of RabbitMQ's second node and of LavinMQ's own derived ports. */
+export const SECOND_LAVINMQ_PORT = 5692;
+
+/** Why a second node of this broker cannot be started here, or undefined when it can. */
+export function secondNodeUnavailable(product: BrokerProduct): string | undefined {
+  if (product === 'lavinmq' && !existsSync(SHARED_LAVINMQ)) return 'a second LavinMQ needs the shared lavinmq.sh kit';
+  return undefined;
+}
+
+/** The AMQP URL of the second node of this broker. */
+export function secondNodeUrl(product: BrokerProduct): string {
+  return `amqp://guest:guest@127.0.0.1:${product === 'lavinmq' ? SECOND_LAVINMQ_PORT : SECOND_NODE.port}`;
+}
+
+export async function startSecondNodeOf(product: BrokerProduct): Promise<void> {
+  if (product === 'lavinmq') await run(SHARED_LAVINMQ, ['start', String(SECOND_LAVINMQ_PORT)], { timeout: 60_000 });
+  else await startSecondNode();
+}
+
+export async function stopSecondNodeOf(product: BrokerProduct): Promise<void> {
+  if (product === 'lavinmq') await run(SHARED_LAVINMQ, ['stop', String(SECOND_LAVINMQ_PORT)]).catch(() => undefined);
+  else await stopSecondNode();
+}
 
 /** Where startSecondNode left the CA that signed its TLS certificate (for NODE_EXTRA_CA_CERTS). */
 export let secondNodeCaFile = '';

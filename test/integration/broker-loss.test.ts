@@ -4,16 +4,18 @@ import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.
 import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
 import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
-import { closeConnectionsNamed, rabbitmqctl } from '../helpers/rabbitmqctl.js';
+import { type BrokerAdmin, brokerAdmin } from '../helpers/broker-admin.js';
 
 let bridge: TestBridge;
 let broker: TestBroker;
 let worker: RunningWorker;
+let admin: BrokerAdmin;
 const appId = uniqueName('loss');
 const echoQueue = uniqueName('echo');
 const stuckQueue = uniqueName('stuck');
 
 beforeAll(async () => {
+  admin = await brokerAdmin();
   broker = await connectTestBroker();
   worker = await startEchoWorker({ url: AMQP_URL, queue: echoQueue, durable: false });
   // Takes requests and never answers: they stay pending until something else settles them.
@@ -36,7 +38,7 @@ describe('when the broker closes the bridge connection', () => {
     const answered = Promise.all(pending.map((req) => req.then((res) => ({ res, at: Date.now() }))));
     await waitFor(() => bridge.bridge.rpc.inFlightCount === 5, 5_000, 'five requests in flight');
 
-    const closed = await closeConnectionsNamed(appId, 'test: broker-side close');
+    const closed = await admin.closeConnectionsNamed(appId, 'test: broker-side close');
     const faultAt = Date.now();
     expect(closed).toBe(1);
 
@@ -115,7 +117,7 @@ describe('with several broker URLs', () => {
       // Ready at all means the dead first URL was passed over.
       const first = await request(listed.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send('1');
       expect(first.status).toBe(200);
-      expect(await closeConnectionsNamed(marker, 'test: failover')).toBe(1);
+      expect(await admin.closeConnectionsNamed(marker, 'test: failover')).toBe(1);
       await waitFor(() => !listed.bridge.readiness().ready, 5_000, 'the connection loss to be seen');
       // Next in turn is the dead URL, then the live one again.
       await waitFor(() => listed.bridge.readiness().ready, 15_000, 'the bridge to come back through the list');
@@ -132,8 +134,7 @@ describe('with several broker URLs', () => {
 describe('a virtual host in the URL', () => {
   it('connects to that vhost and routes only there', async () => {
     const vhost = uniqueName('vhost');
-    await rabbitmqctl('add_vhost', vhost);
-    await rabbitmqctl('set_permissions', '-p', vhost, 'guest', '.*', '.*', '.*');
+    await admin.addVhost(vhost);
     const url = new URL(AMQP_URL);
     url.pathname = `/${encodeURIComponent(vhost)}`;
     const queue = uniqueName('in-vhost');
@@ -149,7 +150,7 @@ describe('a virtual host in the URL', () => {
     } finally {
       await scoped.close();
       await inVhost.close();
-      await rabbitmqctl('delete_vhost', vhost);
+      await admin.deleteVhost(vhost);
     }
   });
 });

@@ -3,8 +3,10 @@ import { connect } from 'node:net';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
+import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
 import { startTestBridge, type TestBridge } from '../helpers/bridge.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, uniqueName } from '../helpers/broker.js';
+import { brokerAdmin, drillIt } from '../helpers/broker-admin.js';
 
 let bridge: TestBridge;
 let worker: RunningWorker;
@@ -195,5 +197,29 @@ describe('invalid input is refused at the edge with a problem document, and harm
     } finally {
       await broker.close();
     }
+  });
+});
+
+// LavinMQ refuses names RabbitMQ accepts (406 PRECONDITION_FAILED on the declare); RabbitMQ
+// refuses none that pass the edge's own checks, so there the drill has nothing to stage.
+const admin = await brokerAdmin();
+
+describe('an exchange name the broker itself refuses', () => {
+  drillIt(
+    admin,
+    'exchange name refused by the broker',
+    admin.product === 'lavinmq' ? undefined : 'RabbitMQ accepts every name the edge lets through',
+  )('is answered 400 invalid-request (nothing was published), and closes no reply channel', async () => {
+    const closesBefore = await bridge.metric('amqp_channel_closes_total');
+    for (let attempt = 0; attempt < 2; attempt++) {
+      // The second answer comes from the checker's cache; both must be the caller's error, not a 502.
+      const res = await request(bridge.baseUrl).post('/rpc/%C2%80/k').send('x');
+      expect(res.status).toBe(400);
+      expect(res.headers['content-type']).toContain('application/problem+json');
+      expect(res.body.type).toBe(`${PROBLEM_TYPE_PREFIX}invalid-request`);
+      expect(res.body.detail).toContain('refuses this exchange name');
+    }
+    expect(await bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
+    expect(bridge.bridge.pool.isFull).toBe(true);
   });
 });

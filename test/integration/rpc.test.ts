@@ -113,8 +113,12 @@ describe('what the worker receives', () => {
     const message = received[0];
     if (message === undefined) throw new Error('the worker got nothing');
     const { properties } = message;
-    // Opaque to workers either way: the broker's rewritten pseudo-queue, or the channel's own queue.
-    expect(properties.replyTo).toMatch(REPLY_MODE === 'queue' ? /^amq\.gen-/ : /^amq\.rabbitmq\.reply-to\./);
+    // Opaque to workers either way: the pseudo-queue as the broker rewrote it for this channel
+    // (RabbitMQ: amq.rabbitmq.reply-to.<token>, LavinMQ: amq.direct.reply-to.<consumer tag>), or the
+    // channel's own server-named queue.
+    expect(properties.replyTo).toMatch(
+      REPLY_MODE === 'queue' ? /^amq\.gen-/ : /^amq\.(rabbitmq|direct)\.reply-to\.\S+$/,
+    );
     expect(properties.correlationId).toMatch(/^[0-9a-f-]{36}$/);
     expect(properties.contentType).toBe('application/json');
     expect(properties.priority).toBe(7);
