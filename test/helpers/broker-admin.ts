@@ -1,12 +1,12 @@
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { connect } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import amqp from 'amqplib';
 import { it } from 'vitest';
 import { AMQP_URL } from './broker.js';
+import { waitForPort } from './ports.js';
 
 const run = promisify(execFile);
 
@@ -172,27 +172,4 @@ function lavinmqAdmin(url: string): BrokerAdmin {
         }
       : { unavailable: 'stopping LavinMQ needs the shared lavinmq.sh kit (lavinmqctl stop_app keeps serving)' },
   };
-}
-
-export async function isPortOpen(port: number, host = '127.0.0.1'): Promise<boolean> {
-  return new Promise<boolean>((done) => {
-    const socket = connect({ host, port, timeout: 2_000 });
-    socket.once('connect', () => {
-      socket.destroy();
-      done(true);
-    });
-    socket.once('timeout', () => {
-      socket.destroy();
-      done(false);
-    });
-    socket.once('error', () => done(false));
-  });
-}
-
-export async function waitForPort(port: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await isPortOpen(port))) {
-    if (Date.now() > deadline) throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
 }

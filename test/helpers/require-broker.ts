@@ -3,7 +3,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import amqp from 'amqplib';
-import { isPortOpen } from './broker-admin.js';
+import { freePort, isPortOpen } from './ports.js';
 
 const run = promisify(execFile);
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -33,7 +33,8 @@ export default async function requireBroker(): Promise<(() => Promise<void>) | u
   }
   // Several projects share this setup; the first one starts the broker, the others find it.
   if (process.env[STARTED_BY_US] === undefined) {
-    const env = { ...process.env, BROKER_AMQP_PORT: String(port), BROKER_HTTP_PORT: String(port + 10_000) };
+    // The management port is of no use to the tests: any free one, so that a busy 15672 cannot stop the run.
+    const env = { ...process.env, BROKER_AMQP_PORT: String(port), BROKER_HTTP_PORT: String(await freePort()) };
     const [command, ...prefix] = compose;
     const composeRun = (...args: string[]) =>
       run(command as string, [...prefix, '-p', PROJECT, '-f', resolve(root, 'docker-compose.yml'), ...args], {
@@ -44,12 +45,12 @@ export default async function requireBroker(): Promise<(() => Promise<void>) | u
     console.info(
       `No broker answered at ${host}:${port}: starting the compose file's broker there for this run (removed afterwards).`,
     );
-    await composeRun('up', '-d', 'broker');
-    process.env[STARTED_BY_US] = '1';
-    const { stdout } = await composeRun('ps', '-q', 'broker');
-    // Tests that need the broker's admin tool reach it inside the container.
-    process.env.LAVINMQCTL = `docker exec ${stdout.trim()} lavinmqctl`;
     try {
+      await composeRun('up', '-d', 'broker');
+      process.env[STARTED_BY_US] = '1';
+      const { stdout } = await composeRun('ps', '-q', 'broker');
+      // Tests that need the broker's admin tool reach it inside the container.
+      process.env.LAVINMQCTL = `docker exec ${stdout.trim()} lavinmqctl`;
       await waitUntilAmqp(url, 120_000);
     } catch (err) {
       await composeRun('down', '-v').catch(() => undefined);
