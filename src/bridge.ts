@@ -6,6 +6,7 @@ import { Registry } from 'prom-client';
 import { BrokerConnection } from './amqp/broker-connection.js';
 import { ChannelPool } from './amqp/channel-pool.js';
 import { ExchangeChecker } from './amqp/exchange-checker.js';
+import { ReplyChannel, type ReplySource } from './amqp/reply-channel.js';
 import { createHttpEdge } from './app.js';
 import type { Config } from './config.js';
 import { createAccessPolicy } from './http/access-control.js';
@@ -18,6 +19,11 @@ import { RpcClient } from './rpc/rpc-client.js';
 const CHANNEL_REOPEN_MIN_MS = 50;
 const CHANNEL_REOPEN_MAX_MS = 5_000;
 const DRAIN_POLL_MS = 20;
+/**
+ * Exchange probes under way at once (each holds a channel for a moment): far below any broker's
+ * channel limit, so distinct exchange names cannot exhaust the connection's channels.
+ */
+const EXCHANGE_CHECKS_MAX = 32;
 
 /** Everything the process runs, built from the configuration and wired together; nothing listens yet. */
 export interface Bridge {
@@ -54,9 +60,11 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     connectionName: `${config.appId}@${hostname()}`,
     logger,
   });
+  const replies: ReplySource =
+    config.replyMode === 'queue' ? { mode: 'queue' } : { mode: 'direct', pseudoQueue: config.replyTo };
   const pool = new ChannelPool({
     size: config.amqpChannels,
-    replies: config.replyMode === 'queue' ? { mode: 'queue' } : { mode: 'direct', pseudoQueue: config.replyTo },
+    replies,
     confirms: config.publisherConfirms,
     connection,
     logger,
@@ -87,7 +95,25 @@ export function createBridge(config: Config, logger: Logger): Bridge {
   const rpc = new RpcClient({
     connection,
     pool,
-    exchanges: new ExchangeChecker(connection, config.exchangeCheckTtlMs),
+    exchanges: new ExchangeChecker({
+      connection,
+      ttlMs: config.exchangeCheckTtlMs,
+      maxConcurrentChecks: EXCHANGE_CHECKS_MAX,
+      onVerdict: (verdict) => metrics.exchangeChecks.labels(verdict).inc(),
+      openProbe: (model) =>
+        ReplyChannel.open(
+          model,
+          replies,
+          config.publisherConfirms,
+          {
+            strayReply: () => metrics.lateReplies.inc(),
+            backpressure: () => metrics.publishBackpressure.inc(),
+            // A probe's close is its answer (or its one request done), not a fault to count.
+            closed: () => undefined,
+          },
+          'probe',
+        ),
+    }),
     appId: config.appId,
     maxInFlight: config.maxInFlight,
   });

@@ -61,6 +61,7 @@ export interface Metrics {
   readonly amqpReconnects: Counter;
   readonly publishBackpressure: Counter;
   readonly channelCloses: Counter<'reason'>;
+  readonly exchangeChecks: Counter<'verdict'>;
 }
 
 /** State the gauges report as it is when scraped, rather than mirroring it on every change. */
@@ -190,6 +191,12 @@ export function createMetrics(registry: Registry, maxQueues: number, sources: Me
       name: 'amqp_channel_closes_total',
       help: 'Reply channels the broker closed while the connection stayed up, by AMQP reply code',
       labelNames: ['reason'] as const,
+      registers,
+    }),
+    exchangeChecks: new Counter({
+      name: 'amqp_exchange_checks_total',
+      help: 'Exchanges probed on a channel of their own before the shared channels publish to them, by verdict',
+      labelNames: ['verdict'] as const,
       registers,
     }),
   };

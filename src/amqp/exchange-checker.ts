@@ -1,33 +1,46 @@
-import type { BrokerConnection } from './broker-connection.js';
+import type { ChannelModel } from 'amqplib';
+import type { BrokerConnection, ConnectionListener } from './broker-connection.js';
+import type { ExchangeVerdict, ReplyChannel } from './reply-channel.js';
 
-const NOT_FOUND = 404;
-/** A passive declare of a name the broker does not accept as an exchange name. */
-const PRECONDITION_FAILED = 406;
+export type { ExchangeVerdict } from './reply-channel.js';
 
-/** Bounds memory when clients name many distinct exchanges. */
+/** Bounds memory when clients name many distinct exchanges; the oldest answers go first. */
 const MAX_CACHED = 10_000;
 /** A missing exchange may be declared any moment; do not hold "missing" as long as "exists". */
 const MISSING_TTL_CEILING_MS = 1_000;
 
-/**
- * What the broker says of an exchange name. `invalid-name`: it refuses the name itself (LavinMQ
- * answers 406 to names RabbitMQ accepts, e.g. with characters outside its set): the caller's error.
- */
-export type ExchangeVerdict = 'exists' | 'missing' | 'invalid-name';
+export interface ExchangeCheckerOptions {
+  readonly connection: BrokerConnection;
+  /** How long an answer is kept (a missing exchange: at most 1 s). */
+  readonly ttlMs: number;
+  /** Probes under way at once; beyond it a request to an unchecked exchange is refused (503). */
+  readonly maxConcurrentChecks: number;
+  /** A reply channel of its own (role `probe`), with its reply consumer running. */
+  openProbe(model: ChannelModel): Promise<ReplyChannel>;
+  /** Each probe's answer, for the metrics. */
+  onVerdict(verdict: ExchangeVerdict): void;
+}
+
+/** Too many exchange checks under way: the request was not published. */
+export class ExchangeChecksExhausted extends Error {
+  override name = 'ExchangeChecksExhausted';
+}
 
 /**
- * Answers "does this exchange exist?" without risking a reply channel: publishing to a missing
- * exchange makes the broker close the channel (404 NOT_FOUND), which would lose every request
- * pending on it. A passive declare runs on a throwaway channel instead, and the answer is cached.
+ * Answers "may the bridge publish to this exchange?" without risking a channel other callers share.
+ * A publish the broker refuses closes the channel it came on: 404 for a missing exchange, 403 for an
+ * internal one or one the bridge's broker user may not write to. So the first request to an
+ * exchange goes on a probe channel of its own: a passive declare (missing? a name the broker
+ * refuses?), then the request itself, then a second declare that returns only if the broker took
+ * the publish. The answer is cached; later requests go on the shared channels.
  */
-export class ExchangeChecker {
+export class ExchangeChecker implements ConnectionListener {
   private readonly cache = new Map<string, { verdict: ExchangeVerdict; until: number }>();
   private readonly inFlight = new Map<string, Promise<ExchangeVerdict>>();
 
-  constructor(
-    private readonly connection: BrokerConnection,
-    private readonly ttlMs: number,
-  ) {}
+  constructor(private readonly options: ExchangeCheckerOptions) {
+    options.connection.addListener(this);
+  }
 
   /** The cached answer, or undefined when the broker must be asked. */
   cached(exchange: string, now = Date.now()): ExchangeVerdict | undefined {
@@ -38,40 +51,62 @@ export class ExchangeChecker {
     return undefined;
   }
 
-  /** Asks the broker (one question per exchange at a time). Rejects when the broker cannot answer. */
-  check(exchange: string): Promise<ExchangeVerdict> {
+  /**
+   * Asks the broker, one probe per exchange at a time. The request that starts the probe is
+   * published on it by `publishFirst` (once the exchange is known to exist); requests that join a
+   * probe under way wait for its verdict. Rejects with ExchangeChecksExhausted when too many probes
+   * run, or with the broker's error when it cannot answer.
+   */
+  check(exchange: string, publishFirst: (probe: ReplyChannel) => boolean): Promise<ExchangeVerdict> {
     let question = this.inFlight.get(exchange);
     if (question === undefined) {
-      question = this.ask(exchange).finally(() => this.inFlight.delete(exchange));
+      if (this.inFlight.size >= this.options.maxConcurrentChecks) {
+        return Promise.reject(new ExchangeChecksExhausted(`${this.inFlight.size} exchange checks are under way`));
+      }
+      question = this.probe(exchange, publishFirst).finally(() => this.inFlight.delete(exchange));
       this.inFlight.set(exchange, question);
     }
     return question;
   }
 
-  private async ask(exchange: string): Promise<ExchangeVerdict> {
-    const model = this.connection.current;
+  connected(): void {}
+
+  /** A new connection may be to another node, or to a broker that restarted: nothing known holds. */
+  disconnected(): void {
+    this.cache.clear();
+  }
+
+  blockedChanged(): void {}
+
+  private async probe(exchange: string, publishFirst: (probe: ReplyChannel) => boolean): Promise<ExchangeVerdict> {
+    const model = this.options.connection.current;
     if (model === undefined) throw new Error('not connected');
-    const channel = await model.createChannel();
-    channel.on('error', () => undefined); // the 404 (or 406) close is the answer, not a fault
+    const probe = await this.options.openProbe(model);
     let verdict: ExchangeVerdict;
+    let proven = true;
     try {
-      await channel.checkExchange(exchange);
-      verdict = 'exists';
-    } catch (err) {
-      const code = (err as { code?: unknown }).code;
-      if (code === NOT_FOUND) verdict = 'missing';
-      else if (code === PRECONDITION_FAILED) verdict = 'invalid-name';
-      else throw err;
-    } finally {
-      try {
-        await channel.close();
-      } catch {
-        // Closed already by the broker's 404.
+      verdict = await probe.checkExchange(exchange);
+      if (verdict === 'exists') {
+        // Only a publish the broker took proves the exchange takes the bridge's messages.
+        proven = publishFirst(probe);
+        if (proven) verdict = await probe.checkExchange(exchange);
       }
+    } finally {
+      // The first request's reply still comes back here; the channel closes once it has.
+      probe.releaseWhenIdle();
     }
-    if (this.cache.size >= MAX_CACHED) this.cache.clear();
-    const ttl = verdict === 'missing' ? Math.min(this.ttlMs, MISSING_TTL_CEILING_MS) : this.ttlMs;
-    this.cache.set(exchange, { verdict, until: Date.now() + ttl });
+    if (proven) this.remember(exchange, verdict);
+    this.options.onVerdict(verdict);
     return verdict;
+  }
+
+  private remember(exchange: string, verdict: ExchangeVerdict): void {
+    if (this.cache.size >= MAX_CACHED) {
+      const oldest = this.cache.keys().next();
+      if (oldest.done !== true) this.cache.delete(oldest.value);
+    }
+    this.cache.delete(exchange); // re-inserted last: the oldest answers are evicted first
+    const ttl = verdict === 'missing' ? Math.min(this.options.ttlMs, MISSING_TTL_CEILING_MS) : this.options.ttlMs;
+    this.cache.set(exchange, { verdict, until: Date.now() + ttl });
   }
 }

@@ -8,6 +8,21 @@ import type { PendingCall, RpcOutcome } from '../rpc/outcome.js';
  */
 export type ReplySource = { readonly mode: 'direct'; readonly pseudoQueue: string } | { readonly mode: 'queue' };
 
+/**
+ * `shared`: one of the pool's channels, carrying many callers' requests. `probe`: a channel of its
+ * own for the first request to an exchange not yet known to take the bridge's messages; if the
+ * broker refuses the publish (403: an internal exchange, or no write permission), it closes only
+ * this channel, and what was pending on it was refused, not lost.
+ */
+export type ChannelRole = 'shared' | 'probe';
+
+/** What a passive declare says of an exchange name (the broker closes the channel on 404 and 406). */
+export type ExchangeVerdict = 'exists' | 'missing' | 'invalid-name' | 'forbidden';
+
+const ACCESS_REFUSED = 403;
+const NOT_FOUND = 404;
+const PRECONDITION_FAILED = 406;
+
 export interface ReplyChannelHooks {
   /** A reply whose correlation id nobody waits for (late, duplicate or stray). */
   strayReply(message: ConsumeMessage): void;
@@ -40,11 +55,14 @@ export class ReplyChannel {
   replyTo = '';
   private brokerCode: number | undefined;
   private closed = false;
+  /** A probe closes itself once nothing is pending on it. */
+  private closeWhenIdle = false;
 
   private constructor(
     private readonly channel: Channel | ConfirmChannel,
     private readonly confirms: boolean,
     private readonly hooks: ReplyChannelHooks,
+    private readonly role: ChannelRole,
   ) {}
 
   /**
@@ -58,9 +76,10 @@ export class ReplyChannel {
     replies: ReplySource,
     confirms: boolean,
     hooks: ReplyChannelHooks,
+    role: ChannelRole = 'shared',
   ): Promise<ReplyChannel> {
     const channel = confirms ? await model.createConfirmChannel() : await model.createChannel();
-    const replyChannel = new ReplyChannel(channel, confirms, hooks);
+    const replyChannel = new ReplyChannel(channel, confirms, hooks, role);
     // Listeners first: an 'error' with no listener would be thrown by amqplib and crash the process.
     channel.on('error', (err: Error & { code?: unknown }) => {
       replyChannel.closeReason = err.message;
@@ -122,6 +141,35 @@ export class ReplyChannel {
   forget(correlationId: string): void {
     this.pending.delete(correlationId);
     if (this.returned.size > 0) this.returned.delete(correlationId);
+    if (this.closeWhenIdle) this.closeIfIdle();
+  }
+
+  /**
+   * A passive declare on this channel. Also tells whether the publishes before it were accepted:
+   * the broker answers a channel's methods in order, so a publish it refuses closes the channel
+   * before this answer, and the verdict is then `forbidden`. Rejects for any other failure.
+   */
+  async checkExchange(exchange: string): Promise<ExchangeVerdict> {
+    try {
+      await this.channel.checkExchange(exchange);
+      return 'exists';
+    } catch (err) {
+      const code = this.brokerCode ?? (err as { code?: unknown }).code;
+      if (code === NOT_FOUND) return 'missing';
+      if (code === PRECONDITION_FAILED) return 'invalid-name';
+      if (code === ACCESS_REFUSED) return 'forbidden';
+      throw err;
+    }
+  }
+
+  /** Closes the channel as soon as no call is pending on it (a probe whose question is answered). */
+  releaseWhenIdle(): void {
+    this.closeWhenIdle = true;
+    this.closeIfIdle();
+  }
+
+  private closeIfIdle(): void {
+    if (this.pending.size === 0 && !this.closed) void this.close();
   }
 
   /** Resolves when the channel can take more publishes, or has closed. */
@@ -188,6 +236,7 @@ export class ReplyChannel {
     if (typeof correlationId !== 'string') return undefined;
     const call = this.pending.get(correlationId);
     if (call !== undefined) this.pending.delete(correlationId);
+    if (this.closeWhenIdle) this.closeIfIdle();
     return call;
   }
 
@@ -202,7 +251,12 @@ export class ReplyChannel {
     this.pending.clear();
     this.returned.clear();
     const reason = this.closeReason;
-    for (const call of lost) call.settle({ kind: 'lost', reason });
+    // On a probe, a 403 is the broker refusing the probed exchange: those requests were never delivered.
+    const outcome: RpcOutcome =
+      this.role === 'probe' && this.brokerCode === ACCESS_REFUSED
+        ? { kind: 'exchange-forbidden', reason }
+        : { kind: 'lost', reason };
+    for (const call of lost) call.settle(outcome);
     this.releaseDrainWaiters();
     this.hooks.closed(this, reason, this.brokerCode);
   }

@@ -14,7 +14,12 @@ export interface AccessPolicy {
   readonly requiresToken: boolean;
   /** Throws 401 unless the request carries one of the configured tokens (or none are configured). */
   authenticate(headers: IncomingHttpHeaders): void;
-  /** Throws 403 unless the target is on the allowlist (or there is none). */
+  /**
+   * Throws 403 unless the target is on its route's allowlist. With neither list set, anything goes;
+   * once one is set, the other route is closed unless its own list is set too: an exchange can route
+   * to any queue, and the default exchange reaches every queue, so either route left open would
+   * step around the other's list.
+   */
   authorize(target: RpcTarget): void;
 }
 
@@ -48,9 +53,22 @@ export function createAccessPolicy(options: AccessOptions): AccessPolicy {
       }
     },
     authorize(target) {
-      const [patterns, name, what] =
-        target.exchange === '' ? [queues, target.routingKey, 'queue'] : [exchanges, target.exchange, 'exchange'];
-      if (patterns === undefined || patterns.some((pattern) => pattern.test(name))) return;
+      if (queues === undefined && exchanges === undefined) return;
+      const byQueue = target.exchange === '';
+      const [patterns, name, what] = byQueue
+        ? [queues, target.routingKey, 'queue']
+        : [exchanges, target.exchange, 'exchange'];
+      if (patterns === undefined) {
+        const [setting, unset] = byQueue
+          ? ['ALLOWED_EXCHANGES', 'ALLOWED_QUEUES']
+          : ['ALLOWED_QUEUES', 'ALLOWED_EXCHANGES'];
+        throw new HttpProblem(
+          'forbidden',
+          `This bridge allows only the targets on ${setting}; the ${byQueue ? 'queue' : 'exchange'} route is closed while ${unset} is unset`,
+          { target: target.label },
+        );
+      }
+      if (patterns.some((pattern) => pattern.test(name))) return;
       throw new HttpProblem('forbidden', `This bridge does not allow calls to ${what} "${name}"`, {
         target: target.label,
       });

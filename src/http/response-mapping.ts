@@ -10,6 +10,14 @@ export interface HttpReply {
 }
 
 export const STATUS_HEADER = 'http-status';
+/**
+ * What a reply may bring back as Amqp-Header-* fields. Common HTTP clients refuse a response whose
+ * header section passes 16 KiB (Node's and undici's default), so a reply that would make one is a
+ * bad reply (502), not a response the caller cannot read.
+ */
+export const MAX_REPLY_HEADERS = 64;
+export const MAX_REPLY_HEADER_BYTES = 8 * 1024;
+const FORWARDED_PREFIX = 'Amqp-Header-';
 const DEFAULT_CONTENT_TYPE = 'application/octet-stream';
 /** Reply headers that do not come back: the status has its own place, trace context belongs to the caller. */
 const NOT_FORWARDED = new Set([STATUS_HEADER, 'traceparent', 'tracestate']);
@@ -26,10 +34,24 @@ export function replyToHttp(message: ConsumeMessage, target: string): HttpReply 
   headers.push(['Content-Type', headerValue(properties.contentType) ?? DEFAULT_CONTENT_TYPE]);
   const encoding = headerValue(properties.contentEncoding);
   if (encoding !== undefined) headers.push(['Content-Encoding', encoding]);
+  let forwarded = 0;
+  let headerBytes = 0;
   for (const [name, value] of Object.entries(replyHeaders)) {
     if (NOT_FORWARDED.has(name) || !TOKEN.test(name)) continue;
     const text = headerValue(value);
-    if (text !== undefined) headers.push([`Amqp-Header-${name}`, text]);
+    if (text === undefined) continue;
+    const field = FORWARDED_PREFIX + name;
+    // As on the wire: "name: value" and CRLF.
+    headerBytes += field.length + text.length + 4;
+    headers.push([field, text]);
+    forwarded += 1;
+    if (forwarded > MAX_REPLY_HEADERS || headerBytes > MAX_REPLY_HEADER_BYTES) {
+      throw new HttpProblem(
+        'bad-reply',
+        `The reply's headers would not fit a response callers can read: at most ${MAX_REPLY_HEADERS} headers and ${MAX_REPLY_HEADER_BYTES} bytes of them come back`,
+        { target },
+      );
+    }
   }
   return { status: replyStatus(replyHeaders[STATUS_HEADER], target), headers, body: message.content };
 }
@@ -72,6 +94,12 @@ export function outcomeProblem(outcome: Exclude<RpcOutcome, { kind: 'reply' }>, 
         'The broker refuses this exchange name (406 PRECONDITION_FAILED on its declare); nothing was published',
         { target },
       );
+    case 'exchange-forbidden':
+      return new HttpProblem(
+        'forbidden',
+        `The broker refuses the bridge's publishes to this exchange (an internal exchange, or no write permission): ${outcome.reason}`,
+        { target },
+      );
     case 'lost':
       return new HttpProblem('request-lost', `The request was lost before a reply arrived: ${outcome.reason}`, {
         target,
@@ -84,7 +112,7 @@ export function outcomeProblem(outcome: Exclude<RpcOutcome, { kind: 'reply' }>, 
         retryAfterSeconds: Math.max(1, Math.ceil(outcome.retryAfterMs / 1000)),
       });
     case 'overloaded':
-      return new HttpProblem('overloaded', `More than ${outcome.limit} requests are in flight (MAX_IN_FLIGHT)`, {
+      return new HttpProblem('overloaded', `The bridge is overloaded: ${outcome.reason}`, {
         target,
         retryAfterSeconds: 1,
       });

@@ -29,6 +29,7 @@ const OUTCOME_LABELS: Record<RpcOutcome['kind'], RpcOutcomeLabel> = {
   unroutable: 'unroutable',
   'exchange-not-found': 'unroutable',
   'exchange-name-refused': 'rejected',
+  'exchange-forbidden': 'rejected',
   lost: 'lost',
   timeout: 'timeout',
   cancelled: 'cancelled',
@@ -116,7 +117,24 @@ class RpcExchange {
     this.log.correlationId = call.correlationId;
   }
 
+  /**
+   * Runs inside amqplib's consumer callback (a reply) or a channel event: amqplib turns a listener's
+   * exception into a frame error that closes the whole connection, losing every call on it. So a
+   * failure while answering this call ends this call (500), and nothing else.
+   */
   private settled(outcome: RpcOutcome, target: RpcTarget): void {
+    try {
+      this.answer(outcome, target);
+    } catch (err) {
+      try {
+        this.fail(err);
+      } catch {
+        this.res.destroy();
+      }
+    }
+  }
+
+  private answer(outcome: RpcOutcome, target: RpcTarget): void {
     if (outcome.kind === 'cancelled') {
       this.record('cancelled');
       return;

@@ -9,11 +9,12 @@ export type RpcOutcome =
   | { readonly kind: 'unroutable'; readonly replyCode: number; readonly replyText: string }
   | { readonly kind: 'exchange-not-found' }
   | { readonly kind: 'exchange-name-refused' }
+  | { readonly kind: 'exchange-forbidden'; readonly reason: string }
   | { readonly kind: 'lost'; readonly reason: string }
   | { readonly kind: 'timeout' }
   | { readonly kind: 'cancelled' }
   | { readonly kind: 'unavailable'; readonly reason: string; readonly retryAfterMs: number }
-  | { readonly kind: 'overloaded'; readonly limit: number }
+  | { readonly kind: 'overloaded'; readonly reason: string }
   | { readonly kind: 'nacked' };
 
 /** What a reply channel holds for each request it published and has not yet seen answered. */

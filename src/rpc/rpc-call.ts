@@ -31,6 +31,10 @@ export class RpcCall implements PendingCall {
     return this.settled;
   }
 
+  get isPublished(): boolean {
+    return this.publishedAt !== 0;
+  }
+
   /** Milliseconds from publish to settlement (0 if it was never published). */
   get roundTripMs(): number {
     return this.publishedAt === 0 ? 0 : this.settledAt - this.publishedAt;

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Options } from 'amqplib';
 import type { BrokerConnection } from '../amqp/broker-connection.js';
 import type { ChannelPool } from '../amqp/channel-pool.js';
-import type { ExchangeChecker } from '../amqp/exchange-checker.js';
+import { type ExchangeChecker, ExchangeChecksExhausted, type ExchangeVerdict } from '../amqp/exchange-checker.js';
 import type { ReplyChannel } from '../amqp/reply-channel.js';
 import { toError } from '../errors.js';
 import type { RpcOutcome } from './outcome.js';
@@ -61,7 +61,10 @@ export class RpcClient {
     this.inFlight.add(call);
     if (this.inFlight.size > this.options.maxInFlight) {
       // Refused before the broker sees it: memory stays bounded however fast callers arrive.
-      settleSoon(call, { kind: 'overloaded', limit: this.options.maxInFlight });
+      settleSoon(call, {
+        kind: 'overloaded',
+        reason: `more than ${this.options.maxInFlight} requests are in flight (MAX_IN_FLIGHT)`,
+      });
     } else {
       this.route(call, request);
     }
@@ -93,15 +96,33 @@ export class RpcClient {
     } else if (verdict !== undefined) {
       settleSoon(call, refusal(verdict));
     } else {
-      exchanges.check(request.exchange).then(
+      // The first request to an unchecked exchange rides on the probe itself.
+      const publishFirst = (probe: ReplyChannel): boolean => {
+        if (call.isSettled) return false;
+        this.publish(call, request, probe);
+        return call.isPublished;
+      };
+      exchanges.check(request.exchange, publishFirst).then(
         (checked) => {
           if (call.isSettled) return;
-          if (checked === 'exists') this.publishWhenWritable(call, request);
-          else call.settle(refusal(checked));
+          if (checked !== 'exists') call.settle(refusal(checked));
+          else if (!call.isPublished) this.publishWhenWritable(call, request);
         },
         (err: unknown) => {
-          if (!connection.isConnected) this.unavailable(call, 'not connected to the broker');
-          else call.settle({ kind: 'lost', reason: `exchange check failed: ${toError(err).message}` });
+          if (call.isSettled) return;
+          if (err instanceof ExchangeChecksExhausted) {
+            call.settle({
+              kind: 'overloaded',
+              reason: `too many exchanges are being checked at once (${err.message})`,
+            });
+          } else if (!connection.isConnected) {
+            this.unavailable(call, 'not connected to the broker');
+          } else if (call.isPublished) {
+            call.settle({ kind: 'lost', reason: `exchange check failed: ${toError(err).message}` });
+          } else {
+            // Nothing was published: safe to retry.
+            this.unavailable(call, `the exchange could not be checked: ${toError(err).message}`);
+          }
         },
       );
     }
@@ -157,9 +178,16 @@ export class RpcClient {
   }
 }
 
-/** The outcome for an exchange that cannot take the message; nothing was published. */
-function refusal(verdict: 'missing' | 'invalid-name'): RpcOutcome {
-  return verdict === 'missing' ? { kind: 'exchange-not-found' } : { kind: 'exchange-name-refused' };
+/** The outcome for an exchange that cannot take the message; nothing was delivered. */
+function refusal(verdict: Exclude<ExchangeVerdict, 'exists'>): RpcOutcome {
+  switch (verdict) {
+    case 'missing':
+      return { kind: 'exchange-not-found' };
+    case 'invalid-name':
+      return { kind: 'exchange-name-refused' };
+    case 'forbidden':
+      return { kind: 'exchange-forbidden', reason: 'the broker refuses the bridge publishes to this exchange' };
+  }
 }
 
 /** Keeps the promise of `start`: an outcome known at once is still delivered after it returns. */

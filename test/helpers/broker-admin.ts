@@ -12,6 +12,13 @@ const run = promisify(execFile);
 
 export type BrokerProduct = 'rabbitmq' | 'lavinmq';
 
+/** Regular expressions over resource names, as both brokers take them. */
+export interface Permissions {
+  readonly configure: string;
+  readonly write: string;
+  readonly read: string;
+}
+
 /**
  * The broker's own admin tool, for what only the broker can do in a test: close connections from
  * its side, make a vhost, stop and start it. Each test asks for it and, where the broker at
@@ -25,6 +32,9 @@ export interface BrokerAdmin {
   /** A vhost that guest may use fully. */
   addVhost(name: string): Promise<void>;
   deleteVhost(name: string): Promise<void>;
+  /** A user with these permission regular expressions on the default vhost. */
+  addUser(name: string, password: string, permissions: Permissions): Promise<void>;
+  deleteUser(name: string): Promise<void>;
   /** How to stop and start the broker, or why it cannot be done from here. */
   readonly restart: { stop(): Promise<void>; start(): Promise<void> } | { readonly unavailable: string };
 }
@@ -99,6 +109,13 @@ function rabbitmqAdmin(): BrokerAdmin {
     async deleteVhost(name) {
       await rabbitmqctl('delete_vhost', name);
     },
+    async addUser(name, password, { configure, write, read }) {
+      await rabbitmqctl('add_user', name, password);
+      await rabbitmqctl('set_permissions', '-p', '/', name, configure, write, read);
+    },
+    async deleteUser(name) {
+      await rabbitmqctl('delete_user', name);
+    },
     restart: {
       async stop() {
         await rabbitmqctl('stop_app');
@@ -158,6 +175,13 @@ function lavinmqAdmin(url: string): BrokerAdmin {
     },
     async deleteVhost(name) {
       await ctl('delete_vhost', name);
+    },
+    async addUser(name, password, { configure, write, read }) {
+      await ctl('add_user', name, password);
+      await ctl('set_permissions', '-p', '/', name, configure, write, read);
+    },
+    async deleteUser(name) {
+      await ctl('delete_user', name);
     },
     // lavinmqctl stop_app keeps accepting connections, so a real stop is the process's: the shared kit's.
     restart: sharedKit

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
 import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
 import { startTestBridge, type TestBridge } from '../helpers/bridge.js';
-import { AMQP_URL, uniqueName } from '../helpers/broker.js';
+import { AMQP_URL, connectTestBroker, uniqueName } from '../helpers/broker.js';
 
 const TOKEN = 'token-for-tests-0123456789';
 const SECOND = 'second-token-from-a-file-9876';
@@ -85,5 +85,50 @@ describe('allowlists', () => {
     const topic = await request(bridge.baseUrl).post('/rpc/amq.topic/nobody.listens').set(auth).send('x');
     expect(topic.status).toBe(404);
     expect(topic.body.type).toBe(`${PROBLEM_TYPE_PREFIX}unroutable`);
+  });
+});
+
+describe('one allowlist without the other', () => {
+  it('ALLOWED_QUEUES alone closes the exchange route, which could reach any queue', async () => {
+    const forbidden = uniqueName('forbidden');
+    const exchange = uniqueName('own-exchange');
+    const broker = await connectTestBroker();
+    const forbiddenWorker = await startEchoWorker({ url: AMQP_URL, queue: forbidden, durable: false });
+    await broker.channel.assertExchange(exchange, 'direct', { durable: false });
+    await broker.channel.bindQueue(forbidden, exchange, 'k');
+    const queuesOnly = await startTestBridge({ ALLOWED_QUEUES: 'test.allowed.*' });
+    try {
+      // Both reach the forbidden queue's worker (and answered 200) when the exchange route is left open.
+      for (const path of [`/rpc/amq.direct/${forbidden}`, `/rpc/${exchange}/k`]) {
+        const res = await request(queuesOnly.baseUrl).post(path).send('x');
+        expect(res.status, path).toBe(403);
+        expect(res.body.type).toBe(`${PROBLEM_TYPE_PREFIX}forbidden`);
+        expect(res.body.detail).toContain('ALLOWED_EXCHANGES is unset');
+      }
+      expect((await request(queuesOnly.baseUrl).post(`/rpc/${forbidden}`).send('x')).status).toBe(403);
+      const own = await request(queuesOnly.baseUrl)
+        .post(`/rpc/${allowed}`)
+        .set('Content-Type', 'text/plain')
+        .send('ok');
+      expect(own.status).toBe(200);
+    } finally {
+      await queuesOnly.close();
+      await forbiddenWorker.close();
+      await broker.channel.deleteExchange(exchange).catch(() => undefined);
+      await broker.close();
+    }
+  });
+
+  it('ALLOWED_EXCHANGES alone closes the queue route (the default exchange reaches every queue)', async () => {
+    const exchangesOnly = await startTestBridge({ ALLOWED_EXCHANGES: 'amq.topic' });
+    try {
+      const res = await request(exchangesOnly.baseUrl).post(`/rpc/${allowed}`).send('x');
+      expect(res.status).toBe(403);
+      expect(res.body.detail).toContain('ALLOWED_QUEUES is unset');
+      const topic = await request(exchangesOnly.baseUrl).post('/rpc/amq.topic/nobody.listens').send('x');
+      expect(topic.status).toBe(404);
+    } finally {
+      await exchangesOnly.close();
+    }
   });
 });
