@@ -8,8 +8,11 @@
  *   - `delay-ms`: wait this long before answering (to try timeouts).
  *
  * Run: AMQP_URL=amqp://guest:guest@127.0.0.1:5672 RPC_QUEUE=echo node dist/examples/echo-worker.js
- * (also PREFETCH, default 32, and QUEUE_DURABLE, default true).
+ * (also PREFETCH, default 32, QUEUE_DURABLE, default true, and READY_FILE: a file that exists only
+ * while the worker consumes, for a container health check).
+ * SIGTERM/SIGINT close the connection and exit 0; losing the broker exits 1, for the supervisor to restart it.
  */
+import { rmSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import amqp, { type Channel, type ConsumeMessage } from 'amqplib';
@@ -24,8 +27,11 @@ export interface EchoWorkerOptions {
 }
 
 export interface RunningWorker {
-  /** Resolves when the connection to the broker is gone, for whatever reason. */
-  readonly closed: Promise<void>;
+  /**
+   * Resolves when the worker has stopped consuming, for whatever reason: `lost` is false when
+   * close() asked for it, true when the broker went away or took the channel or consumer away.
+   */
+  readonly closed: Promise<{ readonly lost: boolean }>;
   close(): Promise<void>;
 }
 
@@ -37,14 +43,28 @@ export async function startEchoWorker(options: EchoWorkerOptions): Promise<Runni
     clientProperties: { connection_name: `echo-worker@${hostname()}` },
   });
   connection.on('error', (err: Error) => console.error('worker connection error:', err.message));
-  const closed = new Promise<void>((resolve) => connection.once('close', () => resolve()));
+  // close() sets this first, so that our own close is not mistaken for losing the broker.
+  let closing = false;
+  const closed = new Promise<{ lost: boolean }>((resolve) =>
+    connection.once('close', () => resolve({ lost: !closing })),
+  );
+  // A worker whose channel or consumer is gone consumes nothing: close the connection, so that
+  // `closed` says so and the supervisor restarts the worker.
+  const giveUp = (): void => {
+    if (!closing) connection.close().catch(() => undefined);
+  };
   const channel = await connection.createChannel();
   channel.on('error', (err: Error) => console.error('worker channel error:', err.message));
+  channel.on('close', giveUp);
   const durable = options.durable ?? true;
   await channel.assertQueue(options.queue, { durable, autoDelete: !durable });
   await channel.prefetch(options.prefetch ?? 32);
   await channel.consume(options.queue, (message) => {
-    if (message === null) return;
+    // null: the broker cancelled the consumer (e.g. the queue was deleted).
+    if (message === null) {
+      giveUp();
+      return;
+    }
     answer(channel, message).catch((err: unknown) => {
       // The channel closed while this request was being worked on (e.g. during a delay): the
       // broker redelivers the unacked request to another consumer, so there is nothing to do here.
@@ -54,6 +74,7 @@ export async function startEchoWorker(options: EchoWorkerOptions): Promise<Runni
   return {
     closed,
     async close() {
+      closing = true;
       await connection.close().catch(() => undefined);
     },
   };
@@ -88,14 +109,30 @@ if (runDirectly) {
   const queue = process.env.RPC_QUEUE ?? 'echo';
   const prefetch = Number(process.env.PREFETCH ?? 32);
   const durable = process.env.QUEUE_DURABLE !== 'false';
+  const readyFile = process.env.READY_FILE || undefined;
+  // A restarted container keeps its files: a ready file left by a killed process must not count.
+  const notReady = (): void => {
+    if (readyFile !== undefined) rmSync(readyFile, { force: true });
+  };
+  notReady();
+  let worker: RunningWorker | undefined;
+  // A signal exits 0, also one that arrives while the worker is still connecting.
+  const stop = (): void => {
+    notReady();
+    void (worker?.close() ?? Promise.resolve()).then(() => process.exit(0));
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
   startEchoWorker({ url, queue, prefetch, durable })
-    .then((worker) => {
+    .then((started) => {
+      worker = started;
       console.log(`echo worker consuming "${queue}"`);
-      const stop = () => void worker.close().then(() => process.exit(0));
-      process.on('SIGTERM', stop);
-      process.on('SIGINT', stop);
-      // Without a broker this worker is useless: exit and let the supervisor restart it.
-      void worker.closed.then(() => {
+      if (readyFile !== undefined) writeFileSync(readyFile, `${process.pid}\n`);
+      void started.closed.then(({ lost }) => {
+        notReady();
+        // Our own close (a signal) exits 0 in stop(). Without a broker this worker is useless:
+        // exit and let the supervisor restart it.
+        if (!lost) return;
         console.error('echo worker lost its broker connection; exiting');
         process.exit(1);
       });
