@@ -86,10 +86,7 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     blockedChanged(blocked) {
       // Neither these requests nor the workers' replies move until the alarm clears. A request
       // already handed to the broker may still be worked on later, as after a timeout.
-      if (blocked) {
-        const reason = 'the broker blocks publishers (resource alarm)';
-        rpc.settleAll({ kind: 'unavailable', reason, retryAfterMs: rpc.retryAfterMs() });
-      }
+      if (blocked) rpc.releaseAllBlocked('the broker blocks publishers (resource alarm)');
     },
   });
   const rpc = new RpcClient({

@@ -19,6 +19,15 @@ export type ChannelRole = 'shared' | 'probe';
 /** What a passive declare says of an exchange name (the broker closes the channel on 404 and 406). */
 export type ExchangeVerdict = 'exists' | 'missing' | 'invalid-name' | 'forbidden';
 
+/**
+ * Frames a channel buffers before publish reports backpressure. amqplib's default is 1,024: with
+ * 64 KiB bodies, four channels would hold ~130 MB for a socket that stopped draining (a silent
+ * broker) before any request waited. At 32, a stalled socket holds a few MB, and a healthy one
+ * never fills it with small messages.
+ */
+const PUBLISH_BUFFER_FRAMES = 32;
+/** Waiting calls are filtered for settled ones whenever the list doubles past this. */
+const MIN_COMPACT_AT = 64;
 const ACCESS_REFUSED = 403;
 const NOT_FOUND = 404;
 const PRECONDITION_FAILED = 406;
@@ -49,12 +58,14 @@ export class ReplyChannel {
    */
   private readonly returned = new Map<string, Extract<RpcOutcome, { kind: 'unroutable' }>>();
   private writable = true;
-  private drainWaiters: Array<() => void> = [];
+  private drainWaiters: Array<{ readonly call: PendingCall; resume(call: PendingCall, channel: ReplyChannel): void }> =
+    [];
   private closeReason = 'channel closed';
   /** What requests published here carry in reply_to: the pseudo-queue, or this channel's own queue. */
   replyTo = '';
   private brokerCode: number | undefined;
   private closed = false;
+  private compactAt = MIN_COMPACT_AT;
   /** A probe closes itself once nothing is pending on it. */
   private closeWhenIdle = false;
 
@@ -78,7 +89,8 @@ export class ReplyChannel {
     hooks: ReplyChannelHooks,
     role: ChannelRole = 'shared',
   ): Promise<ReplyChannel> {
-    const channel = confirms ? await model.createConfirmChannel() : await model.createChannel();
+    const options = { highWaterMark: PUBLISH_BUFFER_FRAMES };
+    const channel = confirms ? await model.createConfirmChannel(options) : await model.createChannel(options);
     const replyChannel = new ReplyChannel(channel, confirms, hooks, role);
     // Listeners first: an 'error' with no listener would be thrown by amqplib and crash the process.
     channel.on('error', (err: Error & { code?: unknown }) => {
@@ -172,10 +184,21 @@ export class ReplyChannel {
     if (this.pending.size === 0 && !this.closed) void this.close();
   }
 
-  /** Resolves when the channel can take more publishes, or has closed. */
-  waitForDrain(): Promise<void> {
-    if (this.writable || this.closed) return Promise.resolve();
-    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  /**
+   * Calls `resume(call, this)` once the channel can take more publishes, or has closed. Waiting
+   * calls that settle meanwhile are dropped from the list as it grows, so a channel that never
+   * drains holds no more than the calls still in flight.
+   */
+  waitForDrain<Call extends PendingCall>(call: Call, resume: (call: Call, channel: ReplyChannel) => void): void {
+    if (this.writable || this.closed) {
+      resume(call, this);
+      return;
+    }
+    if (this.drainWaiters.length >= this.compactAt) {
+      this.drainWaiters = this.drainWaiters.filter((waiter) => !waiter.call.isSettled);
+      this.compactAt = Math.max(MIN_COMPACT_AT, this.drainWaiters.length * 2);
+    }
+    this.drainWaiters.push({ call, resume });
   }
 
   async close(): Promise<void> {
@@ -264,7 +287,8 @@ export class ReplyChannel {
   private releaseDrainWaiters(): void {
     const waiters = this.drainWaiters;
     this.drainWaiters = [];
-    for (const resolve of waiters) resolve();
+    this.compactAt = MIN_COMPACT_AT;
+    for (const { call, resume } of waiters) resume(call, this);
   }
 }
 

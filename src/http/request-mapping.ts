@@ -52,7 +52,7 @@ export function exchangeTarget(exchange: unknown, routingKey: unknown): RpcTarge
   return { exchange: exchangeName, routingKey: key, label };
 }
 
-type MessageFields = Omit<RpcRequest, 'exchange' | 'routingKey' | 'body' | 'requestId'>;
+type MessageFields = Omit<RpcRequest, 'exchange' | 'routingKey' | 'body' | 'requestId' | 'receivedAt'>;
 
 /**
  * Maps the HTTP request's headers and query to the message properties that cross to AMQP. Only the

@@ -60,6 +60,8 @@ export function createRpcRoute(deps: RpcRouteDeps): RpcRouteHandler {
 /** One RPC request from arrival to its log line. Every way it ends goes through `answer` or `fail`. */
 class RpcExchange {
   private readonly startedAt = performance.now();
+  /** The call's one deadline counts from here, however long the body then takes to arrive. */
+  private readonly receivedAt = Date.now();
   private readonly log: RpcLogFields = {};
   private readonly requestId: string;
   private call: RpcCall | undefined;
@@ -110,7 +112,14 @@ class RpcExchange {
   private publish(target: RpcTarget, fields: ReturnType<typeof messageFields>, body: Buffer): void {
     this.log.bytesIn = body.length;
     const call = this.deps.rpc.start(
-      { ...fields, exchange: target.exchange, routingKey: target.routingKey, body, requestId: this.requestId },
+      {
+        ...fields,
+        exchange: target.exchange,
+        routingKey: target.routingKey,
+        body,
+        requestId: this.requestId,
+        receivedAt: this.receivedAt,
+      },
       (outcome) => this.settled(outcome, target),
     );
     this.call = call;

@@ -20,6 +20,7 @@ export type RpcOutcome =
 /** What a reply channel holds for each request it published and has not yet seen answered. */
 export interface PendingCall {
   readonly correlationId: string;
+  readonly isSettled: boolean;
   /** Idempotent: the first outcome wins, later ones are ignored. */
   settle(outcome: RpcOutcome): void;
 }

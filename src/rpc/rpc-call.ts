@@ -1,5 +1,6 @@
 import type { ReplyChannel } from '../amqp/reply-channel.js';
 import type { PendingCall, RpcOutcome } from './outcome.js';
+import type { RpcRequest } from './rpc-client.js';
 
 /**
  * One request on its way through the broker. Settles exactly once, whichever comes first: the reply,
@@ -17,14 +18,29 @@ export class RpcCall implements PendingCall {
    * `onOutcome` hears how the call ended, exactly once (a callback rather than a promise: no
    * allocation or microtask hop on the hot path). `onSettled` is the client's own bookkeeping.
    */
+  /**
+   * What is still to be published; dropped when the call settles, so that a call that timed out
+   * while waiting (for a channel to drain, say) no longer holds its body.
+   */
+  private pendingRequest: RpcRequest | undefined;
+  /** Epoch ms: fixed when the HTTP request arrived; the timer, x-deadline and expiration all follow it. */
+  readonly deadline: number;
+
   constructor(
     readonly correlationId: string,
-    timeoutMs: number,
+    request: RpcRequest,
     private readonly onSettled: (call: RpcCall) => void,
     private readonly onOutcome: (outcome: RpcOutcome) => void,
   ) {
+    this.pendingRequest = request;
+    this.deadline = request.receivedAt + request.timeoutMs;
     // A module-level callback with the call as argument: no closure per request.
-    this.timer = setTimeout(expire, timeoutMs, this);
+    this.timer = setTimeout(expire, Math.max(0, this.deadline - Date.now()), this);
+  }
+
+  /** The request, until the call settles. */
+  get request(): RpcRequest | undefined {
+    return this.pendingRequest;
   }
 
   get isSettled(): boolean {
@@ -55,6 +71,7 @@ export class RpcCall implements PendingCall {
     if (this.settled) return;
     this.settled = true;
     this.settledAt = performance.now();
+    this.pendingRequest = undefined;
     clearTimeout(this.timer);
     this.channel?.forget(this.correlationId);
     this.onSettled(this);

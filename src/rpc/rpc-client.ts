@@ -16,6 +16,8 @@ export interface RpcRequest {
   /** Passed to the broker as is; the client does not copy it. */
   readonly body: Buffer;
   readonly timeoutMs: number;
+  /** Epoch ms when the HTTP request arrived: the one deadline is receivedAt + timeoutMs. */
+  readonly receivedAt: number;
   readonly requestId: string;
   readonly contentType: string | undefined;
   readonly contentEncoding: string | undefined;
@@ -57,7 +59,7 @@ export class RpcClient {
    * returned. `cancel()` the call if the caller leaves.
    */
   start(request: RpcRequest, onOutcome: (outcome: RpcOutcome) => void): RpcCall {
-    const call = new RpcCall(randomUUID(), request.timeoutMs, this.forgetCall, onOutcome);
+    const call = new RpcCall(randomUUID(), request, this.forgetCall, onOutcome);
     this.inFlight.add(call);
     if (this.inFlight.size > this.options.maxInFlight) {
       // Refused before the broker sees it: memory stays bounded however fast callers arrive.
@@ -65,15 +67,34 @@ export class RpcClient {
         kind: 'overloaded',
         reason: `more than ${this.options.maxInFlight} requests are in flight (MAX_IN_FLIGHT)`,
       });
+    } else if (call.deadline <= Date.now()) {
+      // Its whole timeout went on receiving the body: nobody waits for an answer any more.
+      settleSoon(call, { kind: 'timeout' });
     } else {
       this.route(call, request);
     }
     return call;
   }
 
-  /** Settles every call still in flight with the same outcome (shutdown, a resource alarm). */
+  /** Settles every call still in flight with the same outcome (shutdown). */
   settleAll(outcome: RpcOutcome): void {
     for (const call of [...this.inFlight]) call.settle(outcome);
+  }
+
+  /**
+   * The broker blocks publishers (a resource alarm): nothing moves until it clears. A call not yet
+   * published is safe to retry (503); one already handed to the broker may still be worked on once
+   * the alarm clears, so its caller must not take a retry as safe (502).
+   */
+  releaseAllBlocked(reason: string): void {
+    const retryAfterMs = this.retryAfterMs();
+    for (const call of [...this.inFlight]) {
+      call.settle(
+        call.isPublished
+          ? { kind: 'lost', reason: `${reason}; the request was already published and may still be worked on` }
+          : { kind: 'unavailable', reason, retryAfterMs },
+      );
+    }
   }
 
   /** Milliseconds until the broker connection is tried again, for Retry-After. */
@@ -92,21 +113,21 @@ export class RpcClient {
     }
     const verdict = request.exchange === '' ? 'exists' : exchanges.cached(request.exchange);
     if (verdict === 'exists') {
-      this.publishWhenWritable(call, request);
+      this.publishWhenWritable(call);
     } else if (verdict !== undefined) {
       settleSoon(call, refusal(verdict));
     } else {
       // The first request to an unchecked exchange rides on the probe itself.
       const publishFirst = (probe: ReplyChannel): boolean => {
         if (call.isSettled) return false;
-        this.publish(call, request, probe);
+        this.publish(call, probe);
         return call.isPublished;
       };
       exchanges.check(request.exchange, publishFirst).then(
         (checked) => {
           if (call.isSettled) return;
           if (checked !== 'exists') call.settle(refusal(checked));
-          else if (!call.isPublished) this.publishWhenWritable(call, request);
+          else if (!call.isPublished) this.publishWhenWritable(call);
         },
         (err: unknown) => {
           if (call.isSettled) return;
@@ -128,33 +149,44 @@ export class RpcClient {
     }
   }
 
-  private publishWhenWritable(call: RpcCall, request: RpcRequest): void {
+  private publishWhenWritable(call: RpcCall): void {
     const channel = this.options.pool.pick();
     if (channel === undefined) {
       this.unavailable(call, 'no reply channel is open');
     } else if (channel.isWritable) {
-      this.publish(call, request, channel);
+      this.publish(call, channel);
     } else {
-      // Backpressure: wait for this channel to drain. The call's own timer still runs meanwhile.
-      void channel.waitForDrain().then(() => {
-        if (call.isSettled) return;
-        if (channel.isOpen) this.publish(call, request, channel);
-        else this.publishWhenWritable(call, request);
-      });
+      // Backpressure: wait for this channel to drain. The call's own timer still runs meanwhile;
+      // the channel holds the call, which lets go of its body if it settles first.
+      channel.waitForDrain(call, this.resumeAfterDrain);
     }
   }
 
-  private publish(call: RpcCall, request: RpcRequest, channel: ReplyChannel): void {
+  private readonly resumeAfterDrain = (call: RpcCall, channel: ReplyChannel): void => {
+    if (call.isSettled) return;
+    if (channel.isOpen) this.publish(call, channel);
+    else this.publishWhenWritable(call);
+  };
+
+  private publish(call: RpcCall, channel: ReplyChannel): void {
+    const request = call.request;
+    if (request === undefined) return; // settled meanwhile
     const now = Date.now();
+    const remainingMs = call.deadline - now;
+    if (remainingMs <= 0) {
+      // Waited out its deadline before it could be published: never hand the broker dead work.
+      call.settle({ kind: 'timeout' });
+      return;
+    }
     const { headers } = request;
     // Set last, so a client header of the same name cannot move the deadline.
-    headers['x-deadline'] = now + request.timeoutMs;
+    headers['x-deadline'] = call.deadline;
     const properties: Options.Publish = {
       correlationId: call.correlationId,
       replyTo: channel.replyTo,
       mandatory: true,
       // A request nobody picked up before the caller gave up expires in the queue instead of being worked on.
-      expiration: String(request.timeoutMs),
+      expiration: String(remainingMs),
       timestamp: Math.floor(now / 1000),
       messageId: request.messageId ?? request.requestId,
       appId: this.options.appId,

@@ -169,33 +169,42 @@ describe('a memory alarm (rabbitmqctl set_vm_memory_high_watermark)', () => {
     admin,
     'memory alarm',
     admin.product === 'rabbitmq' ? undefined : 'LavinMQ has no memory watermark to set from the command line',
-  )('answers 503 while the broker blocks publishers, and serves again once the alarm clears', async () => {
-    const original = await memoryWatermark();
-    const pending = request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Amqp-Timeout', '20000');
-    try {
-      await rabbitmqctl('set_vm_memory_high_watermark', '0.00001');
-      // RabbitMQ tells a connection it is blocked when it next publishes: this request is that publish.
-      const started = Date.now();
-      const first = await pending.send('first');
-      expect(first.status).toBe(503);
-      expect(Date.now() - started).toBeLessThan(5_000);
-      await waitFor(() => bridge.bridge.connection.isBlocked, 5_000, 'the connection to be blocked');
-      expect(await bridge.metric('amqp_connection_blocked')).toBe(1);
-      expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
+  )(
+    'answers 503 while the broker blocks publishers (502 for a request it already took), and serves again once the alarm clears',
+    async () => {
+      const original = await memoryWatermark();
+      const pending = request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Amqp-Timeout', '20000');
+      try {
+        await rabbitmqctl('set_vm_memory_high_watermark', '0.00001');
+        // RabbitMQ tells a connection it is blocked when it next publishes: this request is that publish.
+        // It was handed to the broker, which may still deliver it once the alarm clears: not safe to
+        // retry, so 502 (a 503 with Retry-After would invite a duplicate).
+        const started = Date.now();
+        const first = await pending.send('first');
+        expect(first.status).toBe(502);
+        expect(first.body.type).toBe(`${PROBLEM_TYPE_PREFIX}request-lost`);
+        expect(first.body.detail).toContain('already published');
+        expect(first.headers['retry-after']).toBeUndefined();
+        expect(Date.now() - started).toBeLessThan(5_000);
+        await waitFor(() => bridge.bridge.connection.isBlocked, 5_000, 'the connection to be blocked');
+        expect(await bridge.metric('amqp_connection_blocked')).toBe(1);
+        expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
 
-      const whileBlocked = await echo('x');
-      expect(whileBlocked.status).toBe(503);
-      expect(whileBlocked.headers['retry-after']).toBeDefined();
-      expectNothingPending();
-    } finally {
-      await rabbitmqctl('set_vm_memory_high_watermark', original);
-    }
-    await waitFor(() => !bridge.bridge.connection.isBlocked, 10_000, 'the connection to be unblocked');
-    await connectSideActors();
-    const after = await echo('after the alarm');
-    expect(after.status).toBe(200);
-    expect(after.text).toBe('after the alarm');
-  });
+        const whileBlocked = await echo('x');
+        expect(whileBlocked.status).toBe(503);
+        expect(whileBlocked.body.type).toBe(`${PROBLEM_TYPE_PREFIX}broker-unavailable`);
+        expect(whileBlocked.headers['retry-after']).toBeDefined();
+        expectNothingPending();
+      } finally {
+        await rabbitmqctl('set_vm_memory_high_watermark', original);
+      }
+      await waitFor(() => !bridge.bridge.connection.isBlocked, 10_000, 'the connection to be unblocked');
+      await connectSideActors();
+      const after = await echo('after the alarm');
+      expect(after.status).toBe(200);
+      expect(after.text).toBe('after the alarm');
+    },
+  );
 });
 
 describe('twenty faults in a row', () => {

@@ -294,3 +294,50 @@ describe('failures the caller must hear about at once', () => {
     await expect.poll(() => fixture.bridge.metric('rpc_late_replies_total')).toBe(lateBefore + 1);
   });
 });
+
+describe('one deadline per call', () => {
+  it('counts the timeout from when the request arrived: x-deadline, expiration and the 504 all agree', async () => {
+    const seen: Array<{ deadline: number; expiration: number; at: number }> = [];
+    const queue = uniqueName('deadline');
+    await startRawWorker(fixture.broker, queue, (message) => {
+      // Never answers: the caller's 504 comes from the one deadline.
+      seen.push({
+        deadline: Number(message.properties.headers?.['x-deadline']),
+        expiration: Number(message.properties.expiration),
+        at: Date.now(),
+      });
+    });
+    const { port } = new URL(fixture.bridge.baseUrl);
+    const sentAt = Date.now();
+    // The headers arrive now, the body 600 ms later: those 600 ms are part of the 1,000 ms timeout.
+    const answer = new Promise<{ status: number; at: number }>((resolve, reject) => {
+      const req = httpRequest(
+        {
+          port,
+          host: '127.0.0.1',
+          method: 'POST',
+          path: `/rpc/${queue}`,
+          headers: { 'Content-Length': 4, 'Amqp-Timeout': '1000' },
+        },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, at: Date.now() }));
+        },
+      );
+      req.on('error', reject);
+      req.flushHeaders();
+      setTimeout(() => req.end('late'), 600);
+    });
+    const { status, at } = await answer;
+    expect(status).toBe(504);
+    expect(at - sentAt).toBeGreaterThanOrEqual(950);
+    expect(at - sentAt).toBeLessThan(1_300);
+    const [message] = seen;
+    if (message === undefined) throw new Error('the worker got nothing');
+    // Not granted twice: the deadline is arrival + 1,000 ms, and only what is left of it is the expiration.
+    expect(message.deadline - sentAt).toBeGreaterThanOrEqual(990);
+    expect(message.deadline - sentAt).toBeLessThan(1_100);
+    expect(message.expiration).toBeGreaterThan(0);
+    expect(message.expiration).toBeLessThanOrEqual(1_000 - 550);
+  });
+});
