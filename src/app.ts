@@ -26,13 +26,35 @@ export interface AppDeps {
   readonly protectMetrics: boolean;
 }
 
+const SLASH = 0x2f;
+
 /** The RPC operations, in express path syntax (the OpenAPI test reads them from here). */
 export const RPC_PATHS = ['/rpc/:queue', '/rpc/:exchange/:routingKey'];
 
 /** Any method but POST on an RPC path (named: the OpenAPI test tells it from real operations). */
 export function methodNotAllowed(req: Request, res: Response): never {
+  // A POST the RPC route did not take (its request-target is no RPC path it accepts): no such route.
+  if (req.method === 'POST') throw notFound(req);
   res.setHeader('Allow', 'POST');
-  throw new HttpProblem('method-not-allowed', `${req.method} is not allowed here; use POST`);
+  throw new HttpProblem('method-not-allowed', `${req.method} is not allowed on ${req.path}; only POST is`);
+}
+
+function notFound(req: Request): HttpProblem {
+  return new HttpProblem('not-found', `No route for ${req.method} ${req.path}`);
+}
+
+/** `http://host/path?query` (absolute-form, RFC 9112 §3.2.2): the scheme and authority before the path. */
+const ABSOLUTE_FORM = /^https?:\/\/[^/?#]*/i;
+
+/**
+ * A request-target in absolute-form, which servers must accept, as the origin-form every route
+ * expects (`/rpc/q?timeout=5`); the authority (and any user:password in it) is dropped.
+ */
+function originForm(url: string): string {
+  const authority = ABSOLUTE_FORM.exec(url);
+  if (authority === null) return url;
+  const rest = url.slice(authority[0].length);
+  return rest.startsWith('/') ? rest : `/${rest}`;
 }
 
 /**
@@ -43,6 +65,8 @@ export function createHttpEdge(deps: AppDeps): { app: Express; handler: RequestL
   const app = createApp(deps);
   const rpcRoute = createRpcRoute(deps);
   const handler: RequestListener = (req, res) => {
+    // Origin-form (`/...`) is what clients send; anything else is rewritten once, before routing.
+    if (req.url !== undefined && req.url.charCodeAt(0) !== SLASH) req.url = originForm(req.url);
     const path = req.method === 'POST' && req.url !== undefined ? parseRpcPath(req.url) : undefined;
     if (path === undefined) app(req, res);
     else rpcRoute(req, res, path);
@@ -53,6 +77,8 @@ export function createHttpEdge(deps: AppDeps): { app: Express; handler: RequestL
 /** The express app for everything but the RPC hot path: operational routes, 404/405, errors. */
 export function createApp(deps: AppDeps): Express {
   const app = express();
+  // Paths are case-sensitive, as the RPC route's are: /RPC/q is no RPC path, and answers 404.
+  app.enable('case sensitive routing');
   app.disable('x-powered-by');
   app.set('etag', false);
   // pino-http also assigns the request id (X-Request-Id), so it comes first.
@@ -74,7 +100,7 @@ export function createApp(deps: AppDeps): Express {
     }),
   );
   app.use((req, _res) => {
-    throw new HttpProblem('not-found', `No route for ${req.method} ${req.path}`);
+    throw notFound(req);
   });
   app.use(errorHandler());
   return app;

@@ -39,6 +39,10 @@ export interface Config {
   readonly maxBodyBytes: number;
   readonly exchangeCheckTtlMs: number;
   readonly metricsMaxQueues: number;
+  /**
+   * How long in-flight RPCs may finish after SIGTERM. Shutdown takes at most this plus ~2 s (broker
+   * close, last writes), which must stay below the orchestrator's kill timeout (docker stop: 10 s).
+   */
   readonly shutdownGraceMs: number;
   readonly logLevel: LogLevel;
   readonly appId: string;
@@ -67,12 +71,20 @@ export function loadConfig(env: Env): Config {
   const rpcMaxTimeoutMs = read.integer('RPC_MAX_TIMEOUT_MS', 300_000, 1, 2_147_483_647);
   const rpcTimeoutMs = read.integer('RPC_TIMEOUT_MS', 30_000, 1, rpcMaxTimeoutMs);
   const reconnectMinMs = read.integer('AMQP_RECONNECT_MIN_MS', 100, 1, 600_000);
+  const httpHeadersTimeoutMs = read.integer('HTTP_HEADERS_TIMEOUT_MS', 10_000, 100, 600_000);
+  const httpRequestTimeoutMs = read.integer('HTTP_REQUEST_TIMEOUT_MS', 30_000, 100, 3_600_000);
+  // node:http's createServer throws on this later, in its own words; say it here, naming both.
+  if (httpHeadersTimeoutMs > httpRequestTimeoutMs) {
+    throw new ConfigError(
+      `HTTP_HEADERS_TIMEOUT_MS (${httpHeadersTimeoutMs}) must not exceed HTTP_REQUEST_TIMEOUT_MS (${httpRequestTimeoutMs}): the headers are part of the request`,
+    );
+  }
   const config: Config = {
     host: read.string('HOST', '0.0.0.0'),
     port: read.integer('PORT', 8080, 0, 65_535),
     httpBacklog: read.integer('HTTP_BACKLOG', 4096, 1, 65_535),
-    httpHeadersTimeoutMs: read.integer('HTTP_HEADERS_TIMEOUT_MS', 10_000, 100, 600_000),
-    httpRequestTimeoutMs: read.integer('HTTP_REQUEST_TIMEOUT_MS', 30_000, 100, 3_600_000),
+    httpHeadersTimeoutMs,
+    httpRequestTimeoutMs,
     amqpUrls: read.amqpUrls('AMQP_URLS', 'AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672'),
     amqpChannels: read.integer('AMQP_CHANNELS', 4, 1, 256),
     replyTo: read.oneOf('AMQP_REPLY_TO', REPLY_TO_QUEUES, 'amq.rabbitmq.reply-to'),
@@ -86,7 +98,8 @@ export function loadConfig(env: Env): Config {
     maxBodyBytes: read.integer('MAX_BODY_BYTES', 1024 * 1024, 0, MAX_BODY_CEILING),
     exchangeCheckTtlMs: read.integer('EXCHANGE_CHECK_TTL_MS', 5_000, 0, 3_600_000),
     metricsMaxQueues: read.integer('METRICS_MAX_QUEUES', 100, 1, 100_000),
-    shutdownGraceMs: read.integer('SHUTDOWN_GRACE_MS', 10_000, 0, 3_600_000),
+    // 7 s + ~2 s to close stays inside docker stop's default 10 s before SIGKILL.
+    shutdownGraceMs: read.integer('SHUTDOWN_GRACE_MS', 7_000, 0, 3_600_000),
     logLevel: read.oneOf('LOG_LEVEL', LOG_LEVELS, 'info'),
     appId: read.string('APP_ID', 'amqp-rpc-bridge'),
     authTokens: read.tokens('AUTH_TOKENS', 'AUTH_TOKENS_FILE'),
@@ -218,4 +231,101 @@ class EnvReader {
     });
     return Object.freeze(urls);
   }
+}
+
+/** A variable that looks like one of the bridge's but is not one, and the known one closest to it. */
+export interface UnknownVariable {
+  readonly name: string;
+  readonly nearest: string;
+}
+
+/** Prefixes of the bridge's variables (not APP_ of APP_ID: too many other programs use it). */
+const OUR_PREFIXES = [
+  'AMQP_',
+  'RPC_',
+  'HTTP_',
+  'MAX_',
+  'AUTH_',
+  'ALLOWED_',
+  'METRICS_',
+  'SHUTDOWN_',
+  'EXCHANGE_',
+  'LOG_',
+];
+/** Other programs' variables that share a prefix with ours. */
+const FOREIGN_VARIABLES = new Set(['HTTP_PROXY']);
+/** Kubernetes sets these for every Service in the namespace (the bridge's own is AMQP_RPC_BRIDGE_...). */
+const SERVICE_LINK = /_SERVICE_(HOST|PORT)(_|$)|_PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?$/;
+const SERVICE_LINK_URL = /^(tcp|udp|sctp):\/\//;
+
+/**
+ * Variables that look like the bridge's but that it does not read: one of its prefixes (in any
+ * case), or one edit away from a longer name of its (AMPQ_URL). Most likely typos (RPC_TIMEOUT for
+ * RPC_TIMEOUT_MS), which would otherwise be ignored in silence. Only names are returned, never a
+ * value: a value may be a secret.
+ */
+export function unknownVariables(env: Env): UnknownVariable[] {
+  const known = knownVariables();
+  const unknown: UnknownVariable[] = [];
+  for (const name of Object.keys(env).sort()) {
+    if (known.has(name) || isForeign(name, env[name])) continue;
+    const upper = name.toUpperCase();
+    const nearest = nearestName(upper, known);
+    const typo = nearest.distance <= 1 && nearest.name.length >= 6;
+    if (typo || OUR_PREFIXES.some((prefix) => upper.startsWith(prefix))) unknown.push({ name, nearest: nearest.name });
+  }
+  return unknown;
+}
+
+/** Every variable loadConfig reads, found by watching it read an empty environment: no list to keep in step. */
+function knownVariables(): ReadonlySet<string> {
+  const names = new Set<string>();
+  const recorder = new Proxy<Env>(
+    {},
+    {
+      get(_target, name) {
+        if (typeof name === 'string') names.add(name);
+        return undefined;
+      },
+    },
+  );
+  loadConfig(recorder);
+  return names;
+}
+
+/** Another program's variable, or one Kubernetes sets for a Service, that merely looks like ours. */
+function isForeign(name: string, value: string | undefined): boolean {
+  const upper = name.toUpperCase();
+  if (FOREIGN_VARIABLES.has(upper) || SERVICE_LINK.test(upper)) return true;
+  // <SERVICE>_PORT=tcp://10.0.0.1:80 is a service link too; the value is only looked at, never shown.
+  return upper.endsWith('_PORT') && SERVICE_LINK_URL.test(value ?? '');
+}
+
+function nearestName(name: string, candidates: ReadonlySet<string>): { name: string; distance: number } {
+  let nearest = { name: '', distance: Number.POSITIVE_INFINITY };
+  for (const candidate of candidates) {
+    const distance = editDistance(name, candidate);
+    if (distance < nearest.distance) nearest = { name: candidate, distance };
+  }
+  return nearest;
+}
+
+/** Edits (insert, delete, replace, swap two neighbours) that turn `a` into `b`. */
+function editDistance(a: string, b: string): number {
+  const width = b.length + 1;
+  const table = new Array<number>((a.length + 1) * width).fill(0);
+  const at = (i: number, j: number): number => table[i * width + j] ?? 0;
+  for (let i = 0; i <= a.length; i++) {
+    for (let j = 0; j <= b.length; j++) {
+      let distance = i + j;
+      if (i > 0 && j > 0) {
+        distance = Math.min(at(i - 1, j) + 1, at(i, j - 1) + 1, at(i - 1, j - 1) + (a[i - 1] === b[j - 1] ? 0 : 1));
+        if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+          distance = Math.min(distance, at(i - 2, j - 2) + 1);
+        }
+      }
+      table[i * width + j] = distance;
+    }
+  }
+  return at(a.length, b.length);
 }

@@ -13,9 +13,11 @@ export const PROBLEMS = {
   unroutable: { status: 404, title: 'Message was not routed to any queue' },
   'exchange-not-found': { status: 404, title: 'Exchange does not exist' },
   'payload-too-large': { status: 413, title: 'Request body too large' },
-  // Refused by Node's HTTP parser before any route runs (server.ts answers them).
+  // Refused by the HTTP layer before any route runs (server.ts answers them): what Node's parser
+  // refuses, an HTTP/1.1 request without Host, an expectation other than 100-continue.
   'malformed-request': { status: 400, title: 'Malformed HTTP request' },
   'request-timeout': { status: 408, title: 'Request not received in time' },
+  'expectation-failed': { status: 417, title: 'Expectation not supported' },
   'headers-too-large': { status: 431, title: 'Request header fields too large' },
   'request-lost': { status: 502, title: 'Request lost with its broker channel' },
   'bad-reply': { status: 502, title: 'Worker reply is unusable' },

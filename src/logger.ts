@@ -43,11 +43,33 @@ export function serializeRequest(req: IncomingMessage) {
   return {
     id: req.id,
     method: req.method,
-    url: req.url,
+    url: loggableUrl(req.url),
     contentType: headers['content-type'],
     contentLength: headers['content-length'],
     userAgent: headers['user-agent'],
   };
+}
+
+const REDACTED = '[redacted]';
+
+/**
+ * The request-target as it may appear in a log line: the path as sent, and of the query only the
+ * parameter names (`?access_token=[redacted]&timeout=[redacted]`): a value may be a secret that a
+ * client put in the URL. A parameter without `=` may itself be a value, so it is redacted whole.
+ * Without a query the URL is returned as is, at the cost of one indexOf.
+ */
+export function loggableUrl(url: string | undefined): string | undefined {
+  const queryAt = url?.indexOf('?') ?? -1;
+  if (url === undefined || queryAt === -1) return url;
+  const names = url
+    .slice(queryAt + 1)
+    .split('&')
+    .map((parameter) => {
+      if (parameter === '') return parameter;
+      const equals = parameter.indexOf('=');
+      return equals === -1 ? REDACTED : `${parameter.slice(0, equals)}=${REDACTED}`;
+    });
+  return `${url.slice(0, queryAt)}?${names.join('&')}`;
 }
 
 export function levelForStatus(status: number, failed: boolean): Level {

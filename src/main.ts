@@ -1,5 +1,5 @@
 import { createBridge } from './bridge.js';
-import { ConfigError, loadConfig, loggableConfig } from './config.js';
+import { ConfigError, loadConfig, loggableConfig, unknownVariables } from './config.js';
 import { toError } from './errors.js';
 import { createLogger } from './logger.js';
 import { listen } from './server.js';
@@ -8,6 +8,12 @@ import { listen } from './server.js';
 const EXIT_CONFIG = 78;
 /** After the broker side is closed, how long the last responses get to reach their clients. */
 const FINAL_WRITE_MS = 1_000;
+/**
+ * How long closing the channels and the connection may take: a broker that does not answer
+ * close must not hold the exit past the orchestrator's kill timeout. With FINAL_WRITE_MS this is
+ * the ~2 s that shutdown adds to SHUTDOWN_GRACE_MS.
+ */
+const BROKER_CLOSE_MS = 1_000;
 
 async function main(): Promise<void> {
   let config: ReturnType<typeof loadConfig>;
@@ -20,6 +26,10 @@ async function main(): Promise<void> {
   }
   const logger = createLogger(config.logLevel);
   logger.info({ config: loggableConfig(config) }, 'starting');
+  // A mistyped variable is otherwise ignored in silence. The name only: a value may be a secret.
+  for (const { name, nearest } of unknownVariables(process.env)) {
+    logger.warn({ variable: name, nearest }, `unknown environment variable ${name} ignored (did you mean ${nearest}?)`);
+  }
 
   const bridge = createBridge(config, logger);
   bridge.start();
@@ -46,7 +56,7 @@ async function main(): Promise<void> {
     // In-flight RPCs may finish within the grace period...
     await bridge.drain(config.shutdownGraceMs);
     // ...what is left is answered 502 (never dropped), then channels and connection close.
-    await bridge.stop();
+    await Promise.race([bridge.stop(), new Promise((resolve) => setTimeout(resolve, BROKER_CLOSE_MS).unref())]);
     // Let those last answers leave, then close every connection.
     await server.close(FINAL_WRITE_MS);
     logger.info({ signal }, 'stopped');

@@ -18,7 +18,8 @@ export interface OperationalDeps {
 
 /** /healthz, /readyz, /metrics and /openapi.yaml. */
 export function operationalRoutes(deps: OperationalDeps): Router {
-  const router = Router();
+  // Case-sensitive like the app's own routes (a router does not inherit the app's setting).
+  const router = Router({ caseSensitive: true });
   router.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });

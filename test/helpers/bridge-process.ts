@@ -8,23 +8,30 @@ export interface BridgeProcess {
   readonly child: ChildProcess;
   readonly baseUrl: string;
   readonly exited: Promise<number | null>;
+  /** Every line the process has written to stdout so far (its JSON log lines), parsed. */
+  readonly logs: ReadonlyArray<Record<string, unknown>>;
   inFlight(): Promise<number>;
 }
+
+/** What `npm start` runs, from source here. */
+const COMMAND = ['--import', 'tsx', 'src/main.ts'];
 
 /** The real process, as `npm start` runs it (from source here), on a free port. */
 export async function startBridgeProcess(
   env: Record<string, string>,
   { waitForReady = true }: { waitForReady?: boolean } = {},
 ): Promise<BridgeProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, COMMAND, {
     env: { ...process.env, AMQP_URL, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const logs: Array<Record<string, unknown>> = [];
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('the bridge process did not start listening')), 15_000);
     createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
       const entry = JSON.parse(line) as { msg?: string; port?: number };
+      logs.push(entry);
       if (entry.msg === 'listening' && entry.port !== undefined) {
         clearTimeout(timer);
         resolve(entry.port);
@@ -40,8 +47,42 @@ export async function startBridgeProcess(
     child,
     baseUrl,
     exited,
+    logs,
     async inFlight() {
       return readMetric((await request(baseUrl).get('/metrics')).text, 'rpc_in_flight', {});
     },
   };
+}
+
+/** How a bridge process that is expected not to start (bad configuration) ended. */
+export interface FailedStart {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs the process until it exits by itself, e.g. on a configuration it refuses. */
+export function runBridgeProcessUntilExit(env: Record<string, string>, timeoutMs = 15_000): Promise<FailedStart> {
+  const child = spawn(process.execPath, COMMAND, {
+    env: { ...process.env, AMQP_URL, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => {
+    stdout += chunk.toString('utf8');
+  });
+  child.stderr.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString('utf8');
+  });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`the bridge process was still running after ${timeoutMs} ms:\n${stdout}${stderr}`));
+    }, timeoutMs);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
 }

@@ -1,5 +1,4 @@
 import { request as httpRequest } from 'node:http';
-import { connect } from 'node:net';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
@@ -7,6 +6,7 @@ import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
 import { startTestBridge, type TestBridge } from '../helpers/bridge.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, uniqueName } from '../helpers/broker.js';
 import { brokerAdmin, drillIt } from '../helpers/broker-admin.js';
+import { rawHttp } from '../helpers/raw-http.js';
 
 let bridge: TestBridge;
 let worker: RunningWorker;
@@ -184,14 +184,7 @@ describe('invalid input is refused at the edge with a problem document, and harm
       const head =
         `POST /rpc/${queue} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n` +
         'Amqp-Header-Greeting: grüße\r\nContent-Length: 0\r\n\r\n';
-      const response = await new Promise<string>((resolve, reject) => {
-        const socket = connect(bridge.server.port, '127.0.0.1');
-        const chunks: Buffer[] = [];
-        socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-        socket.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-        socket.on('error', reject);
-        socket.write(Buffer.from(head, 'utf8'));
-      });
+      const { text: response } = await rawHttp(bridge.server.port, Buffer.from(head, 'utf8'));
       expect(response, response).toMatch(/^HTTP\/1\.1 200/);
       expect(response.endsWith('\r\n\r\ngrüße')).toBe(true);
     } finally {

@@ -5,7 +5,7 @@ import request from 'supertest';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { createMetrics } from '../../src/metrics.js';
-import { waitFor } from '../helpers/bridge.js';
+import { startTestBridge, waitFor } from '../helpers/bridge.js';
 import { AMQP_URL, startRawWorker, uniqueName } from '../helpers/broker.js';
 import { useEchoBridge } from '../helpers/fixture.js';
 
@@ -96,6 +96,42 @@ describe('logs', () => {
     expect(everything).not.toContain(`:${new URL(AMQP_URL).password}@`);
     expect(everything).toContain('"msg":"amqp connected"');
     await fixture.broker.channel.deleteQueue(silent);
+  });
+});
+
+describe('logs of URLs with a query', () => {
+  it('keep the path and the parameter names, never a value (a token in the URL stays out)', async () => {
+    const token = 'a-valid-token-0123456789';
+    const secured = await startTestBridge({ AUTH_TOKENS: token, LOG_LEVEL: 'info' });
+    try {
+      const leaked = 'leaked-secret-in-query-42';
+      const refused = await request(secured.baseUrl)
+        .post(`/rpc/${echoQueue}?access_token=${leaked}&timeout=5000`)
+        .set('X-Request-Id', 'query-401')
+        .send('x');
+      expect(refused.status).toBe(401);
+      const served = await request(secured.baseUrl)
+        .post(`/rpc/${echoQueue}?timeout=5000&${leaked}`)
+        .set('Authorization', `Bearer ${token}`)
+        .set('X-Request-Id', 'query-200')
+        .send('x');
+      expect(served.status).toBe(200);
+      const probe = await request(secured.baseUrl)
+        .get(`/healthz?access_token=${leaked}`)
+        .set('X-Request-Id', 'query-get');
+      expect(probe.status).toBe(200);
+
+      const urlOf = (id: string) =>
+        (secured.logs.find((entry) => (entry.req as { id?: string } | undefined)?.id === id)?.req as { url?: string })
+          ?.url;
+      await waitFor(() => urlOf('query-get') !== undefined && urlOf('query-200') !== undefined, 2_000, 'the log lines');
+      expect(urlOf('query-401')).toBe(`/rpc/${echoQueue}?access_token=[redacted]&timeout=[redacted]`);
+      expect(urlOf('query-200')).toBe(`/rpc/${echoQueue}?timeout=[redacted]&[redacted]`);
+      expect(urlOf('query-get')).toBe('/healthz?access_token=[redacted]');
+      expect(secured.logs.map((entry) => JSON.stringify(entry)).join('\n')).not.toContain(leaked);
+    } finally {
+      await secured.close();
+    }
   });
 });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig, loggableConfig, redactUrl } from '../../src/config.js';
+import { ConfigError, loadConfig, loggableConfig, redactUrl, unknownVariables } from '../../src/config.js';
 
 describe('loadConfig', () => {
   it('has working defaults for a local broker', () => {
@@ -12,6 +12,8 @@ describe('loadConfig', () => {
       rpcTimeoutMs: 30_000,
       rpcMaxTimeoutMs: 300_000,
       maxBodyBytes: 1_048_576,
+      // With ~2 s to close, shutdown ends inside docker stop's 10 s before SIGKILL.
+      shutdownGraceMs: 7_000,
     });
     expect(Object.isFrozen(config)).toBe(true);
   });
@@ -45,6 +47,10 @@ describe('loadConfig', () => {
     [{ RPC_TIMEOUT_MS: '5000', RPC_MAX_TIMEOUT_MS: '1000' }, /RPC_TIMEOUT_MS must be between 1 and 1000/],
     [{ AMQP_URL: 'http://example' }, /AMQP_URL must start with amqp:\/\/ or amqps:\/\//],
     [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL must be one of/],
+    [
+      { HTTP_HEADERS_TIMEOUT_MS: '5000', HTTP_REQUEST_TIMEOUT_MS: '1000' },
+      /HTTP_HEADERS_TIMEOUT_MS \(5000\) must not exceed HTTP_REQUEST_TIMEOUT_MS \(1000\)/,
+    ],
   ])('refuses %j with a message naming the variable', (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);
@@ -56,6 +62,46 @@ describe('loadConfig', () => {
     const config = loadConfig({ AMQP_URL: `amqps://user:${secret}@broker.example:5671/vhost` });
     expect(JSON.stringify(loggableConfig(config))).not.toContain(secret);
     expect(redactUrl(config.amqpUrls[0] ?? '')).toBe('amqps://user:***@broker.example:5671/vhost');
+  });
+});
+
+describe('unknownVariables', () => {
+  it('names variables that look like ours but are not, with the nearest known one', () => {
+    expect(
+      unknownVariables({
+        RPC_TIMEOUT: '500',
+        rpc_timeout_ms: '500',
+        AMPQ_URL: 'amqp://x',
+        ALLOWED_QUEUE: 'a',
+        RPC_TIMEOUT_MS: '500',
+        HOME: '/root',
+        APP_ENV: 'production',
+      }),
+    ).toEqual([
+      { name: 'ALLOWED_QUEUE', nearest: 'ALLOWED_QUEUES' },
+      { name: 'AMPQ_URL', nearest: 'AMQP_URL' },
+      { name: 'RPC_TIMEOUT', nearest: 'RPC_TIMEOUT_MS' },
+      { name: 'rpc_timeout_ms', nearest: 'RPC_TIMEOUT_MS' },
+    ]);
+  });
+
+  it("leaves other programs' variables and Kubernetes service links alone", () => {
+    expect(
+      unknownVariables({
+        HTTP_PROXY: 'http://proxy:3128',
+        http_proxy: 'http://proxy:3128',
+        AMQP_RPC_BRIDGE_SERVICE_HOST: '10.0.0.1',
+        AMQP_RPC_BRIDGE_SERVICE_PORT: '80',
+        AMQP_RPC_BRIDGE_SERVICE_PORT_HTTP: '80',
+        AMQP_RPC_BRIDGE_PORT: 'tcp://10.0.0.1:80',
+        AMQP_RPC_BRIDGE_PORT_80_TCP: 'tcp://10.0.0.1:80',
+        AMQP_RPC_BRIDGE_PORT_80_TCP_PROTO: 'tcp',
+        AMQP_RPC_BRIDGE_PORT_80_TCP_PORT: '80',
+        AMQP_RPC_BRIDGE_PORT_80_TCP_ADDR: '10.0.0.1',
+      }),
+    ).toEqual([]);
+    // Not a service link when the value is no tcp:// URL: HTTP_PORT=9000 is a typo for PORT.
+    expect(unknownVariables({ HTTP_PORT: '9000' })).toEqual([{ name: 'HTTP_PORT', nearest: 'PORT' }]);
   });
 });
 
