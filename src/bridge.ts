@@ -11,6 +11,7 @@ import { createHttpEdge } from './app.js';
 import type { Config } from './config.js';
 import { createAccessPolicy } from './http/access-control.js';
 import type { Readiness } from './http/health-routes.js';
+import { logBytesDropped } from './logger.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { loadOpenApiYaml } from './openapi.js';
 import { RpcClient } from './rpc/rpc-client.js';
@@ -40,6 +41,11 @@ export interface Bridge {
   start(): void;
   /** Refuses new RPCs (503) and reports not ready from now on; in-flight ones still finish. */
   beginShutdown(): void;
+  /**
+   * Reports not ready (so load balancers and Kubernetes stop sending) while still serving RPCs:
+   * the first step of a shutdown with SHUTDOWN_DELAY_MS.
+   */
+  leaveRotation(): void;
   /** Resolves when no RPC is in flight, or after `graceMs`, whichever comes first. */
   drain(graceMs: number): Promise<void>;
   /** Answers what is still in flight (502), then closes channels and the connection. Idempotent. */
@@ -52,12 +58,15 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     inFlight: () => rpc.inFlightCount,
     connected: () => connection.isConnected,
     blocked: () => connection.isBlocked,
+    logBytesDropped,
   });
   const connection = new BrokerConnection({
     urls: config.amqpUrls,
     reconnectMinMs: config.reconnectMinMs,
     reconnectMaxMs: config.reconnectMaxMs,
     connectionName: `${config.appId}@${hostname()}`,
+    connectOrder: config.amqpConnectOrder,
+    heartbeatSeconds: config.amqpHeartbeatSeconds,
     logger,
   });
   const replies: ReplySource =
@@ -116,13 +125,14 @@ export function createBridge(config: Config, logger: Logger): Bridge {
   });
 
   let shuttingDown = false;
+  let outOfRotation = false;
   let stopping: Promise<void> | undefined;
   const readiness = (): Readiness => {
     const checks = {
       connected: connection.isConnected,
       replyConsumers: pool.isFull,
       notBlocked: !connection.isBlocked,
-      notShuttingDown: !shuttingDown,
+      notShuttingDown: !shuttingDown && !outOfRotation,
     };
     return { ready: Object.values(checks).every(Boolean), checks };
   };
@@ -153,6 +163,9 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     pool,
     readiness,
     start: () => connection.start(),
+    leaveRotation() {
+      outOfRotation = true;
+    },
     beginShutdown() {
       shuttingDown = true;
     },

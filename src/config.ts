@@ -24,6 +24,16 @@ export interface Config {
    * for a single broker; several (cluster nodes, or a standby) to fail over on connection loss.
    */
   readonly amqpUrls: readonly string[];
+  /**
+   * `random`: start at a random URL of the list, so that replicas spread over a cluster's nodes.
+   * `listed`: start at the first (a primary and its standby).
+   */
+  readonly amqpConnectOrder: 'random' | 'listed';
+  /**
+   * AMQP heartbeat the bridge asks for (a URL's own `?heartbeat=` wins). A broker that goes silent
+   * (a partition, a dead host) is noticed after two to three of these.
+   */
+  readonly amqpHeartbeatSeconds: number;
   readonly amqpChannels: number;
   readonly replyTo: ReplyToQueue;
   /** `direct`: direct reply-to (no queue). `queue`: one exclusive, server-named callback queue per channel. */
@@ -44,7 +54,14 @@ export interface Config {
    * close, last writes), which must stay below the orchestrator's kill timeout (docker stop: 10 s).
    */
   readonly shutdownGraceMs: number;
+  /**
+   * After SIGTERM, how long the bridge reports not ready while still serving RPCs, before it refuses
+   * new ones: time for a load balancer's health checks or Kubernetes' endpoints to move traffic away.
+   */
+  readonly shutdownDelayMs: number;
   readonly logLevel: LogLevel;
+  /** Log bytes held for a stdout that does not keep up; past it, lines are dropped (and counted). */
+  readonly logMaxBufferBytes: number;
   readonly appId: string;
   /** Bearer tokens that may call the bridge; empty means no authentication. Secret: never logged. */
   readonly authTokens: readonly string[];
@@ -86,6 +103,9 @@ export function loadConfig(env: Env): Config {
     httpHeadersTimeoutMs,
     httpRequestTimeoutMs,
     amqpUrls: read.amqpUrls('AMQP_URLS', 'AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672'),
+    amqpConnectOrder: read.oneOf('AMQP_CONNECT_ORDER', ['random', 'listed'] as const, 'random'),
+    // Two to three of these until a silent broker is noticed: at most 15 s by default.
+    amqpHeartbeatSeconds: read.integer('AMQP_HEARTBEAT_SECONDS', 5, 0, 600),
     amqpChannels: read.integer('AMQP_CHANNELS', 4, 1, 256),
     replyTo: read.oneOf('AMQP_REPLY_TO', REPLY_TO_QUEUES, 'amq.rabbitmq.reply-to'),
     replyMode: read.oneOf('RPC_REPLY_MODE', ['direct', 'queue'] as const, 'direct'),
@@ -100,7 +120,9 @@ export function loadConfig(env: Env): Config {
     metricsMaxQueues: read.integer('METRICS_MAX_QUEUES', 100, 1, 100_000),
     // 7 s + ~2 s to close stays inside docker stop's default 10 s before SIGKILL.
     shutdownGraceMs: read.integer('SHUTDOWN_GRACE_MS', 7_000, 0, 3_600_000),
+    shutdownDelayMs: read.integer('SHUTDOWN_DELAY_MS', 0, 0, 3_600_000),
     logLevel: read.oneOf('LOG_LEVEL', LOG_LEVELS, 'info'),
+    logMaxBufferBytes: read.integer('LOG_MAX_BUFFER_BYTES', 16 * 1024 * 1024, 64 * 1024, 1024 * 1024 * 1024),
     appId: read.string('APP_ID', 'amqp-rpc-bridge'),
     authTokens: read.tokens('AUTH_TOKENS', 'AUTH_TOKENS_FILE'),
     authProtectMetrics: read.boolean('AUTH_PROTECT_METRICS', false),

@@ -11,10 +11,27 @@ import { assignRequestId } from './http/request-id.js';
 const BUFFER_BYTES = 4096;
 const FLUSH_INTERVAL_MS = 250;
 
-export function createLogger(level: LogLevel, destination?: DestinationStream): Logger {
+/** Log bytes dropped because stdout did not keep up (for the log_bytes_dropped_total metric). */
+let droppedBytes = 0;
+export function logBytesDropped(): number {
+  return droppedBytes;
+}
+
+/**
+ * `maxBufferBytes` bounds what is held for a stdout that stops reading (a stuck log collector):
+ * past it, lines are dropped and counted rather than kept until memory runs out.
+ */
+export function createLogger(
+  level: LogLevel,
+  destination?: DestinationStream,
+  maxBufferBytes = 16 * 1024 * 1024,
+): Logger {
   const options = { level, base: { service: 'amqp-rpc-bridge' } };
   if (destination) return pino(options, destination);
-  const stdout = pino.destination({ dest: 1, sync: false, minLength: BUFFER_BYTES });
+  const stdout = pino.destination({ dest: 1, sync: false, minLength: BUFFER_BYTES, maxLength: maxBufferBytes });
+  stdout.on('drop', (data: string) => {
+    droppedBytes += Buffer.byteLength(data);
+  });
   setInterval(() => {
     // flush() throws while a previous asynchronous write is still under way; the next tick will do.
     try {

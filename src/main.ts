@@ -24,7 +24,7 @@ async function main(): Promise<void> {
     process.stderr.write(`amqp-rpc-bridge: invalid configuration: ${err.message}\n`);
     process.exit(EXIT_CONFIG);
   }
-  const logger = createLogger(config.logLevel);
+  const logger = createLogger(config.logLevel, undefined, config.logMaxBufferBytes);
   logger.info({ config: loggableConfig(config) }, 'starting');
   // A mistyped variable is otherwise ignored in silence. The name only: a value may be a secret.
   for (const { name, nearest } of unknownVariables(process.env)) {
@@ -50,8 +50,14 @@ async function main(): Promise<void> {
       process.exit(1);
     }
     signalled = true;
-    logger.info({ signal, graceMs: config.shutdownGraceMs }, 'shutting down');
-    // Not ready and refusing new RPCs (503) at once; the load balancer moves traffic elsewhere.
+    logger.info({ signal, delayMs: config.shutdownDelayMs, graceMs: config.shutdownGraceMs }, 'shutting down');
+    if (config.shutdownDelayMs > 0) {
+      // Not ready, but still serving: a load balancer (or Kubernetes' endpoints) keeps sending for a
+      // moment after the signal, and those callers must not be refused.
+      bridge.leaveRotation();
+      await new Promise((resolve) => setTimeout(resolve, config.shutdownDelayMs));
+    }
+    // Refusing new RPCs (503) from now on; the load balancer moves traffic elsewhere.
     bridge.beginShutdown();
     // In-flight RPCs may finish within the grace period...
     await bridge.drain(config.shutdownGraceMs);

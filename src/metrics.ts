@@ -69,6 +69,8 @@ export interface MetricSources {
   inFlight(): number;
   connected(): boolean;
   blocked(): boolean;
+  /** A running total kept elsewhere (the log destination's), reported as a counter. */
+  logBytesDropped(): number;
 }
 
 /**
@@ -92,6 +94,17 @@ export function createMetrics(registry: Registry, maxQueues: number, sources: Me
   gauge('amqp_connection_blocked', '1 while the broker blocks publishers (resource alarm), else 0', () =>
     sources.blocked() ? 1 : 0,
   );
+  let droppedReported = 0;
+  new Counter({
+    name: 'log_bytes_dropped_total',
+    help: 'Log bytes dropped because stdout did not keep up (LOG_MAX_BUFFER_BYTES were already waiting)',
+    registers,
+    collect() {
+      const dropped = sources.logBytesDropped();
+      if (dropped > droppedReported) this.inc(dropped - droppedReported);
+      droppedReported = dropped;
+    },
+  });
 
   const duration = new Histogram({
     name: 'rpc_request_duration_seconds',

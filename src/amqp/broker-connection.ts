@@ -1,3 +1,4 @@
+import { randomInt } from 'node:crypto';
 import amqp, { type ChannelModel } from 'amqplib';
 import type { Logger } from 'pino';
 import { redactUrl } from '../config.js';
@@ -11,6 +12,10 @@ export interface BrokerConnectionOptions {
   readonly reconnectMaxMs: number;
   /** Shown in the broker's management UI as the connection name. */
   readonly connectionName: string;
+  /** `random`: replicas given the same list spread over it; `listed`: the first URL first. */
+  readonly connectOrder: 'random' | 'listed';
+  /** Asked of the broker unless a URL says `?heartbeat=` itself; 0 turns heartbeats off. */
+  readonly heartbeatSeconds: number;
   readonly logger: Logger;
 }
 
@@ -37,10 +42,16 @@ export class BrokerConnection {
   private retryTimer: NodeJS.Timeout | undefined;
   private nextAttemptAt = 0;
   private blocked = false;
-  private urlIndex = 0;
+  /**
+   * Where in the list this instance starts: by default at random, so that replicas given the same
+   * list of cluster nodes spread over them instead of all landing on the first.
+   */
+  private urlIndex: number;
   private readonly listeners: ConnectionListener[] = [];
 
-  constructor(private readonly options: BrokerConnectionOptions) {}
+  constructor(private readonly options: BrokerConnectionOptions) {
+    this.urlIndex = options.connectOrder === 'random' ? randomInt(options.urls.length) : 0;
+  }
 
   addListener(listener: ConnectionListener): void {
     this.listeners.push(listener);
@@ -83,7 +94,7 @@ export class BrokerConnection {
     const { logger } = this.options;
     let model: ChannelModel;
     try {
-      model = await amqp.connect(this.url, {
+      model = await amqp.connect(withHeartbeat(this.url, this.options.heartbeatSeconds), {
         // Without noDelay a small publish can sit behind Nagle's algorithm for a delayed ACK (~40 ms).
         noDelay: true,
         timeout: CONNECT_TIMEOUT_MS,
@@ -139,4 +150,15 @@ export class BrokerConnection {
     this.options.logger.warn({ reason, attempt: this.attempt, delayMs: delay }, 'amqp reconnect scheduled');
     this.retryTimer = setTimeout(() => void this.connect(), delay);
   }
+}
+
+/**
+ * The URL with `heartbeat` set unless it names one. Without it amqplib takes the broker's proposal
+ * (60 s on RabbitMQ), and a broker that goes silent is noticed only after two to three minutes.
+ */
+function withHeartbeat(url: string, seconds: number): string {
+  const parsed = new URL(url);
+  if (parsed.searchParams.has('heartbeat')) return url;
+  parsed.searchParams.set('heartbeat', String(seconds));
+  return parsed.toString();
 }

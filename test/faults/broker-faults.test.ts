@@ -291,7 +291,12 @@ describe.skipIf(cannotStartSecondNode !== undefined)('a second broker node', () 
     const secondUrl = secondNodeUrl(admin.product);
     // The two nodes are independent brokers: the queue and a worker exist on each.
     const secondWorker = await startEchoWorker({ url: secondUrl, queue: echoQueue, durable: false });
-    const listed = await startTestBridge({ AMQP_URLS: `${AMQP_URL},${secondUrl}`, AMQP_RECONNECT_MIN_MS: '200' });
+    // A primary and its standby: the first URL first.
+    const listed = await startTestBridge({
+      AMQP_URLS: `${AMQP_URL},${secondUrl}`,
+      AMQP_CONNECT_ORDER: 'listed',
+      AMQP_RECONNECT_MIN_MS: '200',
+    });
     const statuses = new Map<string, number>();
     let running = true;
     let stoppedAt = 0;

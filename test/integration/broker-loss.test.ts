@@ -1,6 +1,7 @@
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
+import { redactUrl } from '../../src/config.js';
 import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
 import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
@@ -112,7 +113,11 @@ describe('with several broker URLs', () => {
   it('moves on to the next URL when one is unreachable, at start and after a connection loss', async () => {
     const marker = uniqueName('failover');
     const dead = 'amqp://guest:guest@127.0.0.1:1';
-    const listed = await startTestBridge({ APP_ID: marker, AMQP_URL: `${dead},${AMQP_URL}` });
+    const listed = await startTestBridge({
+      APP_ID: marker,
+      AMQP_URL: `${dead},${AMQP_URL}`,
+      AMQP_CONNECT_ORDER: 'listed',
+    });
     try {
       // Ready at all means the dead first URL was passed over.
       const first = await request(listed.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send('1');
@@ -151,6 +156,28 @@ describe('a virtual host in the URL', () => {
       await scoped.close();
       await inVhost.close();
       await admin.deleteVhost(vhost);
+    }
+  });
+});
+
+describe('replicas given the same list of nodes', () => {
+  it('start at random places in it (AMQP_CONNECT_ORDER=random, the default), not all on the first', async () => {
+    // Three spellings of the one broker here stand for three cluster nodes.
+    const nodes = [AMQP_URL, `${AMQP_URL}?frameMax=131072`, `${AMQP_URL}?channelMax=2047`];
+    const replicas = await Promise.all(
+      Array.from({ length: 9 }, () => startTestBridge({ AMQP_URLS: nodes.join(','), AMQP_CHANNELS: '1' })),
+    );
+    try {
+      const landed = replicas.map((replica) => {
+        const line = replica.logs.find((entry) => entry.msg === 'amqp connected');
+        return nodes.findIndex((node) => String(line?.broker) === redactUrl(node));
+      });
+      console.info(`nine replicas started on nodes ${landed.join(',')}`);
+      expect(landed.every((node) => node >= 0)).toBe(true);
+      // All nine on one node by chance: 3 in 19,683.
+      expect(new Set(landed).size).toBeGreaterThan(1);
+    } finally {
+      await Promise.all(replicas.map((replica) => replica.close()));
     }
   });
 });

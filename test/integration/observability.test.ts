@@ -164,6 +164,7 @@ describe('dashboard and alert rules', () => {
       inFlight: () => 0,
       connected: () => false,
       blocked: () => false,
+      logBytesDropped: () => 0,
     });
     const names = (await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name);
     return new Set(names);

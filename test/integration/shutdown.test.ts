@@ -74,6 +74,38 @@ describe('graceful shutdown of the real process', () => {
     expect(await bridge.exited).toBe(0);
   });
 
+  it('with SHUTDOWN_DELAY_MS, reports not ready at once but serves RPCs until the delay is over', async () => {
+    const queue = uniqueName('delayed');
+    await startRawWorker(broker, queue, (message, reply) => reply(message.content, { contentType: 'text/plain' }));
+    const silent = uniqueName('silent');
+    await startRawWorker(broker, silent, () => undefined);
+    const bridge = await startBridgeProcess({ SHUTDOWN_DELAY_MS: '1500', SHUTDOWN_GRACE_MS: '3000' });
+    // Keeps the process draining after the delay, so that a late caller meets the refusal.
+    const stuck = request(bridge.baseUrl)
+      .post(`/rpc/${silent}`)
+      .set('Amqp-Timeout', '2500')
+      .send('x')
+      .then((res) => res);
+    await until(async () => (await bridge.inFlight()) === 1, 'one RPC in flight');
+    const signalledAt = Date.now();
+    bridge.child.kill('SIGTERM');
+    await until(async () => (await request(bridge.baseUrl).get('/readyz')).status === 503, 'readyz to turn 503');
+    // A load balancer that has not yet seen /readyz turn still sends; those callers are served.
+    const during = await request(bridge.baseUrl)
+      .post(`/rpc/${queue}`)
+      .set('Content-Type', 'text/plain')
+      .send('still here');
+    expect(Date.now() - signalledAt).toBeLessThan(1_500);
+    expect(during.status).toBe(200);
+    expect(during.text).toBe('still here');
+    await new Promise((resolve) => setTimeout(resolve, 1_700 - (Date.now() - signalledAt)));
+    const after = await request(bridge.baseUrl).post(`/rpc/${queue}`).send('too late');
+    expect(after.status).toBe(503);
+    expect(after.body.type).toBe(`${PROBLEM_TYPE_PREFIX}shutting-down`);
+    expect((await stuck).status).toBe(504);
+    expect(await bridge.exited).toBe(0);
+  });
+
   it('exits at once on a second signal', async () => {
     const queue = uniqueName('stuck');
     await startRawWorker(broker, queue, () => undefined);

@@ -24,6 +24,7 @@ describe('metrics', () => {
       inFlight: () => 0,
       connected: () => false,
       blocked: () => false,
+      logBytesDropped: () => 0,
     });
     const observe = (target: string, outcome: RpcOutcomeLabel, requestBytes?: number) =>
       metrics.observeRpc({ target, outcome, seconds: 0.001, requestBytes, responseBytes: undefined });
