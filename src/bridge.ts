@@ -6,14 +6,14 @@ import { Registry } from 'prom-client';
 import { BrokerConnection } from './amqp/broker-connection.js';
 import { ChannelPool } from './amqp/channel-pool.js';
 import { ExchangeChecker } from './amqp/exchange-checker.js';
-import { ReplyChannel, type ReplySource } from './amqp/reply-channel.js';
-import { createHttpEdge } from './app.js';
+import { type ReplySource, RpcChannel } from './amqp/rpc-channel.js';
 import type { Config } from './config.js';
 import { createAccessPolicy } from './http/access-control.js';
-import type { Readiness } from './http/health-routes.js';
-import { logBytesDropped } from './logger.js';
-import { createMetrics, type Metrics } from './metrics.js';
-import { loadOpenApiYaml } from './openapi.js';
+import { createHttpEdge } from './http/app.js';
+import { loadOpenApiYaml } from './http/openapi.js';
+import type { Readiness } from './http/operational-routes.js';
+import { logBytesDropped } from './observability/logger.js';
+import { createMetrics, type Metrics } from './observability/metrics.js';
 import { RpcClient } from './rpc/rpc-client.js';
 
 /** Channels that fail to reopen are retried within these bounds, independent of connection backoff. */
@@ -71,6 +71,22 @@ export function createBridge(config: Config, logger: Logger): Bridge {
   });
   const replies: ReplySource =
     config.replyMode === 'queue' ? { mode: 'queue' } : { mode: 'direct', pseudoQueue: config.replyTo };
+  // The RPC core settles calls from what the channels report; the pool carries them.
+  const rpc: RpcClient = new RpcClient({
+    connection,
+    channels: { pick: () => pool.pick() },
+    exchanges: new ExchangeChecker({
+      connection,
+      ttlMs: config.exchangeCheckTtlMs,
+      maxConcurrentChecks: EXCHANGE_CHECKS_MAX,
+      onVerdict: (verdict) => metrics.exchangeChecks.labels(verdict).inc(),
+      openProbe: (model) => RpcChannel.open(model, replies, config.publisherConfirms, rpc, 'probe'),
+    }),
+    appId: config.appId,
+    maxInFlight: config.maxInFlight,
+    onStrayReply: () => metrics.lateReplies.inc(),
+    onBackpressure: () => metrics.publishBackpressure.inc(),
+  });
   const pool = new ChannelPool({
     size: config.amqpChannels,
     replies,
@@ -79,9 +95,8 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     logger,
     reopenMinMs: CHANNEL_REOPEN_MIN_MS,
     reopenMaxMs: CHANNEL_REOPEN_MAX_MS,
-    onStrayReply: () => metrics.lateReplies.inc(),
-    onChannelClosed: (code) => metrics.channelCloses.labels(String(code)).inc(),
-    onBackpressure: () => metrics.publishBackpressure.inc(),
+    events: rpc,
+    onBrokerClosedChannel: (code) => metrics.channelCloses.labels(String(code)).inc(),
   });
   let everConnected = false;
   connection.addListener({
@@ -98,31 +113,6 @@ export function createBridge(config: Config, logger: Logger): Bridge {
       if (blocked) rpc.releaseAllBlocked('the broker blocks publishers (resource alarm)');
     },
   });
-  const rpc = new RpcClient({
-    connection,
-    pool,
-    exchanges: new ExchangeChecker({
-      connection,
-      ttlMs: config.exchangeCheckTtlMs,
-      maxConcurrentChecks: EXCHANGE_CHECKS_MAX,
-      onVerdict: (verdict) => metrics.exchangeChecks.labels(verdict).inc(),
-      openProbe: (model) =>
-        ReplyChannel.open(
-          model,
-          replies,
-          config.publisherConfirms,
-          {
-            strayReply: () => metrics.lateReplies.inc(),
-            backpressure: () => metrics.publishBackpressure.inc(),
-            // A probe's close is its answer (or its one request done), not a fault to count.
-            closed: () => undefined,
-          },
-          'probe',
-        ),
-    }),
-    appId: config.appId,
-    maxInFlight: config.maxInFlight,
-  });
 
   let shuttingDown = false;
   let outOfRotation = false;
@@ -130,7 +120,7 @@ export function createBridge(config: Config, logger: Logger): Bridge {
   const readiness = (): Readiness => {
     const checks = {
       connected: connection.isConnected,
-      replyConsumers: pool.isFull,
+      replyConsumers: pool.allOpen,
       notBlocked: !connection.isBlocked,
       notShuttingDown: !shuttingDown && !outOfRotation,
     };

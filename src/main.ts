@@ -1,8 +1,8 @@
 import { createBridge } from './bridge.js';
 import { ConfigError, loadConfig, loggableConfig, unknownVariables } from './config.js';
 import { toError } from './errors.js';
-import { createLogger } from './logger.js';
-import { listen } from './server.js';
+import { listen } from './http/server.js';
+import { createLogger } from './observability/logger.js';
 
 /** EX_CONFIG from sysexits.h: the operator must fix the environment. */
 const EXIT_CONFIG = 78;

@@ -1,9 +1,9 @@
-import type { ChannelModel, ConsumeMessage } from 'amqplib';
+import type { ChannelModel } from 'amqplib';
 import type { Logger } from 'pino';
 import { toError } from '../errors.js';
 import { reconnectDelay } from './backoff.js';
 import type { BrokerConnection, ConnectionListener } from './broker-connection.js';
-import { ReplyChannel, type ReplySource } from './reply-channel.js';
+import { type ReplySource, RpcChannel, type RpcChannelEvents } from './rpc-channel.js';
 
 export interface ChannelPoolOptions {
   readonly size: number;
@@ -14,11 +14,10 @@ export interface ChannelPoolOptions {
   readonly logger: Logger;
   readonly reopenMinMs: number;
   readonly reopenMaxMs: number;
-  readonly onStrayReply: (message: ConsumeMessage) => void;
+  /** Who hears each channel's replies, returns, confirms and closes (the RPC core). */
+  readonly events: RpcChannelEvents;
   /** A channel the broker closed while the connection stayed up, with the AMQP reply code. */
-  readonly onChannelClosed: (brokerCode: number) => void;
-  /** A publish filled a channel's buffer; requests on it now wait for drain. */
-  readonly onBackpressure: () => void;
+  readonly onBrokerClosedChannel: (brokerCode: number) => void;
 }
 
 /**
@@ -26,7 +25,7 @@ export interface ChannelPoolOptions {
  * its reply consumer running before it takes traffic); a new connection gets a whole new set.
  */
 export class ChannelPool implements ConnectionListener {
-  private channels: ReplyChannel[] = [];
+  private channels: RpcChannel[] = [];
   private cursor = 0;
   /** Bumped on every connect/disconnect so that slow opens from an old connection are discarded. */
   private generation = 0;
@@ -37,18 +36,12 @@ export class ChannelPool implements ConnectionListener {
   }
 
   /** True when every configured channel is open with its reply consumer active. */
-  get isFull(): boolean {
+  get allOpen(): boolean {
     return this.channels.length === this.options.size;
   }
 
-  get pendingCount(): number {
-    let total = 0;
-    for (const channel of this.channels) total += channel.pendingCount;
-    return total;
-  }
-
   /** Next channel in turn, preferring one whose write buffer is not full; undefined when none is open. */
-  pick(): ReplyChannel | undefined {
+  pick(): RpcChannel | undefined {
     const count = this.channels.length;
     if (count === 0) return undefined;
     for (let tried = 0; tried < count; tried++) {
@@ -66,7 +59,7 @@ export class ChannelPool implements ConnectionListener {
   }
 
   disconnected(): void {
-    // Each channel's own 'close' (which amqplib emits before the connection's) settled its calls.
+    // Each channel's own 'close' (which amqplib emits before the connection's) was reported.
     this.generation += 1;
     this.channels = [];
   }
@@ -84,11 +77,16 @@ export class ChannelPool implements ConnectionListener {
   private async openSlot(model: ChannelModel, generation: number, failures: number): Promise<void> {
     if (this.isStale(model, generation)) return;
     try {
-      const channel = await ReplyChannel.open(model, this.options.replies, this.options.confirms, {
-        strayReply: this.options.onStrayReply,
-        backpressure: this.options.onBackpressure,
-        closed: (closedChannel, reason, brokerCode) =>
-          this.onChannelClosed(closedChannel, reason, brokerCode, model, generation),
+      const { events } = this.options;
+      const channel = await RpcChannel.open(model, this.options.replies, this.options.confirms, {
+        reply: events.reply,
+        returned: events.returned,
+        nacked: events.nacked,
+        backpressure: events.backpressure,
+        closed: (closedChannel, reason, brokerCode) => {
+          events.closed(closedChannel, reason, brokerCode);
+          this.onChannelClosed(closedChannel, reason, brokerCode, model, generation);
+        },
       });
       if (this.isStale(model, generation)) {
         await channel.close();
@@ -103,7 +101,7 @@ export class ChannelPool implements ConnectionListener {
   }
 
   private onChannelClosed(
-    channel: ReplyChannel,
+    channel: RpcChannel,
     reason: string,
     brokerCode: number | undefined,
     model: ChannelModel,
@@ -112,7 +110,7 @@ export class ChannelPool implements ConnectionListener {
     const index = this.channels.indexOf(channel);
     if (index === -1) return;
     this.channels.splice(index, 1);
-    if (brokerCode !== undefined) this.options.onChannelClosed(brokerCode);
+    if (brokerCode !== undefined) this.options.onBrokerClosedChannel(brokerCode);
     if (this.isStale(model, generation)) return;
     this.options.logger.warn({ reason }, 'reply channel closed; reopening');
     this.reopenLater(model, generation, 1);

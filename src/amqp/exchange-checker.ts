@@ -1,8 +1,8 @@
 import type { ChannelModel } from 'amqplib';
 import type { BrokerConnection, ConnectionListener } from './broker-connection.js';
-import type { ExchangeVerdict, ReplyChannel } from './reply-channel.js';
+import type { ExchangeVerdict, RpcChannel } from './rpc-channel.js';
 
-export type { ExchangeVerdict } from './reply-channel.js';
+export type { ExchangeVerdict } from './rpc-channel.js';
 
 /** Bounds memory when clients name many distinct exchanges; the oldest answers go first. */
 const MAX_CACHED = 10_000;
@@ -16,7 +16,7 @@ export interface ExchangeCheckerOptions {
   /** Probes under way at once; beyond it a request to an unchecked exchange is refused (503). */
   readonly maxConcurrentChecks: number;
   /** A reply channel of its own (role `probe`), with its reply consumer running. */
-  openProbe(model: ChannelModel): Promise<ReplyChannel>;
+  openProbe(model: ChannelModel): Promise<RpcChannel>;
   /** Each probe's answer, for the metrics. */
   onVerdict(verdict: ExchangeVerdict): void;
 }
@@ -57,7 +57,7 @@ export class ExchangeChecker implements ConnectionListener {
    * probe under way wait for its verdict. Rejects with ExchangeChecksExhausted when too many probes
    * run, or with the broker's error when it cannot answer.
    */
-  check(exchange: string, publishFirst: (probe: ReplyChannel) => boolean): Promise<ExchangeVerdict> {
+  check(exchange: string, publishFirst: (probe: RpcChannel) => boolean): Promise<ExchangeVerdict> {
     let question = this.inFlight.get(exchange);
     if (question === undefined) {
       if (this.inFlight.size >= this.options.maxConcurrentChecks) {
@@ -78,24 +78,24 @@ export class ExchangeChecker implements ConnectionListener {
 
   blockedChanged(): void {}
 
-  private async probe(exchange: string, publishFirst: (probe: ReplyChannel) => boolean): Promise<ExchangeVerdict> {
+  private async probe(exchange: string, publishFirst: (probe: RpcChannel) => boolean): Promise<ExchangeVerdict> {
     const model = this.options.connection.current;
     if (model === undefined) throw new Error('not connected');
     const probe = await this.options.openProbe(model);
-    let verdict: ExchangeVerdict;
-    let proven = true;
+    let verdict: ExchangeVerdict | undefined;
+    let carried = false;
     try {
       verdict = await probe.checkExchange(exchange);
       if (verdict === 'exists') {
         // Only a publish the broker took proves the exchange takes the bridge's messages.
-        proven = publishFirst(probe);
-        if (proven) verdict = await probe.checkExchange(exchange);
+        carried = publishFirst(probe);
+        if (carried) verdict = await probe.checkExchange(exchange);
       }
     } finally {
-      // The first request's reply still comes back here; the channel closes once it has.
-      probe.releaseWhenIdle();
+      // A probe that carries a request is closed by its owner once that request is answered.
+      if (!carried || verdict !== 'exists') void probe.close();
     }
-    if (proven) this.remember(exchange, verdict);
+    if (carried || verdict !== 'exists') this.remember(exchange, verdict);
     this.options.onVerdict(verdict);
     return verdict;
   }

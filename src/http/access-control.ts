@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
-import { HttpProblem } from '../errors.js';
+import { HttpProblem } from './problems.js';
 import type { RpcTarget } from './request-mapping.js';
 
 export interface AccessOptions {

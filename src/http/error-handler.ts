@@ -1,6 +1,7 @@
 import type { NextFunction, Request, Response } from 'express';
-import { HttpProblem, toError } from '../errors.js';
+import { toError } from '../errors.js';
 import { sendProblem } from './problem-response.js';
+import { HttpProblem } from './problems.js';
 import { idOf } from './request-id.js';
 
 /** The error middleware of the express routes: every failure leaves as application/problem+json. */

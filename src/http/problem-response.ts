@@ -1,5 +1,5 @@
 import type { ServerResponse } from 'node:http';
-import { type HttpProblem, problemDocument } from '../errors.js';
+import { type HttpProblem, problemDocument } from './problems.js';
 
 /** Writes an RFC 9457 problem document, with Retry-After where the problem carries one. */
 export function sendProblem(res: ServerResponse, problem: HttpProblem, requestId: string): void {

@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import { HttpProblem } from '../errors.js';
+import { HttpProblem } from './problems.js';
 
 const EMPTY = Buffer.alloc(0);
 

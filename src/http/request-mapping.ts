@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { HttpProblem } from '../errors.js';
-import type { RpcRequest } from '../rpc/rpc-client.js';
+import { REPLY_TO_QUEUES } from '../config.js';
+import type { RpcRequest } from '../rpc/rpc-request.js';
+import { HttpProblem } from './problems.js';
 import { traceContextFor } from './trace-context.js';
 
 /** Where a request goes: the default exchange with the queue as routing key, or a named exchange. */
@@ -25,8 +26,6 @@ export const MAX_HEADER_TABLE_BYTES = 32 * 1024;
 const HEADER_PREFIX = 'amqp-header-';
 /** Exchanges every broker declares; any other `amq.` exchange is the broker's own business. */
 const STANDARD_EXCHANGES = new Set(['amq.direct', 'amq.topic', 'amq.fanout', 'amq.headers', 'amq.match']);
-/** Routing keys that would address a caller's direct reply-to consumer. */
-const REPLY_TO_PREFIXES = ['amq.rabbitmq.reply-to', 'amq.direct.reply-to'];
 // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
 const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f]/;
 const POSITIVE_INTEGER = /^[1-9][0-9]*$/;
@@ -46,7 +45,8 @@ export function exchangeTarget(exchange: unknown, routingKey: unknown): RpcTarge
   if (exchangeName.startsWith('amq.') && !STANDARD_EXCHANGES.has(exchangeName)) {
     throw invalid(`Exchange "${exchangeName}" is reserved by the broker`, label);
   }
-  if (REPLY_TO_PREFIXES.some((prefix) => key.startsWith(prefix))) {
+  // A routing key under a direct reply-to name would address another caller's reply consumer.
+  if (REPLY_TO_QUEUES.some((prefix) => key.startsWith(prefix))) {
     throw invalid('Routing keys that address a reply-to pseudo-queue are not allowed', label);
   }
   return { exchange: exchangeName, routingKey: key, label };

@@ -1,6 +1,5 @@
-import type { ConsumeMessage } from 'amqplib';
-import { HttpProblem } from '../errors.js';
-import type { RpcOutcome } from '../rpc/outcome.js';
+import type { Reply, RpcOutcome } from '../rpc/outcome.js';
+import { HttpProblem } from './problems.js';
 
 /** What the worker's reply becomes over HTTP. */
 export interface HttpReply {
@@ -27,12 +26,11 @@ const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const INVALID_VALUE = /[^\t\u0020-\u007e\u0080-\u00ff]/;
 
 /** Throws 502 bad-reply when the reply cannot be turned into a faithful HTTP response. */
-export function replyToHttp(message: ConsumeMessage, target: string): HttpReply {
-  const { properties } = message;
-  const replyHeaders: Record<string, unknown> = properties.headers ?? {};
+export function replyToHttp(reply: Reply, target: string): HttpReply {
+  const replyHeaders = reply.headers;
   const headers: Array<readonly [string, string]> = [];
-  headers.push(['Content-Type', headerValue(properties.contentType) ?? DEFAULT_CONTENT_TYPE]);
-  const encoding = headerValue(properties.contentEncoding);
+  headers.push(['Content-Type', headerValue(reply.contentType) ?? DEFAULT_CONTENT_TYPE]);
+  const encoding = headerValue(reply.contentEncoding);
   if (encoding !== undefined) headers.push(['Content-Encoding', encoding]);
   let forwarded = 0;
   let headerBytes = 0;
@@ -53,7 +51,7 @@ export function replyToHttp(message: ConsumeMessage, target: string): HttpReply 
       );
     }
   }
-  return { status: replyStatus(replyHeaders[STATUS_HEADER], target), headers, body: message.content };
+  return { status: replyStatus(replyHeaders[STATUS_HEADER], target), headers, body: reply.body };
 }
 
 export function replyStatus(value: unknown, target: string): number {

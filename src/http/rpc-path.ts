@@ -1,4 +1,4 @@
-import { HttpProblem } from '../errors.js';
+import { HttpProblem } from './problems.js';
 
 /** The parts of an RPC request line the route needs: path segments and query, both undecoded. */
 export interface RpcPath {

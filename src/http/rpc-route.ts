@@ -1,13 +1,14 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import { HttpProblem, toError } from '../errors.js';
-import { logRpcRequest, type RpcLogFields } from '../logger.js';
-import type { Metrics, RpcOutcomeLabel } from '../metrics.js';
+import { toError } from '../errors.js';
+import type { Metrics, RpcOutcomeLabel } from '../observability/metrics.js';
 import type { RpcOutcome } from '../rpc/outcome.js';
 import type { RpcCall } from '../rpc/rpc-call.js';
 import type { RpcClient } from '../rpc/rpc-client.js';
 import type { AccessPolicy } from './access-control.js';
+import { logRpcRequest, type RpcLogFields } from './access-log.js';
 import { sendProblem } from './problem-response.js';
+import { HttpProblem } from './problems.js';
 import { ClientClosedError, readRawBody } from './raw-body.js';
 import { assignRequestId } from './request-id.js';
 import { exchangeTarget, type MappingLimits, messageFields, queueTarget, type RpcTarget } from './request-mapping.js';
@@ -53,12 +54,12 @@ export type RpcRouteHandler = (req: IncomingMessage, res: ServerResponse, path: 
  */
 export function createRpcRoute(deps: RpcRouteDeps): RpcRouteHandler {
   return (req, res, path) => {
-    new RpcExchange(deps, req, res, path).begin();
+    new RpcHttpCall(deps, req, res, path).begin();
   };
 }
 
 /** One RPC request from arrival to its log line. Every way it ends goes through `answer` or `fail`. */
-class RpcExchange {
+class RpcHttpCall {
   private readonly startedAt = performance.now();
   /** The call's one deadline counts from here, however long the body then takes to arrive. */
   private readonly receivedAt = Date.now();
@@ -155,7 +156,7 @@ class RpcExchange {
     }
     let reply: ReturnType<typeof replyToHttp>;
     try {
-      reply = replyToHttp(outcome.message, target.label);
+      reply = replyToHttp(outcome.reply, target.label);
     } catch (err) {
       this.record('bad_reply');
       this.fail(err);

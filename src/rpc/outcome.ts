@@ -1,11 +1,17 @@
-import type { ConsumeMessage } from 'amqplib';
+/** A worker's reply as the RPC core hands it up: the body and what describes it, nothing of AMQP's types. */
+export interface Reply {
+  readonly body: Buffer;
+  readonly contentType: string | undefined;
+  readonly contentEncoding: string | undefined;
+  readonly headers: Readonly<Record<string, unknown>>;
+}
 
 /**
  * How one RPC ended. Exactly one of these reaches the caller per request; the HTTP edge maps each
  * to a response and the metrics label of the same name.
  */
 export type RpcOutcome =
-  | { readonly kind: 'reply'; readonly message: ConsumeMessage }
+  | { readonly kind: 'reply'; readonly reply: Reply }
   | { readonly kind: 'unroutable'; readonly replyCode: number; readonly replyText: string }
   | { readonly kind: 'exchange-not-found' }
   | { readonly kind: 'exchange-name-refused' }
@@ -16,11 +22,3 @@ export type RpcOutcome =
   | { readonly kind: 'unavailable'; readonly reason: string; readonly retryAfterMs: number }
   | { readonly kind: 'overloaded'; readonly reason: string }
   | { readonly kind: 'nacked' };
-
-/** What a reply channel holds for each request it published and has not yet seen answered. */
-export interface PendingCall {
-  readonly correlationId: string;
-  readonly isSettled: boolean;
-  /** Idempotent: the first outcome wins, later ones are ignored. */
-  settle(outcome: RpcOutcome): void;
-}

@@ -1,39 +1,36 @@
-import type { ReplyChannel } from '../amqp/reply-channel.js';
-import type { PendingCall, RpcOutcome } from './outcome.js';
-import type { RpcRequest } from './rpc-client.js';
+import type { Reply, RpcOutcome } from './outcome.js';
+import type { PublishChannel } from './ports.js';
+import type { RpcRequest } from './rpc-request.js';
 
 /**
- * One request on its way through the broker. Settles exactly once, whichever comes first: the reply,
- * a basic.return, the loss of its channel, its timeout, or the caller going away. Settling clears the
- * timer and removes the call from its channel, so a reply that turns up afterwards is stray.
+ * One RPC from start to end. It settles exactly once, whichever comes first: the reply, a
+ * basic.return, a nack, the loss of its channel, its deadline, or the caller going away. Settling
+ * clears the timer, drops the request (its body), takes the call out of the pending calls (so a reply
+ * that turns up afterwards is stray) and closes a probe channel that carried it.
  */
-export class RpcCall implements PendingCall {
+export class RpcCall {
   private readonly timer: NodeJS.Timeout;
-  private channel: ReplyChannel | undefined;
+  private pendingRequest: RpcRequest | undefined;
+  private publishedOn: PublishChannel | undefined;
   private settled = false;
   private publishedAt = 0;
   private settledAt = 0;
-
-  /**
-   * `onOutcome` hears how the call ended, exactly once (a callback rather than a promise: no
-   * allocation or microtask hop on the hot path). `onSettled` is the client's own bookkeeping.
-   */
-  /**
-   * What is still to be published; dropped when the call settles, so that a call that timed out
-   * while waiting (for a channel to drain, say) no longer holds its body.
-   */
-  private pendingRequest: RpcRequest | undefined;
   /** Epoch ms: fixed when the HTTP request arrived; the timer, x-deadline and expiration all follow it. */
   readonly deadline: number;
 
+  /**
+   * `onOutcome` hears how the call ended, exactly once (a callback rather than a promise: no
+   * allocation or microtask hop on the hot path).
+   */
   constructor(
     readonly correlationId: string,
     request: RpcRequest,
-    private readonly onSettled: (call: RpcCall) => void,
+    private readonly calls: PendingCalls,
     private readonly onOutcome: (outcome: RpcOutcome) => void,
   ) {
     this.pendingRequest = request;
     this.deadline = request.receivedAt + request.timeoutMs;
+    calls.add(this);
     // A module-level callback with the call as argument: no closure per request.
     this.timer = setTimeout(expire, Math.max(0, this.deadline - Date.now()), this);
   }
@@ -51,14 +48,19 @@ export class RpcCall implements PendingCall {
     return this.publishedAt !== 0;
   }
 
+  /** The channel it was published on; replies, returns and the channel's loss concern it there. */
+  get channel(): PublishChannel | undefined {
+    return this.publishedOn;
+  }
+
   /** Milliseconds from publish to settlement (0 if it was never published). */
   get roundTripMs(): number {
     return this.publishedAt === 0 ? 0 : this.settledAt - this.publishedAt;
   }
 
   /** Called once the message is handed to the channel. */
-  published(channel: ReplyChannel): void {
-    this.channel = channel;
+  published(channel: PublishChannel): void {
+    this.publishedOn = channel;
     this.publishedAt = performance.now();
   }
 
@@ -73,12 +75,54 @@ export class RpcCall implements PendingCall {
     this.settledAt = performance.now();
     this.pendingRequest = undefined;
     clearTimeout(this.timer);
-    this.channel?.forget(this.correlationId);
-    this.onSettled(this);
+    this.calls.remove(this);
+    // A probe carried this one request; its question is answered.
+    if (this.publishedOn?.role === 'probe') void this.publishedOn.close();
     this.onOutcome(outcome);
   }
 }
 
 function expire(call: RpcCall): void {
   call.settle({ kind: 'timeout' });
+}
+
+/**
+ * The calls started and not yet settled, by correlation id: the one place the bridge looks up
+ * whom a reply, a return or a nack is for, and what a lost channel or a shutdown leaves unanswered.
+ */
+export class PendingCalls {
+  private readonly byCorrelationId = new Map<string, RpcCall>();
+
+  get size(): number {
+    return this.byCorrelationId.size;
+  }
+
+  add(call: RpcCall): void {
+    this.byCorrelationId.set(call.correlationId, call);
+  }
+
+  remove(call: RpcCall): void {
+    this.byCorrelationId.delete(call.correlationId);
+  }
+
+  /** The call waiting for this id, if any: a late, duplicate or foreign id finds none. */
+  find(correlationId: unknown): RpcCall | undefined {
+    return typeof correlationId === 'string' ? this.byCorrelationId.get(correlationId) : undefined;
+  }
+
+  /** Settles every call with the outcome `outcomeOf` gives it (a copy: settling removes them). */
+  settleEach(outcomeOf: (call: RpcCall) => RpcOutcome | undefined): void {
+    for (const call of [...this.byCorrelationId.values()]) {
+      const outcome = outcomeOf(call);
+      if (outcome !== undefined) call.settle(outcome);
+    }
+  }
+
+  /** Settles the call a reply is for; false when nobody waits for it. */
+  deliver(correlationId: unknown, reply: Reply): boolean {
+    const call = this.find(correlationId);
+    if (call === undefined) return false;
+    call.settle({ kind: 'reply', reply });
+    return true;
+  }
 }

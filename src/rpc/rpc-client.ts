@@ -1,57 +1,38 @@
 import { randomUUID } from 'node:crypto';
 import type { Options } from 'amqplib';
-import type { BrokerConnection } from '../amqp/broker-connection.js';
-import type { ChannelPool } from '../amqp/channel-pool.js';
-import { type ExchangeChecker, ExchangeChecksExhausted, type ExchangeVerdict } from '../amqp/exchange-checker.js';
-import type { ReplyChannel } from '../amqp/reply-channel.js';
+import { ExchangeChecksExhausted } from '../amqp/exchange-checker.js';
+import type { RpcChannelEvents } from '../amqp/rpc-channel.js';
 import { toError } from '../errors.js';
-import type { RpcOutcome } from './outcome.js';
-import { RpcCall } from './rpc-call.js';
-
-/** Everything the bridge sends for one request, already validated at the HTTP edge. */
-export interface RpcRequest {
-  /** '' is the default exchange, where the routing key is the queue name. */
-  readonly exchange: string;
-  readonly routingKey: string;
-  /** Passed to the broker as is; the client does not copy it. */
-  readonly body: Buffer;
-  readonly timeoutMs: number;
-  /** Epoch ms when the HTTP request arrived: the one deadline is receivedAt + timeoutMs. */
-  readonly receivedAt: number;
-  readonly requestId: string;
-  readonly contentType: string | undefined;
-  readonly contentEncoding: string | undefined;
-  /**
-   * Message headers from the client. The call owns this table: the client adds its own header
-   * (x-deadline) to it rather than copying it.
-   */
-  readonly headers: Record<string, string | number>;
-  readonly priority: number | undefined;
-  readonly type: string | undefined;
-  readonly messageId: string | undefined;
-}
+import type { Reply, RpcOutcome } from './outcome.js';
+import type { BrokerState, ChannelSource, ExchangeGate, ExchangeVerdict, PublishChannel } from './ports.js';
+import { PendingCalls, RpcCall } from './rpc-call.js';
+import type { RpcRequest } from './rpc-request.js';
 
 export interface RpcClientOptions {
-  readonly connection: BrokerConnection;
-  readonly pool: ChannelPool;
-  readonly exchanges: ExchangeChecker;
+  readonly connection: BrokerState;
+  readonly channels: ChannelSource;
+  readonly exchanges: ExchangeGate;
   readonly appId: string;
   /** Calls in flight beyond which `start` refuses at once (outcome `overloaded`). */
   readonly maxInFlight: number;
+  /** A reply nobody waits for any more (late, duplicate or not ours). */
+  readonly onStrayReply: () => void;
+  /** A publish filled a channel's buffer. */
+  readonly onBackpressure: () => void;
 }
 
-/** Publishes requests (replies come back to the channel that published) and hands back calls that settle with their outcome. */
-export class RpcClient {
-  private readonly inFlight = new Set<RpcCall>();
-  private readonly forgetCall = (call: RpcCall): void => {
-    this.inFlight.delete(call);
-  };
+/**
+ * The RPC core: starts calls, routes and publishes them, and settles them from what the channels
+ * report (it is their RpcChannelEvents). Replies come back to the channel that published.
+ */
+export class RpcClient implements RpcChannelEvents {
+  private readonly calls = new PendingCalls();
 
   constructor(private readonly options: RpcClientOptions) {}
 
   /** Requests started and not yet settled, across all channels. */
   get inFlightCount(): number {
-    return this.inFlight.size;
+    return this.calls.size;
   }
 
   /**
@@ -59,9 +40,8 @@ export class RpcClient {
    * returned. `cancel()` the call if the caller leaves.
    */
   start(request: RpcRequest, onOutcome: (outcome: RpcOutcome) => void): RpcCall {
-    const call = new RpcCall(randomUUID(), request, this.forgetCall, onOutcome);
-    this.inFlight.add(call);
-    if (this.inFlight.size > this.options.maxInFlight) {
+    const call = new RpcCall(randomUUID(), request, this.calls, onOutcome);
+    if (this.calls.size > this.options.maxInFlight) {
       // Refused before the broker sees it: memory stays bounded however fast callers arrive.
       settleSoon(call, {
         kind: 'overloaded',
@@ -78,7 +58,7 @@ export class RpcClient {
 
   /** Settles every call still in flight with the same outcome (shutdown). */
   settleAll(outcome: RpcOutcome): void {
-    for (const call of [...this.inFlight]) call.settle(outcome);
+    this.calls.settleEach(() => outcome);
   }
 
   /**
@@ -88,14 +68,41 @@ export class RpcClient {
    */
   releaseAllBlocked(reason: string): void {
     const retryAfterMs = this.retryAfterMs();
-    for (const call of [...this.inFlight]) {
-      call.settle(
-        call.isPublished
-          ? { kind: 'lost', reason: `${reason}; the request was already published and may still be worked on` }
-          : { kind: 'unavailable', reason, retryAfterMs },
-      );
-    }
+    this.calls.settleEach((call) =>
+      call.isPublished
+        ? { kind: 'lost', reason: `${reason}; the request was already published and may still be worked on` }
+        : { kind: 'unavailable', reason, retryAfterMs },
+    );
   }
+
+  // What the channels report (RpcChannelEvents): arrow properties, handed to every channel as they are.
+
+  readonly reply = (correlationId: unknown, reply: Reply): void => {
+    // Late (after a timeout or cancel), duplicate, or not ours: dropped on purpose, never thrown.
+    if (!this.calls.deliver(correlationId, reply)) this.options.onStrayReply();
+  };
+
+  readonly returned = (correlationId: string, replyCode: number, replyText: string): void => {
+    this.calls.find(correlationId)?.settle({ kind: 'unroutable', replyCode, replyText });
+  };
+
+  readonly nacked = (correlationId: string): void => {
+    // The broker refused the message, so no reply can come.
+    this.calls.find(correlationId)?.settle({ kind: 'nacked' });
+  };
+
+  readonly backpressure = (): void => {
+    this.options.onBackpressure();
+  };
+
+  readonly closed = (channel: PublishChannel, reason: string, brokerCode: number | undefined): void => {
+    // On a probe, a 403 is the broker refusing the probed exchange: that request was never delivered.
+    const outcome: RpcOutcome =
+      channel.role === 'probe' && brokerCode === ACCESS_REFUSED
+        ? { kind: 'exchange-forbidden', reason }
+        : { kind: 'lost', reason };
+    this.calls.settleEach((call) => (call.channel === channel ? outcome : undefined));
+  };
 
   /** Milliseconds until the broker connection is tried again, for Retry-After. */
   retryAfterMs(): number {
@@ -118,7 +125,7 @@ export class RpcClient {
       settleSoon(call, refusal(verdict));
     } else {
       // The first request to an unchecked exchange rides on the probe itself.
-      const publishFirst = (probe: ReplyChannel): boolean => {
+      const publishFirst = (probe: PublishChannel): boolean => {
         if (call.isSettled) return false;
         this.publish(call, probe);
         return call.isPublished;
@@ -150,7 +157,7 @@ export class RpcClient {
   }
 
   private publishWhenWritable(call: RpcCall): void {
-    const channel = this.options.pool.pick();
+    const channel = this.options.channels.pick();
     if (channel === undefined) {
       this.unavailable(call, 'no reply channel is open');
     } else if (channel.isWritable) {
@@ -162,13 +169,13 @@ export class RpcClient {
     }
   }
 
-  private readonly resumeAfterDrain = (call: RpcCall, channel: ReplyChannel): void => {
+  private readonly resumeAfterDrain = (call: RpcCall, channel: PublishChannel): void => {
     if (call.isSettled) return;
     if (channel.isOpen) this.publish(call, channel);
     else this.publishWhenWritable(call);
   };
 
-  private publish(call: RpcCall, channel: ReplyChannel): void {
+  private publish(call: RpcCall, channel: PublishChannel): void {
     const request = call.request;
     if (request === undefined) return; // settled meanwhile
     const now = Date.now();
@@ -181,7 +188,7 @@ export class RpcClient {
     const { headers } = request;
     // Set last, so a client header of the same name cannot move the deadline.
     headers['x-deadline'] = call.deadline;
-    const properties: Options.Publish = {
+    const properties: Options.Publish & { correlationId: string } = {
       correlationId: call.correlationId,
       replyTo: channel.replyTo,
       mandatory: true,
@@ -198,7 +205,7 @@ export class RpcClient {
     if (request.priority !== undefined) properties.priority = request.priority;
     if (request.type !== undefined) properties.type = request.type;
     try {
-      channel.publish(request.exchange, request.routingKey, request.body, properties, call);
+      channel.publish(request.exchange, request.routingKey, request.body, properties);
       call.published(channel);
     } catch (err) {
       settleSoon(call, { kind: 'lost', reason: `publish failed: ${toError(err).message}` });
@@ -209,6 +216,8 @@ export class RpcClient {
     settleSoon(call, { kind: 'unavailable', reason, retryAfterMs: this.options.connection.retryAfterMs() });
   }
 }
+
+const ACCESS_REFUSED = 403;
 
 /** The outcome for an exchange that cannot take the message; nothing was delivered. */
 function refusal(verdict: Exclude<ExchangeVerdict, 'exists'>): RpcOutcome {

@@ -2,8 +2,8 @@ import type { RequestListener } from 'node:http';
 import { Writable } from 'node:stream';
 import { type Bridge, createBridge } from '../../src/bridge.js';
 import { type Config, loadConfig } from '../../src/config.js';
-import { createLogger } from '../../src/logger.js';
-import { listen, type RunningServer } from '../../src/server.js';
+import { listen, type RunningServer } from '../../src/http/server.js';
+import { createLogger } from '../../src/observability/logger.js';
 import { AMQP_URL, uniqueName } from './broker.js';
 
 /** The reply mode this run of the suite tests: `direct` (default) or `queue`. */

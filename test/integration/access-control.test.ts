@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
-import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
+import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { startTestBridge, type TestBridge } from '../helpers/bridge.js';
 import { AMQP_URL, connectTestBroker, uniqueName } from '../helpers/broker.js';
 

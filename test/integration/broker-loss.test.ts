@@ -2,7 +2,7 @@ import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
 import { redactUrl } from '../../src/config.js';
-import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
+import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
 import { type BrokerAdmin, brokerAdmin } from '../helpers/broker-admin.js';
@@ -94,7 +94,7 @@ describe('when the broker closes one reply channel', () => {
       expect(Date.now() - started).toBeLessThan(1_000);
       expect(await bridge.metric('amqp_channel_closes_total', { reason: '404' })).toBe(closesBefore + 1);
 
-      await waitFor(() => bridge.bridge.pool.isFull, 5_000, 'the reply channel to be reopened');
+      await waitFor(() => bridge.bridge.pool.allOpen, 5_000, 'the reply channel to be reopened');
       for (let i = 0; i < 8; i++) {
         const res = await request(bridge.baseUrl)
           .post(`/rpc/${echoQueue}`)

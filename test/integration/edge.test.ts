@@ -4,7 +4,7 @@
  */
 import request from 'supertest';
 import { describe, expect, it } from 'vitest';
-import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
+import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { useEchoBridge } from '../helpers/fixture.js';
 import { rawHttp, type WireResponse } from '../helpers/raw-http.js';
 

@@ -2,7 +2,7 @@ import { request as httpRequest } from 'node:http';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
-import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
+import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { startTestBridge, type TestBridge } from '../helpers/bridge.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, uniqueName } from '../helpers/broker.js';
 import { brokerAdmin, drillIt } from '../helpers/broker-admin.js';
@@ -139,7 +139,7 @@ describe('invalid input is refused at the edge with a problem document, and harm
       expect(good.status).toBe(200);
       expect(good.text).toBe('ok');
       expect(await bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
-      expect(bridge.bridge.pool.isFull).toBe(true);
+      expect(bridge.bridge.pool.allOpen).toBe(true);
     });
   }
 
@@ -213,6 +213,6 @@ describe('an exchange name the broker itself refuses', () => {
       expect(res.body.detail).toContain('refuses this exchange name');
     }
     expect(await bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
-    expect(bridge.bridge.pool.isFull).toBe(true);
+    expect(bridge.bridge.pool.allOpen).toBe(true);
   });
 });

@@ -1,6 +1,6 @@
 import request from 'supertest';
 import { describe, expect, it, vi } from 'vitest';
-import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
+import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { MAX_REPLY_HEADER_BYTES, MAX_REPLY_HEADERS } from '../../src/http/response-mapping.js';
 import { waitFor } from '../helpers/bridge.js';
 import { connectTestBroker, startRawWorker, uniqueName } from '../helpers/broker.js';
@@ -63,7 +63,7 @@ describe('misbehaving workers never disturb other requests', () => {
     });
     expect(await fixture.bridge.metric('rpc_late_replies_total')).toBe(late + 2);
     expect(await fixture.bridge.metric('amqp_channel_closes_total')).toBe(0);
-    expect(fixture.bridge.bridge.pool.isFull).toBe(true);
+    expect(fixture.bridge.bridge.pool.allOpen).toBe(true);
     expect(fixture.bridge.bridge.rpc.inFlightCount).toBe(0);
   });
 });

@@ -4,7 +4,7 @@ import { Registry } from 'prom-client';
 import request from 'supertest';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { createMetrics } from '../../src/metrics.js';
+import { createMetrics } from '../../src/observability/metrics.js';
 import { startTestBridge, waitFor } from '../helpers/bridge.js';
 import { AMQP_URL, startRawWorker, uniqueName } from '../helpers/broker.js';
 import { useEchoBridge } from '../helpers/fixture.js';

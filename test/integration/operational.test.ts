@@ -1,8 +1,8 @@
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { methodNotAllowed, RPC_PATHS } from '../../src/app.js';
-import { PROBLEM_TYPE_PREFIX, PROBLEMS } from '../../src/errors.js';
+import { methodNotAllowed, RPC_PATHS } from '../../src/http/app.js';
+import { PROBLEM_TYPE_PREFIX, PROBLEMS } from '../../src/http/problems.js';
 import { listenOnLoopback, startTestBridge, type TestBridge } from '../helpers/bridge.js';
 
 let bridge: TestBridge;
@@ -144,7 +144,7 @@ function listRoutes(app: unknown): RouteInfo[] {
 async function startOfflineBridge() {
   const { createBridge } = await import('../../src/bridge.js');
   const { loadConfig } = await import('../../src/config.js');
-  const { createLogger } = await import('../../src/logger.js');
+  const { createLogger } = await import('../../src/observability/logger.js');
   const config = loadConfig({
     AMQP_URL: 'amqp://guest:guest@127.0.0.1:1',
     AMQP_RECONNECT_MIN_MS: '2000',

@@ -1,6 +1,6 @@
 import request from 'supertest';
 import { describe, expect, it } from 'vitest';
-import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
+import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { waitFor } from '../helpers/bridge.js';
 import { startRawWorker, uniqueName } from '../helpers/broker.js';
 import { useEchoBridge } from '../helpers/fixture.js';

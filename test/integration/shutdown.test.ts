@@ -1,6 +1,6 @@
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PROBLEM_TYPE_PREFIX } from '../../src/errors.js';
+import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { startBridgeProcess } from '../helpers/bridge-process.js';
 import { connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
 

@@ -1,7 +1,7 @@
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { reconnectDelay } from '../../src/amqp/backoff.js';
-import { createMetrics, type RpcOutcomeLabel } from '../../src/metrics.js';
+import { createMetrics, type RpcOutcomeLabel } from '../../src/observability/metrics.js';
 import { readMetric } from '../helpers/bridge.js';
 
 describe('reconnectDelay', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { HttpProblem } from '../../src/errors.js';
+import { HttpProblem } from '../../src/http/problems.js';
 import {
   exchangeTarget,
   fromHeaderBytes,

@@ -1,10 +1,10 @@
-import type { ConsumeMessage } from 'amqplib';
 import { describe, expect, it } from 'vitest';
-import { HttpProblem } from '../../src/errors.js';
+import { HttpProblem } from '../../src/http/problems.js';
 import { outcomeProblem, replyStatus, replyToHttp } from '../../src/http/response-mapping.js';
+import type { Reply } from '../../src/rpc/outcome.js';
 
-function reply(properties: Partial<ConsumeMessage['properties']>, body = 'b'): ConsumeMessage {
-  return { content: Buffer.from(body), fields: {} as ConsumeMessage['fields'], properties } as ConsumeMessage;
+function reply(fields: Partial<Omit<Reply, 'body'>>, body = 'b'): Reply {
+  return { body: Buffer.from(body), contentType: undefined, contentEncoding: undefined, headers: {}, ...fields };
 }
 
 describe('replyToHttp', () => {
@@ -32,7 +32,7 @@ describe('replyToHttp', () => {
     const http = replyToHttp(message, 'q');
     expect(http.status).toBe(200);
     expect(http.headers).toContainEqual(['Content-Type', 'application/octet-stream']);
-    expect(http.body).toBe(message.content);
+    expect(http.body).toBe(message.body);
   });
 
   it('skips header names and values HTTP cannot carry', () => {

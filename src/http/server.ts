@@ -9,9 +9,9 @@ import {
 } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { HttpProblem, PROBLEMS, type ProblemCode, problemDocument } from './errors.js';
-import { sendProblem } from './http/problem-response.js';
-import { assignRequestId } from './http/request-id.js';
+import { sendProblem } from './problem-response.js';
+import { HttpProblem, PROBLEMS, type ProblemCode, problemDocument } from './problems.js';
+import { assignRequestId } from './request-id.js';
 
 /** Longer than the idle timeout of common load balancers (60 s), so they close first, not us. */
 const KEEP_ALIVE_TIMEOUT_MS = 65_000;

@@ -2,16 +2,16 @@ import type { RequestListener } from 'node:http';
 import express, { type Express, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { pinoHttp } from 'pino-http';
-import { HttpProblem } from './errors.js';
-import type { AccessPolicy } from './http/access-control.js';
-import { errorHandler } from './http/error-handler.js';
-import { operationalRoutes, type Readiness } from './http/health-routes.js';
-import type { MappingLimits } from './http/request-mapping.js';
-import { parseRpcPath } from './http/rpc-path.js';
-import { createRpcRoute } from './http/rpc-route.js';
-import { httpLoggerOptions } from './logger.js';
-import type { Metrics } from './metrics.js';
-import type { RpcClient } from './rpc/rpc-client.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { RpcClient } from '../rpc/rpc-client.js';
+import type { AccessPolicy } from './access-control.js';
+import { httpLoggerOptions } from './access-log.js';
+import { errorHandler } from './error-handler.js';
+import { operationalRoutes, type Readiness } from './operational-routes.js';
+import { HttpProblem } from './problems.js';
+import type { MappingLimits } from './request-mapping.js';
+import { parseRpcPath } from './rpc-path.js';
+import { createRpcRoute } from './rpc-route.js';
 
 export interface AppDeps {
   readonly access: AccessPolicy;
@@ -75,7 +75,7 @@ export function createHttpEdge(deps: AppDeps): { app: Express; handler: RequestL
 }
 
 /** The express app for everything but the RPC hot path: operational routes, 404/405, errors. */
-export function createApp(deps: AppDeps): Express {
+function createApp(deps: AppDeps): Express {
   const app = express();
   // Paths are case-sensitive, as the RPC route's are: /RPC/q is no RPC path, and answers 404.
   app.enable('case sensitive routing');

@@ -1,11 +1,11 @@
 import { readFileSync } from 'node:fs';
 
 /**
- * The contract served at /openapi.yaml. It sits at the package root, one level above src/ when run
- * from source and two above dist/src/ when built, so both places are tried.
+ * The contract served at /openapi.yaml. It sits at the package root, two levels above src/http/ when run
+ * from source and three above dist/src/http/ when built, so both places are tried.
  */
 export function loadOpenApiYaml(): string {
-  for (const relative of ['../openapi.yaml', '../../openapi.yaml']) {
+  for (const relative of ['../../openapi.yaml', '../../../openapi.yaml']) {
     try {
       return readFileSync(new URL(relative, import.meta.url), 'utf8');
     } catch {
