@@ -45,7 +45,7 @@ export class RpcCall {
   }
 
   get isPublished(): boolean {
-    return this.publishedAt !== 0;
+    return this.publishedOn !== undefined;
   }
 
   /** The channel it was published on; replies, returns and the channel's loss concern it there. */
@@ -55,7 +55,7 @@ export class RpcCall {
 
   /** Milliseconds from publish to settlement (0 if it was never published). */
   get roundTripMs(): number {
-    return this.publishedAt === 0 ? 0 : this.settledAt - this.publishedAt;
+    return this.publishedOn === undefined ? 0 : this.settledAt - this.publishedAt;
   }
 
   /** Called once the message is handed to the channel. */
