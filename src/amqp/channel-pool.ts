@@ -82,6 +82,7 @@ export class ChannelPool implements ConnectionListener {
         reply: events.reply,
         returned: events.returned,
         nacked: events.nacked,
+        confirmed: events.confirmed,
         backpressure: events.backpressure,
         closed: (closedChannel, reason, brokerCode) => {
           events.closed(closedChannel, reason, brokerCode);

@@ -36,6 +36,8 @@ export interface RpcChannelEvents {
   returned(correlationId: string, replyCode: number, replyText: string): void;
   /** The broker refused the message (basic.nack). */
   nacked(correlationId: string): void;
+  /** The broker took a message published with `reportAck` (basic.ack, and no return before it). */
+  confirmed(correlationId: string): void;
   /** A publish filled the channel's write buffer. */
   backpressure(): void;
   /** The channel is gone. `brokerCode`: the AMQP reply code when the broker closed it (e.g. 403, 404). */
@@ -86,7 +88,7 @@ export class RpcChannel {
 
   private constructor(
     private readonly channel: Channel | ConfirmChannel,
-    private readonly confirms: boolean,
+    readonly confirms: boolean,
     private readonly events: RpcChannelEvents,
     readonly role: ChannelRole,
   ) {}
@@ -141,17 +143,21 @@ export class RpcChannel {
     return this.writable;
   }
 
-  /** Publishes; throws if amqplib refuses. Its return, confirm or loss is reported by correlation id. */
+  /**
+   * Publishes; throws if amqplib refuses. Its return, nack or loss is reported by correlation id, and
+   * with `reportAck` its ack too.
+   */
   publish(
     exchange: string,
     routingKey: string,
     body: Buffer,
     properties: Options.Publish & { correlationId: string },
+    reportAck: boolean,
   ): void {
     const { correlationId } = properties;
     const accepted = this.confirms
       ? (this.channel as ConfirmChannel).publish(exchange, routingKey, body, properties, (err: unknown) =>
-          this.onConfirm(correlationId, err),
+          this.onConfirm(correlationId, err, reportAck),
         )
       : this.channel.publish(exchange, routingKey, body, properties);
     if (!accepted) {
@@ -239,13 +245,15 @@ export class RpcChannel {
    * call); a nack is final either way. amqplib also calls back with an error when the channel closes
    * first: the close is reported on its own, so only a real nack counts.
    */
-  private onConfirm(correlationId: string, err: unknown): void {
+  private onConfirm(correlationId: string, err: unknown, reportAck: boolean): void {
     const nacked = isNack(err);
-    if (!nacked && (err != null || this.returnsAwaitingConfirm.size === 0)) return;
+    if (!nacked && err != null) return;
+    if (!nacked && !reportAck && this.returnsAwaitingConfirm.size === 0) return;
     const returned = this.returnsAwaitingConfirm.get(correlationId);
     if (returned !== undefined) this.returnsAwaitingConfirm.delete(correlationId);
     if (nacked) this.events.nacked(correlationId);
     else if (returned !== undefined) this.events.returned(correlationId, returned.replyCode, returned.replyText);
+    else if (reportAck) this.events.confirmed(correlationId);
   }
 
   private onDrain(): void {

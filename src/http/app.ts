@@ -28,8 +28,13 @@ export interface AppDeps {
 
 const SLASH = 0x2f;
 
-/** The RPC operations, in express path syntax (the OpenAPI test reads them from here). */
-export const RPC_PATHS = ['/rpc/:queue', '/rpc/:exchange/:routingKey'];
+/** The RPC and publish operations, in express path syntax (the OpenAPI test reads them from here). */
+export const RPC_PATHS = [
+  '/rpc/:queue',
+  '/rpc/:exchange/:routingKey',
+  '/publish/:queue',
+  '/publish/:exchange/:routingKey',
+];
 
 /** Any method but POST on an RPC path (named: the OpenAPI test tells it from real operations). */
 export function methodNotAllowed(req: Request, res: Response): never {

@@ -52,7 +52,7 @@ export function exchangeTarget(exchange: unknown, routingKey: unknown): RpcTarge
   return { exchange: exchangeName, routingKey: key, label };
 }
 
-type MessageFields = Omit<RpcRequest, 'exchange' | 'routingKey' | 'body' | 'requestId' | 'receivedAt'>;
+type MessageFields = Omit<RpcRequest, 'exchange' | 'routingKey' | 'body' | 'requestId' | 'receivedAt' | 'mode'>;
 
 /**
  * Maps the HTTP request's headers and query to the message properties that cross to AMQP. Only the
@@ -63,8 +63,11 @@ export function messageFields(
   timeoutQuery: string | undefined,
   target: RpcTarget,
   limits: MappingLimits,
+  mode: RpcRequest['mode'] = 'rpc',
 ): MessageFields {
   return {
+    // An RPC outliving its caller is of no use: never persistent. A publish is, unless the caller says.
+    deliveryMode: mode === 'rpc' ? 1 : parseDeliveryMode(headers['amqp-delivery-mode'], target.label),
     timeoutMs: parseTimeout(headers['amqp-timeout'], timeoutQuery, limits, target.label),
     contentType: shortString('Content-Type', headers['content-type'], target.label),
     contentEncoding: shortString('Content-Encoding', headers['content-encoding'], target.label),
@@ -87,6 +90,12 @@ export function parseTimeout(header: unknown, query: unknown, limits: MappingLim
     throw invalid(`${source} must not exceed ${limits.maxTimeoutMs} ms (RPC_MAX_TIMEOUT_MS)`, target);
   }
   return timeout;
+}
+
+export function parseDeliveryMode(header: unknown, target: string): 1 | 2 {
+  if (header === undefined) return 2;
+  if (header === '1' || header === '2') return Number(header) as 1 | 2;
+  throw invalid('Amqp-Delivery-Mode must be 1 (non-persistent) or 2 (persistent)', target);
 }
 
 export function parsePriority(header: unknown, target: string): number | undefined {

@@ -76,7 +76,11 @@ function headerValue(value: unknown): string | undefined {
 }
 
 /** The problem each unsuccessful outcome is answered with. */
-export function outcomeProblem(outcome: Exclude<RpcOutcome, { kind: 'reply' }>, target: string): HttpProblem {
+export function outcomeProblem(
+  outcome: Exclude<RpcOutcome, { kind: 'reply' } | { kind: 'accepted' }>,
+  target: string,
+  operation: 'rpc' | 'publish' = 'rpc',
+): HttpProblem {
   switch (outcome.kind) {
     case 'unroutable':
       return new HttpProblem(
@@ -103,7 +107,13 @@ export function outcomeProblem(outcome: Exclude<RpcOutcome, { kind: 'reply' }>, 
         target,
       });
     case 'timeout':
-      return new HttpProblem('timeout', 'No reply arrived within the request timeout', { target });
+      return new HttpProblem(
+        'timeout',
+        operation === 'rpc'
+          ? 'No reply arrived within the request timeout'
+          : 'The broker did not confirm the message within the timeout; it may or may not be queued',
+        { target },
+      );
     case 'unavailable':
       return new HttpProblem('broker-unavailable', `The bridge cannot reach the broker: ${outcome.reason}`, {
         target,

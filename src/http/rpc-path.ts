@@ -1,28 +1,42 @@
 import { HttpProblem } from './problems.js';
 
-/** The parts of an RPC request line the route needs: path segments and query, both undecoded. */
+/** The parts of an RPC or publish request line the route needs: path segments and query, both undecoded. */
 export interface RpcPath {
+  /** `/rpc/...`: wait for the worker's reply. `/publish/...`: wait for the broker's confirm. */
+  readonly operation: 'rpc' | 'publish';
   /** One segment (queue) or two (exchange, routing key), still percent-encoded. */
   readonly segments: readonly string[];
   /** Everything after '?', undecoded; '' when absent. */
   readonly query: string;
 }
 
-const PREFIX = '/rpc/';
+const RPC_PREFIX = '/rpc/';
+const PUBLISH_PREFIX = '/publish/';
 
 /**
- * Recognises `/rpc/{queue}` and `/rpc/{exchange}/{routingKey}` (one trailing slash tolerated, as
- * express does). Returns undefined for any other shape, which then answers 404 like any unknown
- * path. Cheap: decoding waits for `decodeSegments`, inside the route's error handling.
+ * Recognises `/rpc/{queue}`, `/rpc/{exchange}/{routingKey}` and the same under `/publish/` (one
+ * trailing slash tolerated, as express does). Returns undefined for any other shape, which then
+ * answers 404 like any unknown path. Cheap: decoding waits for `decodeSegments`, inside the
+ * route's error handling.
  */
 export function parseRpcPath(url: string): RpcPath | undefined {
-  if (!url.startsWith(PREFIX)) return undefined;
+  let operation: RpcPath['operation'];
+  let prefix: string;
+  if (url.startsWith(RPC_PREFIX)) {
+    operation = 'rpc';
+    prefix = RPC_PREFIX;
+  } else if (url.startsWith(PUBLISH_PREFIX)) {
+    operation = 'publish';
+    prefix = PUBLISH_PREFIX;
+  } else {
+    return undefined;
+  }
   const queryAt = url.indexOf('?');
-  let path = queryAt === -1 ? url.slice(PREFIX.length) : url.slice(PREFIX.length, queryAt);
+  let path = queryAt === -1 ? url.slice(prefix.length) : url.slice(prefix.length, queryAt);
   if (path.endsWith('/')) path = path.slice(0, -1);
   const segments = path.split('/');
   if (segments.length > 2 || segments.some((segment) => segment === '')) return undefined;
-  return { segments, query: queryAt === -1 ? '' : url.slice(queryAt + 1) };
+  return { operation, segments, query: queryAt === -1 ? '' : url.slice(queryAt + 1) };
 }
 
 /** Percent-decodes the segments (`%2F` may stand for '/'); throws 400 for a malformed escape. */

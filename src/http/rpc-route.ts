@@ -27,6 +27,7 @@ export interface RpcRouteDeps {
 
 const OUTCOME_LABELS: Record<RpcOutcome['kind'], RpcOutcomeLabel> = {
   reply: 'ok',
+  accepted: 'ok',
   unroutable: 'unroutable',
   'exchange-not-found': 'unroutable',
   'exchange-name-refused': 'rejected',
@@ -39,17 +40,19 @@ const OUTCOME_LABELS: Record<RpcOutcome['kind'], RpcOutcomeLabel> = {
   nacked: 'nacked',
 };
 
-/** The route patterns RPC requests are counted under in http_request_duration_seconds. */
-const QUEUE_ROUTE = '/rpc/:queue';
-const EXCHANGE_ROUTE = '/rpc/:exchange/:routingKey';
+/** The route patterns requests are counted under in http_request_duration_seconds. */
+const ROUTES = {
+  rpc: { queue: '/rpc/:queue', exchange: '/rpc/:exchange/:routingKey' },
+  publish: { queue: '/publish/:queue', exchange: '/publish/:exchange/:routingKey' },
+} as const;
 /** nginx's code for "client closed the request": nothing was answered. */
 const CLIENT_CLOSED = 499;
 
 export type RpcRouteHandler = (req: IncomingMessage, res: ServerResponse, path: RpcPath) => void;
 
 /**
- * POST /rpc/{queue} and POST /rpc/{exchange}/{routingKey}: validate, publish, wait for the outcome,
- * answer. This is the hot path, so it runs on node:http directly rather than through express's
+ * POST /rpc/{queue} and POST /rpc/{exchange}/{routingKey}: validate, publish, wait for the reply,
+ * answer. POST /publish/... the same way, waiting for the broker's confirm instead of a reply. This is the hot path, so it runs on node:http directly rather than through express's
  * router (which measured ~140 µs per request here); everything else the bridge serves is express.
  */
 export function createRpcRoute(deps: RpcRouteDeps): RpcRouteHandler {
@@ -84,7 +87,7 @@ class RpcHttpCall {
 
   begin(): void {
     const { path } = this;
-    this.log.route = path.segments.length === 1 ? QUEUE_ROUTE : EXCHANGE_ROUTE;
+    this.log.route = ROUTES[path.operation][path.segments.length === 1 ? 'queue' : 'exchange'];
     let target: RpcTarget;
     let fields: ReturnType<typeof messageFields>;
     try {
@@ -99,7 +102,7 @@ class RpcHttpCall {
           retryAfterSeconds: 1,
         });
       }
-      fields = messageFields(this.req.headers, timeoutParameter(path.query), target, this.deps.limits);
+      fields = messageFields(this.req.headers, timeoutParameter(path.query), target, this.deps.limits, path.operation);
     } catch (err) {
       this.fail(err);
       return;
@@ -115,6 +118,7 @@ class RpcHttpCall {
     const call = this.deps.rpc.start(
       {
         ...fields,
+        mode: this.path.operation,
         exchange: target.exchange,
         routingKey: target.routingKey,
         body,
@@ -149,9 +153,13 @@ class RpcHttpCall {
       this.record('cancelled');
       return;
     }
+    if (outcome.kind === 'accepted') {
+      this.accepted();
+      return;
+    }
     if (outcome.kind !== 'reply') {
       this.record(OUTCOME_LABELS[outcome.kind]);
-      this.fail(outcomeProblem(outcome, target.label));
+      this.fail(outcomeProblem(outcome, target.label, this.path.operation));
       return;
     }
     let reply: ReturnType<typeof replyToHttp>;
@@ -170,6 +178,19 @@ class RpcHttpCall {
     this.log.bytesOut = reply.body.length;
     this.record('ok');
     res.end(reply.body);
+  }
+
+  /** The broker has confirmed a publish: it is queued (or, without confirms, written to the broker). */
+  private accepted(): void {
+    const { res } = this;
+    const body = `{"status":"accepted","requestId":${JSON.stringify(this.requestId)}}`;
+    res.statusCode = 202;
+    res.setHeader('Content-Type', 'application/json');
+    res.setHeader('Server-Timing', `publish;dur=${(this.call?.roundTripMs ?? 0).toFixed(2)}`);
+    this.closeConnectionIfDraining();
+    this.log.bytesOut = body.length;
+    this.record('ok');
+    res.end(body);
   }
 
   /** Answers with the problem (or, for a client that left, with nothing). */
@@ -204,10 +225,16 @@ class RpcHttpCall {
     if (this.recorded) return;
     this.recorded = true;
     this.log.outcome = outcome;
+    const target = this.log.target ?? '(invalid)';
+    const seconds = (performance.now() - this.startedAt) / 1000;
+    if (this.path.operation === 'publish') {
+      this.deps.metrics.observePublish({ target, outcome, seconds, requestBytes: this.log.bytesIn });
+      return;
+    }
     this.deps.metrics.observeRpc({
-      target: this.log.target ?? '(invalid)',
+      target,
       outcome,
-      seconds: (performance.now() - this.startedAt) / 1000,
+      seconds,
       requestBytes: this.log.bytesIn,
       responseBytes: this.log.bytesOut,
     });
@@ -221,7 +248,7 @@ class RpcHttpCall {
     const elapsedMs = performance.now() - this.startedAt;
     this.deps.metrics.observeHttp(
       'POST',
-      this.log.route ?? QUEUE_ROUTE,
+      this.log.route ?? ROUTES.rpc.queue,
       answered ? this.res.statusCode : CLIENT_CLOSED,
       elapsedMs / 1000,
     );

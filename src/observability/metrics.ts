@@ -34,6 +34,7 @@ interface Incrementer {
 interface QueueSeries {
   readonly label: string;
   readonly byOutcome: Map<RpcOutcomeLabel, Observer>;
+  readonly publishByOutcome: Map<RpcOutcomeLabel, Observer>;
   readonly unroutable: Incrementer;
   readonly timeouts: Incrementer;
   readonly requestBytes: Observer;
@@ -55,6 +56,8 @@ export interface Metrics {
   readonly registry: Registry;
   /** Records one finished RPC request; its target is capped to a bounded set of label values. */
   observeRpc(observation: RpcObservation): void;
+  /** Records one finished publish (POST /publish/...), by target and outcome like an RPC. */
+  observePublish(observation: Omit<RpcObservation, 'responseBytes'>): void;
   /** Records one HTTP request by its route pattern (never the raw path). */
   observeHttp(method: string, route: string, statusCode: number, seconds: number): void;
   readonly lateReplies: Counter;
@@ -113,6 +116,13 @@ export function createMetrics(registry: Registry, maxQueues: number, sources: Me
     buckets: DURATION_BUCKETS,
     registers,
   });
+  const publishDuration = new Histogram({
+    name: 'publish_request_duration_seconds',
+    help: 'Time from receiving a publish request to answering it (the broker confirmed, returned or refused it), by target queue and outcome',
+    labelNames: ['queue', 'outcome'] as const,
+    buckets: DURATION_BUCKETS,
+    registers,
+  });
   const unroutable = new Counter({
     name: 'rpc_unroutable_total',
     help: 'Mandatory publishes the broker returned unroutable (basic.return) or sent to a missing exchange',
@@ -140,6 +150,7 @@ export function createMetrics(registry: Registry, maxQueues: number, sources: Me
   const makeSeries = (label: string): QueueSeries => ({
     label,
     byOutcome: new Map(),
+    publishByOutcome: new Map(),
     unroutable: unroutable.labels(label),
     timeouts: timeouts.labels(label),
     requestBytes: requestBytes.labels(label),
@@ -175,6 +186,15 @@ export function createMetrics(registry: Registry, maxQueues: number, sources: Me
       else if (outcome === 'timeout') queue.timeouts.inc();
       if (sent !== undefined) queue.requestBytes.observe(sent);
       if (received !== undefined) queue.responseBytes.observe(received);
+    },
+    observePublish({ target, outcome, seconds }) {
+      const queue = seriesFor(target);
+      let observer = queue.publishByOutcome.get(outcome);
+      if (observer === undefined) {
+        observer = publishDuration.labels(queue.label, outcome);
+        queue.publishByOutcome.set(outcome, observer);
+      }
+      observer.observe(seconds);
     },
     observeHttp(method, route, statusCode, seconds) {
       const key = `${method} ${route} ${statusCode}`;

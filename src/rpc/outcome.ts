@@ -12,6 +12,8 @@ export interface Reply {
  */
 export type RpcOutcome =
   | { readonly kind: 'reply'; readonly reply: Reply }
+  /** A publish the broker confirmed (or, without publisher confirms, wrote to the broker). */
+  | { readonly kind: 'accepted' }
   | { readonly kind: 'unroutable'; readonly replyCode: number; readonly replyText: string }
   | { readonly kind: 'exchange-not-found' }
   | { readonly kind: 'exchange-name-refused' }

@@ -20,12 +20,18 @@ export interface PublishChannel {
   readonly replyTo: string;
   readonly isOpen: boolean;
   readonly isWritable: boolean;
-  /** Throws when the channel refuses the message outright. */
+  /** Confirms on: a publish's ack can be reported (`confirmed`), and a return waits for it. */
+  readonly confirms: boolean;
+  /**
+   * Throws when the channel refuses the message outright. `reportAck`: report the broker's ack of
+   * this message (a publish waits for it; an RPC waits for its reply instead).
+   */
   publish(
     exchange: string,
     routingKey: string,
     body: Buffer,
     properties: Options.Publish & { correlationId: string },
+    reportAck: boolean,
   ): void;
   waitForDrain<Waiter extends { readonly isSettled: boolean }>(
     waiter: Waiter,

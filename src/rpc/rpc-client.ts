@@ -91,6 +91,10 @@ export class RpcClient implements RpcChannelEvents {
     this.calls.find(correlationId)?.settle({ kind: 'nacked' });
   };
 
+  readonly confirmed = (correlationId: string): void => {
+    this.calls.find(correlationId)?.settle({ kind: 'accepted' });
+  };
+
   readonly backpressure = (): void => {
     this.options.onBackpressure();
   };
@@ -186,27 +190,33 @@ export class RpcClient implements RpcChannelEvents {
       return;
     }
     const { headers } = request;
-    // Set last, so a client header of the same name cannot move the deadline.
-    headers['x-deadline'] = call.deadline;
+    const rpc = request.mode === 'rpc';
     const properties: Options.Publish & { correlationId: string } = {
+      // A publish has no reply either, but its return and confirm are matched by this id too.
       correlationId: call.correlationId,
-      replyTo: channel.replyTo,
       mandatory: true,
-      // A request nobody picked up before the caller gave up expires in the queue instead of being worked on.
-      expiration: String(remainingMs),
       timestamp: Math.floor(now / 1000),
       messageId: request.messageId ?? request.requestId,
       appId: this.options.appId,
-      deliveryMode: 1,
+      deliveryMode: request.deliveryMode,
       headers,
     };
+    if (rpc) {
+      properties.replyTo = channel.replyTo;
+      // A request nobody picked up before the caller gave up expires in the queue instead of being worked on.
+      properties.expiration = String(remainingMs);
+      // Set last, so a client header of the same name cannot move the deadline.
+      headers['x-deadline'] = call.deadline;
+    }
     if (request.contentType !== undefined) properties.contentType = request.contentType;
     if (request.contentEncoding !== undefined) properties.contentEncoding = request.contentEncoding;
     if (request.priority !== undefined) properties.priority = request.priority;
     if (request.type !== undefined) properties.type = request.type;
     try {
-      channel.publish(request.exchange, request.routingKey, request.body, properties);
+      // A publish waits for the broker's ack; without confirms, being written is all there is to wait for.
+      channel.publish(request.exchange, request.routingKey, request.body, properties, !rpc);
       call.published(channel);
+      if (!rpc && !channel.confirms) settleSoon(call, { kind: 'accepted' });
     } catch (err) {
       settleSoon(call, { kind: 'lost', reason: `publish failed: ${toError(err).message}` });
     }

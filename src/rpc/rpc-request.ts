@@ -1,5 +1,12 @@
 /** Everything the bridge sends for one request, already validated at the HTTP edge. */
 export interface RpcRequest {
+  /**
+   * `rpc`: published with reply_to, answered by the worker's reply. `publish`: fire-and-forget,
+   * no reply_to, answered once the broker has confirmed (or returned, or refused) the message.
+   */
+  readonly mode: 'rpc' | 'publish';
+  /** 1 non-persistent, 2 persistent. RPCs are always 1: a request outliving its caller is no use. */
+  readonly deliveryMode: 1 | 2;
   /** '' is the default exchange, where the routing key is the queue name. */
   readonly exchange: string;
   readonly routingKey: string;

@@ -105,7 +105,8 @@ describe('openapi.yaml', () => {
       .map(([, problem]) => String(problem.status));
     for (const path of RPC_PATHS) {
       const responses = document.paths[toOpenApiPath(path)]?.post?.responses ?? {};
-      for (const status of ['200', ...rpcStatuses])
+      const success = path.startsWith('/publish/') ? '202' : '200';
+      for (const status of [success, ...rpcStatuses])
         expect(Object.keys(responses), `${path} ${status}`).toContain(status);
     }
     const types = document.components.schemas.Problem.properties.type.enum;

@@ -20,6 +20,7 @@ interface Published {
 
 class FakeChannel implements PublishChannel {
   readonly replyTo = 'amq.rabbitmq.reply-to';
+  readonly confirms = true;
   readonly published: Published[] = [];
   isOpen = true;
   isWritable = true;
@@ -68,6 +69,8 @@ const reply = (text: string): Reply => ({
 
 function request(overrides: Partial<RpcRequest> = {}): RpcRequest {
   return {
+    mode: 'rpc',
+    deliveryMode: 1,
     exchange: '',
     routingKey: 'q',
     body: Buffer.from('x'),
