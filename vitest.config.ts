@@ -4,6 +4,8 @@ export default defineConfig({
   test: {
     testTimeout: 20_000,
     hookTimeout: 20_000,
+    // A test that asserts nothing fails (expect.hasAssertions() for every test of every project).
+    expect: { requireAssertions: true },
     pool: 'forks',
     // The JSON report is what .ci/run counts; the default reporter is for people.
     // (npm run test:faults writes its own file, so that CI can count both runs.)
@@ -44,6 +46,19 @@ export default defineConfig({
           testTimeout: 120_000,
           hookTimeout: 60_000,
           execArgv: ['--expose-gc'],
+        },
+      },
+      {
+        extends: true,
+        test: {
+          // npm run test:cluster: a real three-node RabbitMQ cluster of its own (ports 5781-5783), nodes
+          // stopped under load. One file at a time: they share the cluster and stop its nodes.
+          name: 'cluster',
+          include: ['test/cluster/**/*.test.ts'],
+          globalSetup: ['test/helpers/rabbitmq-cluster-setup.ts'],
+          fileParallelism: false,
+          testTimeout: 300_000,
+          hookTimeout: 120_000,
         },
       },
       {

@@ -2,7 +2,7 @@ import type { RequestListener } from 'node:http';
 import { hostname } from 'node:os';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
-import { Registry } from 'prom-client';
+import { Registry, type RegistryContentType } from 'prom-client';
 import { BrokerConnection } from './amqp/broker-connection.js';
 import { ChannelPool } from './amqp/channel-pool.js';
 import { ExchangeChecker } from './amqp/exchange-checker.js';
@@ -14,6 +14,7 @@ import { loadOpenApiYaml } from './http/openapi.js';
 import type { Readiness } from './http/operational-routes.js';
 import { logBytesDropped } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
+import type { Tracing } from './observability/tracing.js';
 import { RpcClient } from './rpc/rpc-client.js';
 
 /** Channels that fail to reopen are retried within these bounds, independent of connection backoff. */
@@ -52,9 +53,18 @@ export interface Bridge {
   stop(): Promise<void>;
 }
 
-export function createBridge(config: Config, logger: Logger): Bridge {
+export interface BridgeOptions {
+  /** Spans for each request (main.ts starts it when config.tracing is set); stopped with the bridge. */
+  readonly tracing?: Tracing | undefined;
+}
+
+export function createBridge(config: Config, logger: Logger, options: BridgeOptions = {}): Bridge {
+  const { tracing } = options;
   // The gauges read connection and client state when scraped (both are declared below).
-  const metrics = createMetrics(new Registry(), config.metricsMaxQueues, {
+  // With tracing, the request-duration histograms keep exemplars (trace ids), which need OpenMetrics.
+  const registry = new Registry<RegistryContentType>();
+  if (tracing !== undefined) registry.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
+  const metrics = createMetrics(registry, config.metricsMaxQueues, {
     inFlight: () => rpc.inFlightCount,
     connected: () => connection.isConnected,
     blocked: () => connection.isBlocked,
@@ -142,6 +152,7 @@ export function createBridge(config: Config, logger: Logger): Bridge {
     readiness,
     isShuttingDown: () => shuttingDown,
     openApiYaml: loadOpenApiYaml(),
+    tracing,
   });
 
   return {
@@ -171,6 +182,8 @@ export function createBridge(config: Config, logger: Logger): Bridge {
         rpc.settleAll({ kind: 'lost', reason: 'the bridge is shutting down' });
         await pool.stop();
         await connection.stop();
+        // The spans of the requests just answered are exported before the process exits.
+        await tracing?.shutdown().catch((err: unknown) => logger.warn({ err }, 'exporting the last spans failed'));
       })();
       return stopping;
     },

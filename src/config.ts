@@ -4,6 +4,7 @@
  */
 
 import { readFileSync } from 'node:fs';
+import type { TracingConfig } from './observability/tracing.js';
 
 export const REPLY_TO_QUEUES = ['amq.rabbitmq.reply-to', 'amq.direct.reply-to'] as const;
 export type ReplyToQueue = (typeof REPLY_TO_QUEUES)[number];
@@ -71,6 +72,11 @@ export interface Config {
   readonly allowedQueues: readonly string[] | undefined;
   /** Glob patterns of exchanges callers may address; undefined means any. */
   readonly allowedExchanges: readonly string[] | undefined;
+  /**
+   * Spans through OpenTelemetry, or undefined (the default): off unless OTEL_TRACES_EXPORTER names an
+   * exporter or an OTLP endpoint is set. The SDK reads its other OTEL_* variables itself.
+   */
+  readonly tracing: TracingConfig | undefined;
 }
 
 /** Thrown at start-up; the message always names the offending variable. */
@@ -96,6 +102,7 @@ export function loadConfig(env: Env): Config {
       `HTTP_HEADERS_TIMEOUT_MS (${httpHeadersTimeoutMs}) must not exceed HTTP_REQUEST_TIMEOUT_MS (${httpRequestTimeoutMs}): the headers are part of the request`,
     );
   }
+  const appId = read.string('APP_ID', 'amqp-rpc-bridge');
   const config: Config = {
     host: read.string('HOST', '0.0.0.0'),
     port: read.integer('PORT', 8080, 0, 65_535),
@@ -123,13 +130,30 @@ export function loadConfig(env: Env): Config {
     shutdownDelayMs: read.integer('SHUTDOWN_DELAY_MS', 0, 0, 3_600_000),
     logLevel: read.oneOf('LOG_LEVEL', LOG_LEVELS, 'info'),
     logMaxBufferBytes: read.integer('LOG_MAX_BUFFER_BYTES', 16 * 1024 * 1024, 64 * 1024, 1024 * 1024 * 1024),
-    appId: read.string('APP_ID', 'amqp-rpc-bridge'),
+    appId,
     authTokens: read.tokens('AUTH_TOKENS', 'AUTH_TOKENS_FILE'),
     authProtectMetrics: read.boolean('AUTH_PROTECT_METRICS', false),
     allowedQueues: read.list('ALLOWED_QUEUES'),
     allowedExchanges: read.list('ALLOWED_EXCHANGES'),
+    tracing: tracingConfig(read, appId),
   };
   return Object.freeze(config);
+}
+
+/**
+ * Tracing is off unless asked for, whatever the OpenTelemetry default (`otlp`) would be: a bridge
+ * nobody collects traces from must not try to send them. OTEL_SDK_DISABLED=true always wins.
+ */
+function tracingConfig(read: EnvReader, appId: string): TracingConfig | undefined {
+  const disabled = read.boolean('OTEL_SDK_DISABLED', false);
+  const endpoint =
+    read.string('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', '') || read.string('OTEL_EXPORTER_OTLP_ENDPOINT', '');
+  const exporter = read.oneOf('OTEL_TRACES_EXPORTER', ['otlp', 'console', 'none'] as const, endpoint ? 'otlp' : 'none');
+  const protocols = ['http/protobuf', 'http/json'] as const;
+  const general = read.oneOf('OTEL_EXPORTER_OTLP_PROTOCOL', protocols, 'http/protobuf');
+  const protocol = read.oneOf('OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', protocols, general);
+  if (disabled || exporter === 'none') return undefined;
+  return { exporter, protocol, serviceName: appId };
 }
 
 /** The configuration as it may appear in a log line: credentials replaced. */

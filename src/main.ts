@@ -31,7 +31,12 @@ async function main(): Promise<void> {
     logger.warn({ variable: name, nearest }, `unknown environment variable ${name} ignored (did you mean ${nearest}?)`);
   }
 
-  const bridge = createBridge(config, logger);
+  // The OpenTelemetry SDK is loaded only when tracing is configured.
+  const tracing =
+    config.tracing === undefined
+      ? undefined
+      : await (await import('./observability/otel-tracing.js')).createOtelTracing(config.tracing);
+  const bridge = createBridge(config, logger, { tracing });
   bridge.start();
   const server = await listen(bridge.handler, {
     port: config.port,

@@ -3,6 +3,7 @@ import express, { type Express, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { pinoHttp } from 'pino-http';
 import type { Metrics } from '../observability/metrics.js';
+import type { Tracing } from '../observability/tracing.js';
 import type { RpcClient } from '../rpc/rpc-client.js';
 import type { AccessPolicy } from './access-control.js';
 import { httpLoggerOptions } from './access-log.js';
@@ -24,6 +25,8 @@ export interface AppDeps {
   readonly isShuttingDown: () => boolean;
   readonly openApiYaml: string;
   readonly protectMetrics: boolean;
+  /** Spans for RPC and publish requests, when tracing is configured. */
+  readonly tracing?: Tracing | undefined;
 }
 
 const SLASH = 0x2f;
@@ -99,7 +102,7 @@ function createApp(deps: AppDeps): Express {
   app.use(
     operationalRoutes({
       readiness: deps.readiness,
-      registry: deps.metrics.registry,
+      expose: (accept) => deps.metrics.expose(accept),
       openApiYaml: deps.openApiYaml,
       guardMetrics: deps.protectMetrics ? (req) => deps.access.authenticate(req.headers) : undefined,
     }),

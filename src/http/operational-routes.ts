@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { Router } from 'express';
-import type { Registry } from 'prom-client';
+import type { Metrics } from '../observability/metrics.js';
 
 export interface Readiness {
   readonly ready: boolean;
@@ -10,7 +10,8 @@ export interface Readiness {
 
 export interface OperationalDeps {
   readonly readiness: () => Readiness;
-  readonly registry: Registry;
+  /** The metrics in the format the scraper asks for (OpenMetrics with exemplars, or Prometheus text). */
+  readonly expose: Metrics['expose'];
   readonly openApiYaml: string;
   /** Throws (401) when /metrics is protected and the request has no valid token. */
   readonly guardMetrics: ((req: IncomingMessage) => void) | undefined;
@@ -29,8 +30,8 @@ export function operationalRoutes(deps: OperationalDeps): Router {
   });
   router.get('/metrics', async (req, res) => {
     deps.guardMetrics?.(req);
-    const text = await deps.registry.metrics();
-    res.setHeader('Content-Type', deps.registry.contentType);
+    const { contentType, text } = await deps.expose(req.headers.accept);
+    res.setHeader('Content-Type', contentType);
     res.end(text);
   });
   router.get('/openapi.yaml', (_req, res) => {

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { toError } from '../errors.js';
 import type { Metrics, RpcOutcomeLabel } from '../observability/metrics.js';
+import type { RequestSpan, Tracing } from '../observability/tracing.js';
 import type { RpcOutcome } from '../rpc/outcome.js';
 import type { RpcCall } from '../rpc/rpc-call.js';
 import type { RpcClient } from '../rpc/rpc-client.js';
@@ -14,6 +15,7 @@ import { assignRequestId } from './request-id.js';
 import { exchangeTarget, type MappingLimits, messageFields, queueTarget, type RpcTarget } from './request-mapping.js';
 import { outcomeProblem, replyToHttp } from './response-mapping.js';
 import { decodeSegments, type RpcPath, timeoutParameter } from './rpc-path.js';
+import { parseTraceparent } from './trace-context.js';
 
 export interface RpcRouteDeps {
   readonly access: AccessPolicy;
@@ -23,6 +25,8 @@ export interface RpcRouteDeps {
   readonly limits: MappingLimits;
   readonly maxBodyBytes: number;
   readonly isShuttingDown: () => boolean;
+  /** Spans for each request, when tracing is configured; undefined costs nothing per request. */
+  readonly tracing?: Tracing | undefined;
 }
 
 const OUTCOME_LABELS: Record<RpcOutcome['kind'], RpcOutcomeLabel> = {
@@ -69,6 +73,7 @@ class RpcHttpCall {
   private readonly log: RpcLogFields = {};
   private readonly requestId: string;
   private call: RpcCall | undefined;
+  private span: RequestSpan | undefined;
   private recorded = false;
   private error: Error | undefined;
 
@@ -87,7 +92,13 @@ class RpcHttpCall {
 
   begin(): void {
     const { path } = this;
-    this.log.route = ROUTES[path.operation][path.segments.length === 1 ? 'queue' : 'exchange'];
+    const route = ROUTES[path.operation][path.segments.length === 1 ? 'queue' : 'exchange'];
+    this.log.route = route;
+    const { tracing } = this.deps;
+    if (tracing !== undefined) {
+      const { headers } = this.req;
+      this.span = tracing.startRequest({ route, parent: parseTraceparent(headers.traceparent, headers.tracestate) });
+    }
     let target: RpcTarget;
     let fields: ReturnType<typeof messageFields>;
     try {
@@ -115,6 +126,20 @@ class RpcHttpCall {
 
   private publish(target: RpcTarget, fields: ReturnType<typeof messageFields>, body: Buffer): void {
     this.log.bytesIn = body.length;
+    if (this.span !== undefined) {
+      // The worker's span is to be the producer span's child, whatever the caller sent.
+      const trace = this.span.startPublish({
+        operation: this.path.operation,
+        exchange: target.exchange,
+        routingKey: target.routingKey,
+        label: target.label,
+        bodyBytes: body.length,
+        messageId: fields.messageId ?? this.requestId,
+      });
+      fields.headers.traceparent = trace.traceparent;
+      if (trace.tracestate === undefined) delete fields.headers.tracestate;
+      else fields.headers.tracestate = trace.tracestate;
+    }
     const call = this.deps.rpc.start(
       {
         ...fields,
@@ -129,6 +154,7 @@ class RpcHttpCall {
     );
     this.call = call;
     this.log.correlationId = call.correlationId;
+    this.span?.conversation(call.correlationId);
   }
 
   /**
@@ -138,6 +164,7 @@ class RpcHttpCall {
    */
   private settled(outcome: RpcOutcome, target: RpcTarget): void {
     try {
+      this.span?.endPublish(outcome.kind);
       this.answer(outcome, target);
     } catch (err) {
       try {
@@ -228,7 +255,13 @@ class RpcHttpCall {
     const target = this.log.target ?? '(invalid)';
     const seconds = (performance.now() - this.startedAt) / 1000;
     if (this.path.operation === 'publish') {
-      this.deps.metrics.observePublish({ target, outcome, seconds, requestBytes: this.log.bytesIn });
+      this.deps.metrics.observePublish({
+        target,
+        outcome,
+        seconds,
+        requestBytes: this.log.bytesIn,
+        traceId: this.span?.sampledTraceId,
+      });
       return;
     }
     this.deps.metrics.observeRpc({
@@ -237,6 +270,7 @@ class RpcHttpCall {
       seconds,
       requestBytes: this.log.bytesIn,
       responseBytes: this.log.bytesOut,
+      traceId: this.span?.sampledTraceId,
     });
   }
 
@@ -252,6 +286,7 @@ class RpcHttpCall {
       answered ? this.res.statusCode : CLIENT_CLOSED,
       elapsedMs / 1000,
     );
+    this.span?.end(answered ? this.res.statusCode : CLIENT_CLOSED, this.log.outcome, this.error);
     logRpcRequest(this.deps.logger, this.req, this.res, Math.round(elapsedMs), this.log, this.error);
   }
 }

@@ -1,4 +1,12 @@
-import { Counter, collectDefaultMetrics, Gauge, Histogram, type Registry } from 'prom-client';
+import {
+  Counter,
+  collectDefaultMetrics,
+  Gauge,
+  Histogram,
+  type LabelValues,
+  Registry,
+  type RegistryContentType,
+} from 'prom-client';
 
 /** How an RPC request ended, as the `outcome` label says it. */
 export const RPC_OUTCOMES = [
@@ -50,10 +58,23 @@ export interface RpcObservation {
   readonly requestBytes: number | undefined;
   /** Bytes of the reply body, when there was one. */
   readonly responseBytes: number | undefined;
+  /** The request's trace id when it was sampled: kept as the bucket's exemplar (`trace_id`). */
+  readonly traceId?: string | undefined;
+}
+
+/** A /metrics answer in the format the scraper asked for. */
+export interface Exposition {
+  readonly contentType: string;
+  readonly text: string;
 }
 
 export interface Metrics {
-  readonly registry: Registry;
+  readonly registry: Registry<RegistryContentType>;
+  /**
+   * The metrics as text: OpenMetrics, with exemplars, when the registry keeps them and `accept` asks
+   * for `application/openmetrics-text` (Prometheus does, by default); else the Prometheus text format.
+   */
+  expose(accept: string | undefined): Promise<Exposition>;
   /** Records one finished RPC request; its target is capped to a bounded set of label values. */
   observeRpc(observation: RpcObservation): void;
   /** Records one finished publish (POST /publish/...), by target and outcome like an RPC. */
@@ -77,11 +98,18 @@ export interface MetricSources {
 }
 
 /**
- * Every metric in one place, on the registry the caller owns. Any client can invent queue names,
+ * Every metric in one place, on the registry the caller owns. An OpenMetrics registry (tracing on)
+ * keeps exemplars on the request-duration histograms; a Prometheus one (the default) keeps none and
+ * costs nothing for them. Any client can invent queue names,
  * so the `queue` label takes at most `maxQueues` distinct values; later ones are counted as "other".
  */
-export function createMetrics(registry: Registry, maxQueues: number, sources: MetricSources): Metrics {
+export function createMetrics(
+  registry: Registry<RegistryContentType>,
+  maxQueues: number,
+  sources: MetricSources,
+): Metrics {
   const registers = [registry];
+  const enableExemplars = registry.contentType === Registry.OPENMETRICS_CONTENT_TYPE;
   collectDefaultMetrics({ register: registry });
   const gauge = (name: string, help: string, read: () => number) =>
     new Gauge({
@@ -115,6 +143,7 @@ export function createMetrics(registry: Registry, maxQueues: number, sources: Me
     labelNames: ['queue', 'outcome'] as const,
     buckets: DURATION_BUCKETS,
     registers,
+    enableExemplars,
   });
   const publishDuration = new Histogram({
     name: 'publish_request_duration_seconds',
@@ -122,6 +151,7 @@ export function createMetrics(registry: Registry, maxQueues: number, sources: Me
     labelNames: ['queue', 'outcome'] as const,
     buckets: DURATION_BUCKETS,
     registers,
+    enableExemplars,
   });
   const unroutable = new Counter({
     name: 'rpc_unroutable_total',
@@ -172,23 +202,63 @@ export function createMetrics(registry: Registry, maxQueues: number, sources: Me
   // Methods, routes and statuses are few and fixed (routes are patterns), so this stays small.
   const httpSeries = new Map<string, Observer>();
 
+  // Rendering switches the registry's format for one scrape: one at a time.
+  let rendering: Promise<unknown> = Promise.resolve();
+  const renderAs = async (contentType: RegistryContentType): Promise<Exposition> => {
+    // prom-client renames counters for OpenMetrics (drops `_total` from the family name) and keeps the
+    // new name: put the names back, or the next Prometheus-format scrape loses its `_total`s.
+    const names = registry.getMetricsAsArray().map((metric) => [metric, metric.name] as const);
+    registry.setContentType(contentType);
+    try {
+      return { contentType, text: await registry.metrics() };
+    } finally {
+      registry.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
+      for (const [metric, name] of names) (metric as { name: string }).name = name;
+    }
+  };
+
   return {
     registry,
-    observeRpc({ target, outcome, seconds, requestBytes: sent, responseBytes: received }) {
+    async expose(accept) {
+      if (!enableExemplars) return { contentType: registry.contentType, text: await registry.metrics() };
+      const wanted = accept?.includes('application/openmetrics-text')
+        ? Registry.OPENMETRICS_CONTENT_TYPE
+        : Registry.PROMETHEUS_CONTENT_TYPE;
+      const next = rendering.then(() => renderAs(wanted));
+      rendering = next.catch(() => undefined);
+      return next;
+    },
+    observeRpc({ target, outcome, seconds, requestBytes: sent, responseBytes: received, traceId }) {
       const queue = seriesFor(target);
-      let observer = queue.byOutcome.get(outcome);
-      if (observer === undefined) {
-        observer = duration.labels(queue.label, outcome);
-        queue.byOutcome.set(outcome, observer);
+      if (traceId !== undefined && enableExemplars) {
+        duration.observe({
+          labels: { queue: queue.label, outcome },
+          value: seconds,
+          exemplarLabels: exemplar(traceId),
+        });
+      } else {
+        let observer = queue.byOutcome.get(outcome);
+        if (observer === undefined) {
+          observer = duration.labels(queue.label, outcome);
+          queue.byOutcome.set(outcome, observer);
+        }
+        observer.observe(seconds);
       }
-      observer.observe(seconds);
       if (outcome === 'unroutable') queue.unroutable.inc();
       else if (outcome === 'timeout') queue.timeouts.inc();
       if (sent !== undefined) queue.requestBytes.observe(sent);
       if (received !== undefined) queue.responseBytes.observe(received);
     },
-    observePublish({ target, outcome, seconds }) {
+    observePublish({ target, outcome, seconds, traceId }) {
       const queue = seriesFor(target);
+      if (traceId !== undefined && enableExemplars) {
+        publishDuration.observe({
+          labels: { queue: queue.label, outcome },
+          value: seconds,
+          exemplarLabels: exemplar(traceId),
+        });
+        return;
+      }
       let observer = queue.publishByOutcome.get(outcome);
       if (observer === undefined) {
         observer = publishDuration.labels(queue.label, outcome);
@@ -233,4 +303,12 @@ export function createMetrics(registry: Registry, maxQueues: number, sources: Me
       registers,
     }),
   };
+}
+
+/**
+ * An exemplar's labels. prom-client's typings ask for the metric's own label names here, which is not
+ * what an exemplar carries (OpenMetrics: any labels, 128 characters in all): hence the cast.
+ */
+function exemplar(traceId: string): LabelValues<'queue' | 'outcome'> {
+  return { trace_id: traceId } as unknown as LabelValues<'queue' | 'outcome'>;
 }

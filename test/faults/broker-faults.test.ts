@@ -273,7 +273,16 @@ describe.skipIf(cannotStartSecondNode !== undefined)('a second broker node', () 
       { waitForReady: false },
     );
     try {
-      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      // Not ready for a stated reason: its connection attempts fail on the certificate (in Node's words,
+      // e.g. "self-signed certificate in certificate chain"), not on anything else.
+      const reasons = () =>
+        untrusting.logs.filter((line) => line.msg === 'amqp reconnect scheduled').map((line) => String(line.reason));
+      await expect
+        .poll(reasons, { timeout: 10_000 })
+        .toContainEqual(
+          expect.stringMatching(/^connect to amqps:\/\/guest:\*\*\*@localhost:\d+ failed: .*certificate/i),
+        );
+      expect(untrusting.logs.filter((line) => line.msg === 'amqp connected')).toEqual([]);
       expect((await request(untrusting.baseUrl).get('/readyz')).status).toBe(503);
     } finally {
       untrusting.child.kill('SIGKILL');

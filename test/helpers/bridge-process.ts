@@ -11,6 +11,8 @@ export interface BridgeProcess {
   /** Every line the process has written to stdout so far (its JSON log lines), parsed. */
   readonly logs: ReadonlyArray<Record<string, unknown>>;
   inFlight(): Promise<number>;
+  /** Kills it (SIGKILL) unless it has exited already, and resolves once it has: for `finally`/afterAll. */
+  stop(): Promise<void>;
 }
 
 /** What `npm start` runs, from source here. */
@@ -27,21 +29,29 @@ export async function startBridgeProcess(
   });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const logs: Array<Record<string, unknown>> = [];
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the bridge process did not start listening')), 15_000);
-    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-      const entry = JSON.parse(line) as { msg?: string; port?: number };
-      logs.push(entry);
-      if (entry.msg === 'listening' && entry.port !== undefined) {
-        clearTimeout(timer);
-        resolve(entry.port);
-      }
+  let baseUrl: string;
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the bridge process did not start listening')), 15_000);
+      createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
+        const entry = JSON.parse(line) as { msg?: string; port?: number };
+        logs.push(entry);
+        if (entry.msg === 'listening' && entry.port !== undefined) {
+          clearTimeout(timer);
+          resolve(entry.port);
+        }
+      });
     });
-  });
-  const baseUrl = `http://127.0.0.1:${port}`;
-  for (let attempt = 0; waitForReady && (await request(baseUrl).get('/readyz')).status !== 200; attempt++) {
-    if (attempt > 100) throw new Error('the bridge process never became ready');
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    baseUrl = `http://127.0.0.1:${port}`;
+    for (let attempt = 0; waitForReady && (await request(baseUrl).get('/readyz')).status !== 200; attempt++) {
+      if (attempt > 100) throw new Error('the bridge process never became ready');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  } catch (err) {
+    // The caller never gets the process to stop: do not leave it running.
+    child.kill('SIGKILL');
+    await exited;
+    throw err;
   }
   return {
     child,
@@ -50,6 +60,10 @@ export async function startBridgeProcess(
     logs,
     async inFlight() {
       return readMetric((await request(baseUrl).get('/metrics')).text, 'rpc_in_flight', {});
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
     },
   };
 }

@@ -40,8 +40,15 @@ export async function startTestBridge(env: Record<string, string> = {}): Promise
   });
   const bridge = createBridge(config, createLogger(config.logLevel, sink));
   bridge.start();
-  await waitFor(() => bridge.readiness().ready, 10_000, 'the bridge to become ready');
-  const server = await listenOnLoopback(bridge.handler, config);
+  let server: RunningServer;
+  try {
+    await waitFor(() => bridge.readiness().ready, 10_000, 'the bridge to become ready');
+    server = await listenOnLoopback(bridge.handler, config);
+  } catch (err) {
+    // Nobody gets a handle to close it: stop it here, or its connection outlives the test.
+    await bridge.stop().catch(() => undefined);
+    throw err;
+  }
   return {
     bridge,
     server,
@@ -81,9 +88,14 @@ export function readMetric(text: string, name: string, labels: Record<string, st
   return 0;
 }
 
-export async function waitFor(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
+/** Polls `condition` (which may be async, e.g. an HTTP probe) every 20 ms until it holds; throws after `timeoutMs`. */
+export async function waitFor(
+  condition: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  what: string,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
+  while (!(await condition())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }

@@ -1,49 +1,49 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import request from 'supertest';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
+import { startEchoWorker } from '../../examples/echo-worker.js';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
-import { startTestBridge, type TestBridge } from '../helpers/bridge.js';
-import { AMQP_URL, connectTestBroker, uniqueName } from '../helpers/broker.js';
+import { startTestBridge } from '../helpers/bridge.js';
+import { AMQP_URL, uniqueName } from '../helpers/broker.js';
+import { useEchoBridge } from '../helpers/fixture.js';
 
 const TOKEN = 'token-for-tests-0123456789';
 const SECOND = 'second-token-from-a-file-9876';
-let bridge: TestBridge;
-let worker: RunningWorker;
-const allowed = uniqueName('allowed');
+const secrets = mkdtempSync(join(tmpdir(), 'bridge-tokens-'));
+writeFileSync(join(secrets, 'tokens'), `# mounted secret\n${SECOND}\n`);
+// Registered before the fixture, so it runs after the bridge is closed.
+afterAll(() => rmSync(secrets, { recursive: true, force: true }));
 
-beforeAll(async () => {
-  worker = await startEchoWorker({ url: AMQP_URL, queue: allowed, durable: false });
-  const secrets = mkdtempSync(join(tmpdir(), 'bridge-tokens-'));
-  writeFileSync(join(secrets, 'tokens'), `# mounted secret\n${SECOND}\n`);
-  bridge = await startTestBridge({
+const fixture = useEchoBridge(
+  {
     AUTH_TOKENS: TOKEN,
     AUTH_TOKENS_FILE: join(secrets, 'tokens'),
     AUTH_PROTECT_METRICS: 'true',
     ALLOWED_QUEUES: 'test.allowed.*,orders',
     ALLOWED_EXCHANGES: 'amq.topic',
-  });
-});
-
-afterAll(async () => {
-  await bridge?.close();
-  await worker?.close();
-});
+  },
+  { echoQueue: uniqueName('allowed') },
+);
+/** The echo worker's queue, on the allowlist. */
+const allowed = fixture.echoQueue;
 
 describe('bearer tokens', () => {
   it('answers 401 with WWW-Authenticate when the token is missing or wrong', async () => {
-    const missing = await request(bridge.baseUrl).post(`/rpc/${allowed}`).send('x');
+    const missing = await request(fixture.bridge.baseUrl).post(`/rpc/${allowed}`).send('x');
     expect(missing.status).toBe(401);
     expect(missing.headers['www-authenticate']).toBe('Bearer realm="amqp-rpc-bridge"');
     expect(missing.body.type).toBe(`${PROBLEM_TYPE_PREFIX}unauthorized`);
 
-    const wrong = await request(bridge.baseUrl).post(`/rpc/${allowed}`).set('Authorization', 'Bearer nope').send('x');
+    const wrong = await request(fixture.bridge.baseUrl)
+      .post(`/rpc/${allowed}`)
+      .set('Authorization', 'Bearer nope')
+      .send('x');
     expect(wrong.status).toBe(401);
     expect(wrong.headers['www-authenticate']).toBe('Bearer realm="amqp-rpc-bridge", error="invalid_token"');
 
-    const basic = await request(bridge.baseUrl)
+    const basic = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${allowed}`)
       .set('Authorization', `Basic ${TOKEN}`)
       .send('x');
@@ -52,7 +52,7 @@ describe('bearer tokens', () => {
 
   it('serves a request with a token from AUTH_TOKENS or from AUTH_TOKENS_FILE, and never logs it', async () => {
     for (const token of [TOKEN, SECOND]) {
-      const res = await request(bridge.baseUrl)
+      const res = await request(fixture.bridge.baseUrl)
         .post(`/rpc/${allowed}`)
         .set('Authorization', `Bearer ${token}`)
         .set('Content-Type', 'text/plain')
@@ -60,29 +60,30 @@ describe('bearer tokens', () => {
       expect(res.status).toBe(200);
       expect(res.text).toBe('ok');
     }
-    const logs = bridge.logs.map((line) => JSON.stringify(line)).join('\n');
+    const logs = fixture.bridge.logs.map((line) => JSON.stringify(line)).join('\n');
     expect(logs).not.toContain(TOKEN);
     expect(logs).not.toContain(SECOND);
   });
 
   it('protects /metrics when AUTH_PROTECT_METRICS is set, but never the health probes', async () => {
-    expect((await request(bridge.baseUrl).get('/metrics')).status).toBe(401);
-    expect((await request(bridge.baseUrl).get('/metrics').set('Authorization', `Bearer ${TOKEN}`)).status).toBe(200);
-    expect((await request(bridge.baseUrl).get('/healthz')).status).toBe(200);
-    expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(200);
+    const { baseUrl } = fixture.bridge;
+    expect((await request(baseUrl).get('/metrics')).status).toBe(401);
+    expect((await request(baseUrl).get('/metrics').set('Authorization', `Bearer ${TOKEN}`)).status).toBe(200);
+    expect((await request(baseUrl).get('/healthz')).status).toBe(200);
+    expect((await request(baseUrl).get('/readyz')).status).toBe(200);
   });
 });
 
 describe('allowlists', () => {
   it('answers 403 for a queue or exchange off the list, before anything reaches the broker', async () => {
     const auth = { Authorization: `Bearer ${TOKEN}` };
-    const queue = await request(bridge.baseUrl).post('/rpc/payments').set(auth).send('x');
+    const queue = await request(fixture.bridge.baseUrl).post('/rpc/payments').set(auth).send('x');
     expect(queue.status).toBe(403);
     expect(queue.body).toMatchObject({ type: `${PROBLEM_TYPE_PREFIX}forbidden`, target: 'payments' });
-    const exchange = await request(bridge.baseUrl).post('/rpc/amq.direct/orders').set(auth).send('x');
+    const exchange = await request(fixture.bridge.baseUrl).post('/rpc/amq.direct/orders').set(auth).send('x');
     expect(exchange.status).toBe(403);
     // On the list: reaches the broker (no queue bound for this key, so the broker returns it).
-    const topic = await request(bridge.baseUrl).post('/rpc/amq.topic/nobody.listens').set(auth).send('x');
+    const topic = await request(fixture.bridge.baseUrl).post('/rpc/amq.topic/nobody.listens').set(auth).send('x');
     expect(topic.status).toBe(404);
     expect(topic.body.type).toBe(`${PROBLEM_TYPE_PREFIX}unroutable`);
   });
@@ -92,9 +93,13 @@ describe('one allowlist without the other', () => {
   it('ALLOWED_QUEUES alone closes the exchange route, which could reach any queue', async () => {
     const forbidden = uniqueName('forbidden');
     const exchange = uniqueName('own-exchange');
-    const broker = await connectTestBroker();
+    const { broker } = fixture;
     const forbiddenWorker = await startEchoWorker({ url: AMQP_URL, queue: forbidden, durable: false });
+    onTestFinished(() => forbiddenWorker.close());
     await broker.channel.assertExchange(exchange, 'direct', { durable: false });
+    onTestFinished(async () => {
+      await broker.channel.deleteExchange(exchange).catch(() => undefined);
+    });
     await broker.channel.bindQueue(forbidden, exchange, 'k');
     const queuesOnly = await startTestBridge({ ALLOWED_QUEUES: 'test.allowed.*' });
     try {
@@ -113,9 +118,6 @@ describe('one allowlist without the other', () => {
       expect(own.status).toBe(200);
     } finally {
       await queuesOnly.close();
-      await forbiddenWorker.close();
-      await broker.channel.deleteExchange(exchange).catch(() => undefined);
-      await broker.close();
     }
   });
 

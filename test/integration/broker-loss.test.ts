@@ -1,43 +1,32 @@
 import request from 'supertest';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
+import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { startEchoWorker } from '../../examples/echo-worker.js';
 import { redactUrl } from '../../src/config.js';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
-import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
-import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
-import { type BrokerAdmin, brokerAdmin } from '../helpers/broker-admin.js';
+import { startTestBridge, waitFor } from '../helpers/bridge.js';
+import { AMQP_URL, startRawWorker, uniqueName } from '../helpers/broker.js';
+import { brokerAdmin } from '../helpers/broker-admin.js';
+import { allStarted, useEchoBridge } from '../helpers/fixture.js';
 
-let bridge: TestBridge;
-let broker: TestBroker;
-let worker: RunningWorker;
-let admin: BrokerAdmin;
+const admin = await brokerAdmin();
 const appId = uniqueName('loss');
-const echoQueue = uniqueName('echo');
 const stuckQueue = uniqueName('stuck');
+// A slow first reconnect leaves a window in which to see how the bridge answers while down.
+const fixture = useEchoBridge({ APP_ID: appId, AMQP_RECONNECT_MIN_MS: '3000', AMQP_RECONNECT_MAX_MS: '3000' });
+const { echoQueue } = fixture;
 
 beforeAll(async () => {
-  admin = await brokerAdmin();
-  broker = await connectTestBroker();
-  worker = await startEchoWorker({ url: AMQP_URL, queue: echoQueue, durable: false });
   // Takes requests and never answers: they stay pending until something else settles them.
-  await startRawWorker(broker, stuckQueue, () => undefined);
-  // A slow first reconnect leaves a window in which to see how the bridge answers while down.
-  bridge = await startTestBridge({ APP_ID: appId, AMQP_RECONNECT_MIN_MS: '3000', AMQP_RECONNECT_MAX_MS: '3000' });
-});
-
-afterAll(async () => {
-  await bridge?.close();
-  await worker?.close();
-  await broker?.close();
+  await startRawWorker(fixture.broker, stuckQueue, () => undefined);
 });
 
 describe('when the broker closes the bridge connection', () => {
   it('answers pending requests at once, refuses new ones with 503, reconnects by itself and serves again', async () => {
     const pending = Array.from({ length: 5 }, () =>
-      request(bridge.baseUrl).post(`/rpc/${stuckQueue}`).set('Amqp-Timeout', '20000').send('wait'),
+      request(fixture.bridge.baseUrl).post(`/rpc/${stuckQueue}`).set('Amqp-Timeout', '20000').send('wait'),
     );
     const answered = Promise.all(pending.map((req) => req.then((res) => ({ res, at: Date.now() }))));
-    await waitFor(() => bridge.bridge.rpc.inFlightCount === 5, 5_000, 'five requests in flight');
+    await waitFor(() => fixture.bridge.bridge.rpc.inFlightCount === 5, 5_000, 'five requests in flight');
 
     const closed = await admin.closeConnectionsNamed(appId, 'test: broker-side close');
     const faultAt = Date.now();
@@ -49,20 +38,20 @@ describe('when the broker closes the bridge connection', () => {
       expect(res.body.type).toBe(`${PROBLEM_TYPE_PREFIX}request-lost`);
       expect(at - faultAt).toBeLessThan(1_000);
     }
-    expect(bridge.bridge.rpc.inFlightCount).toBe(0);
+    expect(fixture.bridge.bridge.rpc.inFlightCount).toBe(0);
 
-    const whileDown = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).send('x');
+    const whileDown = await request(fixture.bridge.baseUrl).post(`/rpc/${echoQueue}`).send('x');
     expect(whileDown.status).toBe(503);
     expect(Number(whileDown.headers['retry-after'])).toBeGreaterThanOrEqual(1);
-    expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
-    expect(await bridge.metric('amqp_connected')).toBe(0);
+    expect((await request(fixture.bridge.baseUrl).get('/readyz')).status).toBe(503);
+    expect(await fixture.bridge.metric('amqp_connected')).toBe(0);
 
-    await waitFor(() => bridge.bridge.readiness().ready, 10_000, 'the bridge to reconnect');
-    expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(200);
-    expect(await bridge.metric('amqp_reconnects_total')).toBe(1);
-    expect(await bridge.metric('amqp_connected')).toBe(1);
+    await waitFor(() => fixture.bridge.bridge.readiness().ready, 10_000, 'the bridge to reconnect');
+    expect((await request(fixture.bridge.baseUrl).get('/readyz')).status).toBe(200);
+    expect(await fixture.bridge.metric('amqp_reconnects_total')).toBe(1);
+    expect(await fixture.bridge.metric('amqp_connected')).toBe(1);
 
-    const after = await request(bridge.baseUrl)
+    const after = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${echoQueue}`)
       .set('Content-Type', 'text/plain')
       .send('back');
@@ -77,26 +66,34 @@ describe('when the broker closes one reply channel', () => {
     // the bridge checked it (the check is cached), so the publish makes the broker close the channel.
     const exchange = uniqueName('vanishing');
     const queue = uniqueName('behind');
+    const { broker } = fixture;
     await broker.channel.assertExchange(exchange, 'direct', { durable: false });
+    // The test deletes it itself; this is for a test that fails before it does.
+    onTestFinished(async () => {
+      await broker.channel.deleteExchange(exchange).catch(() => undefined);
+    });
     const behind = await startEchoWorker({ url: AMQP_URL, queue, durable: false });
     try {
       await broker.channel.bindQueue(queue, exchange, 'k');
-      const first = await request(bridge.baseUrl).post(`/rpc/${exchange}/k`).send('x');
+      const first = await request(fixture.bridge.baseUrl).post(`/rpc/${exchange}/k`).send('x');
       expect(first.status).toBe(200);
-      const closesBefore = await bridge.metric('amqp_channel_closes_total', { reason: '404' });
+      const closesBefore = await fixture.bridge.metric('amqp_channel_closes_total', { reason: '404' });
 
       await broker.channel.deleteExchange(exchange);
       const started = Date.now();
-      const lost = await request(bridge.baseUrl).post(`/rpc/${exchange}/k`).set('Amqp-Timeout', '10000').send('x');
+      const lost = await request(fixture.bridge.baseUrl)
+        .post(`/rpc/${exchange}/k`)
+        .set('Amqp-Timeout', '10000')
+        .send('x');
       expect(lost.status).toBe(502);
       expect(lost.body.type).toBe(`${PROBLEM_TYPE_PREFIX}request-lost`);
       expect(lost.body.detail).toContain('NOT_FOUND');
       expect(Date.now() - started).toBeLessThan(1_000);
-      expect(await bridge.metric('amqp_channel_closes_total', { reason: '404' })).toBe(closesBefore + 1);
+      expect(await fixture.bridge.metric('amqp_channel_closes_total', { reason: '404' })).toBe(closesBefore + 1);
 
-      await waitFor(() => bridge.bridge.pool.allOpen, 5_000, 'the reply channel to be reopened');
+      await waitFor(() => fixture.bridge.bridge.pool.allOpen, 5_000, 'the reply channel to be reopened');
       for (let i = 0; i < 8; i++) {
-        const res = await request(bridge.baseUrl)
+        const res = await request(fixture.bridge.baseUrl)
           .post(`/rpc/${echoQueue}`)
           .set('Content-Type', 'text/plain')
           .send(`${i}`);
@@ -140,22 +137,22 @@ describe('a virtual host in the URL', () => {
   it('connects to that vhost and routes only there', async () => {
     const vhost = uniqueName('vhost');
     await admin.addVhost(vhost);
+    onTestFinished(() => admin.deleteVhost(vhost));
     const url = new URL(AMQP_URL);
     url.pathname = `/${encodeURIComponent(vhost)}`;
     const queue = uniqueName('in-vhost');
     const inVhost = await startEchoWorker({ url: url.toString(), queue, durable: false });
+    onTestFinished(() => inVhost.close());
     const scoped = await startTestBridge({ AMQP_URL: url.toString() });
     try {
       const there = await request(scoped.baseUrl).post(`/rpc/${queue}`).set('Content-Type', 'text/plain').send('vh');
       expect(there.status).toBe(200);
       expect(there.text).toBe('vh');
       // The default vhost has no such queue: the other bridge's publish is returned.
-      const elsewhere = await request(bridge.baseUrl).post(`/rpc/${queue}`).send('vh');
+      const elsewhere = await request(fixture.bridge.baseUrl).post(`/rpc/${queue}`).send('vh');
       expect(elsewhere.status).toBe(404);
     } finally {
       await scoped.close();
-      await inVhost.close();
-      await admin.deleteVhost(vhost);
     }
   });
 });
@@ -164,8 +161,9 @@ describe('replicas given the same list of nodes', () => {
   it('start at random places in it (AMQP_CONNECT_ORDER=random, the default), not all on the first', async () => {
     // Three spellings of the one broker here stand for three cluster nodes.
     const nodes = [AMQP_URL, `${AMQP_URL}?frameMax=131072`, `${AMQP_URL}?channelMax=2047`];
-    const replicas = await Promise.all(
+    const replicas = await allStarted(
       Array.from({ length: 9 }, () => startTestBridge({ AMQP_URLS: nodes.join(','), AMQP_CHANNELS: '1' })),
+      (replica) => replica.close(),
     );
     try {
       const landed = replicas.map((replica) => {

@@ -7,44 +7,41 @@ import { randomBytes } from 'node:crypto';
 import { Agent } from 'node:http';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
-import { startTestBridge, type TestBridge } from '../helpers/bridge.js';
-import { AMQP_URL, connectTestBroker, type TestBroker, uniqueName } from '../helpers/broker.js';
-import { type BrokerAdmin, brokerAdmin } from '../helpers/broker-admin.js';
+import { AMQP_URL, uniqueName } from '../helpers/broker.js';
+import { brokerAdmin } from '../helpers/broker-admin.js';
+import { useEchoBridge } from '../helpers/fixture.js';
 
-let admin: BrokerAdmin;
-let broker: TestBroker;
-let worker: RunningWorker;
-let bridge: TestBridge;
+const admin = await brokerAdmin();
 const user = uniqueName('limited-user');
 const password = randomBytes(12).toString('hex');
-const echoQueue = uniqueName('echo');
 const internalExchange = uniqueName('internal');
 // The bridge's user may write anywhere but here: the README's advice, turned against a caller.
 const deniedExchange = `test.denied.${randomBytes(6).toString('hex')}`;
+const url = new URL(AMQP_URL);
+url.username = user;
+url.password = password;
 
+// Hooks run in the order registered, after-hooks in reverse: the user exists before the fixture's
+// bridge connects as it, and is deleted after the bridge has closed.
 beforeAll(async () => {
-  admin = await brokerAdmin();
-  broker = await connectTestBroker();
-  await broker.channel.assertExchange(internalExchange, 'fanout', { durable: false, internal: true });
-  await broker.channel.assertExchange(deniedExchange, 'fanout', { durable: false });
   await admin.addUser(user, password, { configure: '.*', write: '^(?!test\\.denied\\.).*', read: '.*' });
-  worker = await startEchoWorker({ url: AMQP_URL, queue: echoQueue, durable: false });
-  const url = new URL(AMQP_URL);
-  url.username = user;
-  url.password = password;
-  // A short check TTL, so that the drill also sees the cached answers expire and be asked again.
-  bridge = await startTestBridge({ AMQP_URL: url.toString(), EXCHANGE_CHECK_TTL_MS: '1000' });
+});
+afterAll(async () => {
+  await admin.deleteUser(user).catch(() => undefined);
 });
 
+// A short check TTL, so that the drill also sees the cached answers expire and be asked again.
+const fixture = useEchoBridge({ AMQP_URL: url.toString(), EXCHANGE_CHECK_TTL_MS: '1000' });
+const { echoQueue } = fixture;
+
+beforeAll(async () => {
+  await fixture.broker.channel.assertExchange(internalExchange, 'fanout', { durable: false, internal: true });
+  await fixture.broker.channel.assertExchange(deniedExchange, 'fanout', { durable: false });
+});
 afterAll(async () => {
-  await bridge?.close();
-  await worker?.close();
-  await broker?.channel.deleteExchange(internalExchange).catch(() => undefined);
-  await broker?.channel.deleteExchange(deniedExchange).catch(() => undefined);
-  await broker?.close();
-  await admin?.deleteUser(user).catch(() => undefined);
+  await fixture.broker.channel.deleteExchange(internalExchange).catch(() => undefined);
+  await fixture.broker.channel.deleteExchange(deniedExchange).catch(() => undefined);
 });
 
 type Tally = Record<string, number>;
@@ -54,7 +51,7 @@ const count = (tally: Tally, key: string | number) => {
 
 describe('a caller hammering exchanges the broker refuses', () => {
   it('gets 403 of its own while 200 good requests all succeed, no shared channel closes and /readyz stays 200', async () => {
-    const closesBefore = await bridge.metric('amqp_channel_closes_total');
+    const closesBefore = await fixture.bridge.metric('amqp_channel_closes_total');
     const hostile: Tally = {};
     const hostileTypes = new Set<string>();
     const good: Tally = {};
@@ -65,21 +62,21 @@ describe('a caller hammering exchanges the broker refuses', () => {
       let turn = 0;
       while (hammering) {
         const exchange = turn++ % 2 === 0 ? internalExchange : deniedExchange;
-        const res = await request(bridge.baseUrl).post(`/rpc/${exchange}/k`).send('x');
+        const res = await request(fixture.bridge.baseUrl).post(`/rpc/${exchange}/k`).send('x');
         count(hostile, res.status);
         hostileTypes.add(String(res.body.type));
       }
     };
     const probeReadiness = async () => {
       while (hammering) {
-        count(readyz, (await request(bridge.baseUrl).get('/readyz')).status);
+        count(readyz, (await request(fixture.bridge.baseUrl).get('/readyz')).status);
         await new Promise((resolve) => setTimeout(resolve, 25));
       }
     };
     const goodClient = async (client: number) => {
       for (let i = 0; i < 20; i++) {
         const body = `good ${client}.${i}`;
-        const res = await request(bridge.baseUrl)
+        const res = await request(fixture.bridge.baseUrl)
           .post(`/rpc/${echoQueue}`)
           .set('Content-Type', 'text/plain')
           .send(body);
@@ -99,10 +96,10 @@ describe('a caller hammering exchanges the broker refuses', () => {
 
     const hostileCount = Object.values(hostile).reduce((a, b) => a + b, 0);
     const probes = {
-      forbidden: await bridge.metric('amqp_exchange_checks_total', { verdict: 'forbidden' }),
-      exists: await bridge.metric('amqp_exchange_checks_total', { verdict: 'exists' }),
+      forbidden: await fixture.bridge.metric('amqp_exchange_checks_total', { verdict: 'forbidden' }),
+      exists: await fixture.bridge.metric('amqp_exchange_checks_total', { verdict: 'exists' }),
     };
-    const closes = (await bridge.metric('amqp_channel_closes_total')) - closesBefore;
+    const closes = (await fixture.bridge.metric('amqp_channel_closes_total')) - closesBefore;
     console.info(
       `exchange isolation drill (${admin.product}, ${seconds.toFixed(1)} s): hostile requests ${hostileCount} ` +
         `${JSON.stringify(hostile)}, probes ${JSON.stringify(probes)}; good requests ${JSON.stringify(good)}; ` +
@@ -132,7 +129,10 @@ describe('thousands of distinct exchange names', () => {
       await Promise.all(
         Array.from({ length: 40 }, async (_, client) => {
           for (let i = 0; i < 80; i++) {
-            const res = await request(bridge.baseUrl).post(`/rpc/${prefix}.${client}.${i}/k`).agent(agent).send('x');
+            const res = await request(fixture.bridge.baseUrl)
+              .post(`/rpc/${prefix}.${client}.${i}/k`)
+              .agent(agent)
+              .send('x');
             count(statuses, res.status);
             if (res.status === 503) retryAfter.add(String(res.headers['retry-after']));
           }
@@ -143,14 +143,17 @@ describe('thousands of distinct exchange names', () => {
     }
     console.info(
       `distinct missing exchanges (${admin.product}): 3200 requests ${JSON.stringify(statuses)}; ` +
-        `probes that found them missing ${await bridge.metric('amqp_exchange_checks_total', { verdict: 'missing' })}`,
+        `probes that found them missing ${await fixture.bridge.metric('amqp_exchange_checks_total', { verdict: 'missing' })}`,
     );
     for (const status of Object.keys(statuses)) expect(['404', '503']).toContain(status);
     expect(statuses['404']).toBeGreaterThan(0);
     for (const value of retryAfter) expect(Number(value)).toBeGreaterThanOrEqual(1);
-    expect(bridge.bridge.pool.allOpen).toBe(true);
-    expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(200);
-    const after = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send('ok');
+    expect(fixture.bridge.bridge.pool.allOpen).toBe(true);
+    expect((await request(fixture.bridge.baseUrl).get('/readyz')).status).toBe(200);
+    const after = await request(fixture.bridge.baseUrl)
+      .post(`/rpc/${echoQueue}`)
+      .set('Content-Type', 'text/plain')
+      .send('ok');
     expect(after.status).toBe(200);
   });
 });

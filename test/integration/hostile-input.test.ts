@@ -6,28 +6,15 @@
 import { request as httpRequest } from 'node:http';
 import fc from 'fast-check';
 import request from 'supertest';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
-import { startTestBridge, type TestBridge } from '../helpers/bridge.js';
-import { AMQP_URL, uniqueName } from '../helpers/broker.js';
+import { describe, expect, it } from 'vitest';
+import { useEchoBridge } from '../helpers/fixture.js';
 
 const MAX_BODY_BYTES = 2048;
 /** Every status the contract allows for a request that is not a valid call to a live worker. */
 const DOCUMENTED = new Set([400, 404, 405, 413, 431, 503, 504]);
 
-let bridge: TestBridge;
-let worker: RunningWorker;
-const echoQueue = uniqueName('echo');
-
-beforeAll(async () => {
-  worker = await startEchoWorker({ url: AMQP_URL, queue: echoQueue, durable: false });
-  bridge = await startTestBridge({ MAX_BODY_BYTES: String(MAX_BODY_BYTES), RPC_TIMEOUT_MS: '200', LOG_LEVEL: 'warn' });
-});
-
-afterAll(async () => {
-  await bridge?.close();
-  await worker?.close();
-});
+const fixture = useEchoBridge({ MAX_BODY_BYTES: String(MAX_BODY_BYTES), RPC_TIMEOUT_MS: '200', LOG_LEVEL: 'warn' });
+const { echoQueue } = fixture;
 
 interface RawResponse {
   readonly status: number;
@@ -38,7 +25,7 @@ interface RawResponse {
 /** node:http rather than supertest: the test must send exactly what it generated. */
 function send(method: string, path: string, headers: Record<string, string>, body: Buffer): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest({ host: '127.0.0.1', port: bridge.server.port, method, path, headers }, (res) => {
+    const req = httpRequest({ host: '127.0.0.1', port: fixture.bridge.server.port, method, path, headers }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (chunk: Buffer) => chunks.push(chunk));
       res.on('end', () =>
@@ -139,6 +126,7 @@ describe('hostile input', () => {
     console.info(`hostile requests tried: ${tried}, by status: ${JSON.stringify(Object.fromEntries(statuses))}`);
     // The generators reach every kind of refusal, not just one.
     for (const status of [400, 404, 405, 413, 431]) expect(statuses.get(status) ?? 0).toBeGreaterThan(0);
+    const { bridge } = fixture;
     expect(await bridge.metric('amqp_channel_closes_total')).toBe(0);
     expect(bridge.bridge.pool.allOpen).toBe(true);
     const good = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send('fine');

@@ -1,26 +1,14 @@
 import { request as httpRequest } from 'node:http';
 import request from 'supertest';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
+import { describe, expect, it } from 'vitest';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
-import { startTestBridge, type TestBridge } from '../helpers/bridge.js';
-import { AMQP_URL, connectTestBroker, startRawWorker, uniqueName } from '../helpers/broker.js';
+import { startRawWorker, uniqueName } from '../helpers/broker.js';
 import { brokerAdmin, drillIt } from '../helpers/broker-admin.js';
+import { useEchoBridge } from '../helpers/fixture.js';
 import { rawHttp } from '../helpers/raw-http.js';
 
-let bridge: TestBridge;
-let worker: RunningWorker;
-const echoQueue = uniqueName('echo');
-
-beforeAll(async () => {
-  worker = await startEchoWorker({ url: AMQP_URL, queue: echoQueue, durable: false });
-  bridge = await startTestBridge({ MAX_BODY_BYTES: '1024', RPC_MAX_TIMEOUT_MS: '60000' });
-});
-
-afterAll(async () => {
-  await bridge?.close();
-  await worker?.close();
-});
+const fixture = useEchoBridge({ MAX_BODY_BYTES: '1024', RPC_MAX_TIMEOUT_MS: '60000' });
+const { echoQueue } = fixture;
 
 interface BadRequest {
   readonly name: string;
@@ -122,8 +110,8 @@ const BAD_REQUESTS: BadRequest[] = [
 describe('invalid input is refused at the edge with a problem document, and harms nothing', () => {
   for (const bad of BAD_REQUESTS) {
     it(`answers ${bad.status} for ${bad.name}, then serves a good request`, async () => {
-      const closesBefore = await bridge.metric('amqp_channel_closes_total');
-      let req = request(bridge.baseUrl).post(bad.path);
+      const closesBefore = await fixture.bridge.metric('amqp_channel_closes_total');
+      let req = request(fixture.bridge.baseUrl).post(bad.path);
       for (const [name, value] of Object.entries(bad.headers ?? {})) req = req.set(name, value);
       const res = await req.send(bad.body ?? 'x');
       expect(res.status).toBe(bad.status);
@@ -135,16 +123,19 @@ describe('invalid input is refused at the edge with a problem document, and harm
       });
       expect(typeof res.body.detail).toBe('string');
 
-      const good = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send('ok');
+      const good = await request(fixture.bridge.baseUrl)
+        .post(`/rpc/${echoQueue}`)
+        .set('Content-Type', 'text/plain')
+        .send('ok');
       expect(good.status).toBe(200);
       expect(good.text).toBe('ok');
-      expect(await bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
-      expect(bridge.bridge.pool.allOpen).toBe(true);
+      expect(await fixture.bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
+      expect(fixture.bridge.bridge.pool.allOpen).toBe(true);
     });
   }
 
   it('answers 405 with Allow: POST for other methods on /rpc paths', async () => {
-    const res = await request(bridge.baseUrl).get(`/rpc/${echoQueue}`);
+    const res = await request(fixture.bridge.baseUrl).get(`/rpc/${echoQueue}`);
     expect(res.status).toBe(405);
     expect(res.headers.allow).toBe('POST');
     expect(res.body.type).toBe('tag:amqp-rpc-bridge,2026:problem/method-not-allowed');
@@ -152,7 +143,7 @@ describe('invalid input is refused at the edge with a problem document, and harm
 
   it('refuses a chunked body that grows past the limit while streaming', async () => {
     const status = await new Promise<number | undefined>((resolve, reject) => {
-      const req = httpRequest(new URL(`/rpc/${echoQueue}`, bridge.baseUrl), { method: 'POST' });
+      const req = httpRequest(new URL(`/rpc/${echoQueue}`, fixture.bridge.baseUrl), { method: 'POST' });
       req.on('response', (res) => {
         res.resume();
         resolve(res.statusCode);
@@ -166,30 +157,28 @@ describe('invalid input is refused at the edge with a problem document, and harm
   });
 
   it('counts refused requests as rejected in the metrics', async () => {
-    const before = await bridge.metric('rpc_request_duration_seconds_count', { queue: 'q', outcome: 'rejected' });
-    await request(bridge.baseUrl).post('/rpc/q?timeout=0').send('x');
-    expect(await bridge.metric('rpc_request_duration_seconds_count', { queue: 'q', outcome: 'rejected' })).toBe(
+    const before = await fixture.bridge.metric('rpc_request_duration_seconds_count', {
+      queue: 'q',
+      outcome: 'rejected',
+    });
+    await request(fixture.bridge.baseUrl).post('/rpc/q?timeout=0').send('x');
+    expect(await fixture.bridge.metric('rpc_request_duration_seconds_count', { queue: 'q', outcome: 'rejected' })).toBe(
       before + 1,
     );
   });
 
   it('sends Amqp-Header-* values written in UTF-8 to the worker as the same text', async () => {
-    const broker = await connectTestBroker();
-    try {
-      const queue = uniqueName('utf8');
-      await startRawWorker(broker, queue, (message, reply) =>
-        reply(Buffer.from(String(message.properties.headers?.greeting)), { contentType: 'text/plain; charset=utf-8' }),
-      );
-      // Raw socket: HTTP client libraries refuse non-ASCII header bytes, but real clients do send them.
-      const head =
-        `POST /rpc/${queue} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n` +
-        'Amqp-Header-Greeting: grüße\r\nContent-Length: 0\r\n\r\n';
-      const { text: response } = await rawHttp(bridge.server.port, Buffer.from(head, 'utf8'));
-      expect(response, response).toMatch(/^HTTP\/1\.1 200/);
-      expect(response.endsWith('\r\n\r\ngrüße')).toBe(true);
-    } finally {
-      await broker.close();
-    }
+    const queue = uniqueName('utf8');
+    await startRawWorker(fixture.broker, queue, (message, reply) =>
+      reply(Buffer.from(String(message.properties.headers?.greeting)), { contentType: 'text/plain; charset=utf-8' }),
+    );
+    // Raw socket: HTTP client libraries refuse non-ASCII header bytes, but real clients do send them.
+    const head =
+      `POST /rpc/${queue} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n` +
+      'Amqp-Header-Greeting: grüße\r\nContent-Length: 0\r\n\r\n';
+    const { text: response } = await rawHttp(fixture.bridge.server.port, Buffer.from(head, 'utf8'));
+    expect(response, response).toMatch(/^HTTP\/1\.1 200/);
+    expect(response.endsWith('\r\n\r\ngrüße')).toBe(true);
   });
 });
 
@@ -203,16 +192,16 @@ describe('an exchange name the broker itself refuses', () => {
     'exchange name refused by the broker',
     admin.product === 'lavinmq' ? undefined : 'RabbitMQ accepts every name the edge lets through',
   )('is answered 400 invalid-request (nothing was published), and closes no reply channel', async () => {
-    const closesBefore = await bridge.metric('amqp_channel_closes_total');
+    const closesBefore = await fixture.bridge.metric('amqp_channel_closes_total');
     for (let attempt = 0; attempt < 2; attempt++) {
       // The second answer comes from the checker's cache; both must be the caller's error, not a 502.
-      const res = await request(bridge.baseUrl).post('/rpc/%C2%80/k').send('x');
+      const res = await request(fixture.bridge.baseUrl).post('/rpc/%C2%80/k').send('x');
       expect(res.status).toBe(400);
       expect(res.headers['content-type']).toContain('application/problem+json');
       expect(res.body.type).toBe(`${PROBLEM_TYPE_PREFIX}invalid-request`);
       expect(res.body.detail).toContain('refuses this exchange name');
     }
-    expect(await bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
-    expect(bridge.bridge.pool.allOpen).toBe(true);
+    expect(await fixture.bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
+    expect(fixture.bridge.bridge.pool.allOpen).toBe(true);
   });
 });

@@ -1,5 +1,5 @@
 import request from 'supertest';
-import { describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { MAX_REPLY_HEADER_BYTES, MAX_REPLY_HEADERS } from '../../src/http/response-mapping.js';
 import { waitFor } from '../helpers/bridge.js';
@@ -24,6 +24,8 @@ describe('misbehaving workers never disturb other requests', () => {
     });
     const dying = uniqueName('dying');
     const doomed = await connectTestBroker();
+    // It closes itself when the request arrives; if none does (a failure), it must not outlive the test.
+    onTestFinished(() => doomed.close());
     await startRawWorker(doomed, dying, () => {
       // Takes the request and dies before answering.
       void doomed.close();

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { ConsumeMessage } from 'amqplib';
 import { Registry } from 'prom-client';
 import request from 'supertest';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { parse } from 'yaml';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { startTestBridge, waitFor } from '../helpers/bridge.js';
@@ -17,6 +17,9 @@ describe('metrics after a mixed workload', () => {
     const silent = uniqueName('silent');
     const nobody = uniqueName('nobody');
     await fixture.broker.channel.assertQueue(silent, { durable: false, expires: 30_000 });
+    onTestFinished(async () => {
+      await fixture.broker.channel.deleteQueue(silent).catch(() => undefined);
+    });
     const bodies = ['a', 'bb', 'ccc'];
     for (const body of bodies) {
       const res = await request(fixture.bridge.baseUrl)
@@ -49,7 +52,6 @@ describe('metrics after a mixed workload', () => {
     expect(await m('rpc_in_flight')).toBe(0);
     expect(await m('amqp_connected')).toBe(1);
     expect(await m('amqp_connection_blocked')).toBe(0);
-    await fixture.broker.channel.deleteQueue(silent);
   });
 
   it('label HTTP metrics by route pattern, never by the raw path', async () => {
@@ -66,6 +68,9 @@ describe('logs', () => {
   it('write one JSON line per RPC request that tells its story, and never a secret', async () => {
     const silent = uniqueName('logged');
     await fixture.broker.channel.assertQueue(silent, { durable: false, expires: 30_000 });
+    onTestFinished(async () => {
+      await fixture.broker.channel.deleteQueue(silent).catch(() => undefined);
+    });
     const res = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${silent}`)
       .set('Amqp-Timeout', '100')
@@ -95,7 +100,6 @@ describe('logs', () => {
     expect(everything).not.toContain('secret-cookie');
     expect(everything).not.toContain(`:${new URL(AMQP_URL).password}@`);
     expect(everything).toContain('"msg":"amqp connected"');
-    await fixture.broker.channel.deleteQueue(silent);
   });
 });
 
@@ -136,7 +140,7 @@ describe('logs of URLs with a query', () => {
 });
 
 describe('trace context', () => {
-  it('passes the caller trace on to the worker, and starts one when the caller has none', async () => {
+  it('passes the caller trace on to the worker, and starts one (not sampled) when the caller has none', async () => {
     const queue = uniqueName('traced');
     const seen: ConsumeMessage[] = [];
     await startRawWorker(fixture.broker, queue, (message, reply) => {
@@ -150,8 +154,13 @@ describe('trace context', () => {
       .set('tracestate', 'vendor=1')
       .send('x');
     const untraced = await request(fixture.bridge.baseUrl).post(`/rpc/${queue}`).send('x');
+    // A later version is read for the fields version 00 defines, and passed on as version 00.
+    const future = '01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-later-field';
+    await request(fixture.bridge.baseUrl).post(`/rpc/${queue}`).set('traceparent', future).send('x');
     expect(seen[0]?.properties.headers).toMatchObject({ traceparent, tracestate: 'vendor=1' });
-    expect(seen[1]?.properties.headers?.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+    // Without tracing configured the bridge records nothing of a trace it starts: marked not sampled.
+    expect(seen[1]?.properties.headers?.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/);
+    expect(seen[2]?.properties.headers?.traceparent).toBe('00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00');
     // The worker's own trace header is not the caller's business.
     expect(traced.headers['amqp-header-traceparent']).toBeUndefined();
     expect(untraced.headers['amqp-header-traceparent']).toBeUndefined();

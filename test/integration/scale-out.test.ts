@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
 import { type BridgeProcess, startBridgeProcess } from '../helpers/bridge-process.js';
 import { AMQP_URL, uniqueName } from '../helpers/broker.js';
+import { allStarted } from '../helpers/fixture.js';
 
 const queue = uniqueName('shared');
 const workers: RunningWorker[] = [];
@@ -13,16 +14,11 @@ beforeAll(async () => {
   // Two workers on one queue and two bridge processes on one broker, as two replicas would run.
   workers.push(await startEchoWorker({ url: AMQP_URL, queue, durable: false }));
   workers.push(await startEchoWorker({ url: AMQP_URL, queue, durable: false }));
-  [first, second] = await Promise.all([startBridgeProcess({}), startBridgeProcess({})]);
+  [first, second] = await allStarted([startBridgeProcess({}), startBridgeProcess({})], (bridge) => bridge.stop());
 });
 
 afterAll(async () => {
-  for (const bridge of [first, second]) {
-    if (bridge && bridge.child.exitCode === null) {
-      bridge.child.kill('SIGKILL');
-      await bridge.exited;
-    }
-  }
+  await Promise.all([first, second].map((bridge) => bridge?.stop()));
   await Promise.all(workers.map((worker) => worker.close()));
 });
 

@@ -1,6 +1,7 @@
 import request from 'supertest';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
+import { waitFor } from '../helpers/bridge.js';
 import { startBridgeProcess } from '../helpers/bridge-process.js';
 import { connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
 
@@ -14,13 +15,14 @@ afterAll(async () => {
   await broker?.close();
 });
 
-async function until(condition: () => Promise<boolean>, what: string): Promise<void> {
-  const deadline = Date.now() + 5_000;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+/** The real process on a free port; killed when the test ends if it has not exited by then (a failed assertion). */
+async function startBridge(env: Record<string, string>) {
+  const bridge = await startBridgeProcess(env);
+  onTestFinished(() => bridge.stop());
+  return bridge;
 }
+
+const readyzIs503 = (baseUrl: string) => async () => (await request(baseUrl).get('/readyz')).status === 503;
 
 describe('graceful shutdown of the real process', () => {
   it('on SIGTERM stops being ready, refuses new RPCs, lets in-flight ones finish, and exits 0', async () => {
@@ -28,15 +30,15 @@ describe('graceful shutdown of the real process', () => {
     await startRawWorker(broker, queue, (message, reply) => {
       setTimeout(() => reply(message.content, { contentType: 'text/plain' }), 700);
     });
-    const bridge = await startBridgeProcess({ SHUTDOWN_GRACE_MS: '5000' });
+    const bridge = await startBridge({ SHUTDOWN_GRACE_MS: '5000' });
     const inFlight = Array.from({ length: 5 }, (_, i) =>
       request(bridge.baseUrl).post(`/rpc/${queue}`).set('Content-Type', 'text/plain').send(`job-${i}`),
     );
     const answers = Promise.all(inFlight.map((req) => req.then((res) => res)));
-    await until(async () => (await bridge.inFlight()) === 5, 'five RPCs in flight');
+    await waitFor(async () => (await bridge.inFlight()) === 5, 5_000, 'five RPCs in flight');
 
     bridge.child.kill('SIGTERM');
-    await until(async () => (await request(bridge.baseUrl).get('/readyz')).status === 503, 'readyz to turn 503');
+    await waitFor(readyzIs503(bridge.baseUrl), 5_000, 'readyz to turn 503');
     const refused = await request(bridge.baseUrl).post(`/rpc/${queue}`).send('too late');
     expect(refused.status).toBe(503);
     expect(refused.body.type).toBe(`${PROBLEM_TYPE_PREFIX}shutting-down`);
@@ -57,12 +59,12 @@ describe('graceful shutdown of the real process', () => {
   it('answers what is still in flight when the grace period ends (502), then exits 0', async () => {
     const queue = uniqueName('too-slow');
     await startRawWorker(broker, queue, () => undefined);
-    const bridge = await startBridgeProcess({ SHUTDOWN_GRACE_MS: '300' });
+    const bridge = await startBridge({ SHUTDOWN_GRACE_MS: '300' });
     const inFlight = Array.from({ length: 3 }, () =>
       request(bridge.baseUrl).post(`/rpc/${queue}`).set('Amqp-Timeout', '30000').send('x'),
     );
     const answers = Promise.all(inFlight.map((req) => req.then((res) => ({ res, at: Date.now() }))));
-    await until(async () => (await bridge.inFlight()) === 3, 'three RPCs in flight');
+    await waitFor(async () => (await bridge.inFlight()) === 3, 5_000, 'three RPCs in flight');
 
     const signalledAt = Date.now();
     bridge.child.kill('SIGTERM');
@@ -79,17 +81,17 @@ describe('graceful shutdown of the real process', () => {
     await startRawWorker(broker, queue, (message, reply) => reply(message.content, { contentType: 'text/plain' }));
     const silent = uniqueName('silent');
     await startRawWorker(broker, silent, () => undefined);
-    const bridge = await startBridgeProcess({ SHUTDOWN_DELAY_MS: '1500', SHUTDOWN_GRACE_MS: '3000' });
+    const bridge = await startBridge({ SHUTDOWN_DELAY_MS: '1500', SHUTDOWN_GRACE_MS: '3000' });
     // Keeps the process draining after the delay, so that a late caller meets the refusal.
     const stuck = request(bridge.baseUrl)
       .post(`/rpc/${silent}`)
       .set('Amqp-Timeout', '2500')
       .send('x')
       .then((res) => res);
-    await until(async () => (await bridge.inFlight()) === 1, 'one RPC in flight');
+    await waitFor(async () => (await bridge.inFlight()) === 1, 5_000, 'one RPC in flight');
     const signalledAt = Date.now();
     bridge.child.kill('SIGTERM');
-    await until(async () => (await request(bridge.baseUrl).get('/readyz')).status === 503, 'readyz to turn 503');
+    await waitFor(readyzIs503(bridge.baseUrl), 5_000, 'readyz to turn 503');
     // A load balancer that has not yet seen /readyz turn still sends; those callers are served.
     const during = await request(bridge.baseUrl)
       .post(`/rpc/${queue}`)
@@ -109,14 +111,14 @@ describe('graceful shutdown of the real process', () => {
   it('exits at once on a second signal', async () => {
     const queue = uniqueName('stuck');
     await startRawWorker(broker, queue, () => undefined);
-    const bridge = await startBridgeProcess({ SHUTDOWN_GRACE_MS: '20000' });
+    const bridge = await startBridge({ SHUTDOWN_GRACE_MS: '20000' });
     const pending = request(bridge.baseUrl)
       .post(`/rpc/${queue}`)
       .send('x')
       .catch(() => undefined);
-    await until(async () => (await bridge.inFlight()) === 1, 'one RPC in flight');
+    await waitFor(async () => (await bridge.inFlight()) === 1, 5_000, 'one RPC in flight');
     bridge.child.kill('SIGTERM');
-    await until(async () => (await request(bridge.baseUrl).get('/readyz')).status === 503, 'readyz to turn 503');
+    await waitFor(readyzIs503(bridge.baseUrl), 5_000, 'readyz to turn 503');
     const secondAt = Date.now();
     bridge.child.kill('SIGTERM');
     expect(await bridge.exited).toBe(1);

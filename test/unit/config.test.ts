@@ -1,3 +1,6 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, loggableConfig, redactUrl, unknownVariables } from '../../src/config.js';
 
@@ -18,25 +21,99 @@ describe('loadConfig', () => {
     expect(Object.isFrozen(config)).toBe(true);
   });
 
-  it('reads every variable it documents', () => {
-    const config = loadConfig({
-      PORT: '9000',
-      AMQP_CHANNELS: '8',
-      AMQP_REPLY_TO: 'amq.direct.reply-to',
-      RPC_TIMEOUT_MS: '500',
-      RPC_MAX_TIMEOUT_MS: '1000',
-      MAX_BODY_BYTES: '10',
-      LOG_LEVEL: 'debug',
-    });
-    expect(config).toMatchObject({
-      port: 9000,
-      amqpChannels: 8,
-      replyTo: 'amq.direct.reply-to',
-      rpcTimeoutMs: 500,
-      rpcMaxTimeoutMs: 1000,
-      maxBodyBytes: 10,
-      logLevel: 'debug',
-    });
+  it('reads every variable the README documents, each into its own field', () => {
+    const tokens = mkdtempSync(join(tmpdir(), 'config-test-'));
+    try {
+      writeFileSync(join(tokens, 'tokens'), '# mounted secret\nbbbbbbbbbbbbbbbb\n');
+      // A value other than the default for each variable in the README's table.
+      const env: Record<string, string> = {
+        HOST: '127.0.0.2',
+        PORT: '9000',
+        HTTP_BACKLOG: '128',
+        HTTP_HEADERS_TIMEOUT_MS: '2000',
+        HTTP_REQUEST_TIMEOUT_MS: '4000',
+        // Read too, but AMQP_URLS wins when both are set (see 'broker URLs').
+        AMQP_URL: 'amqp://shadowed:5672',
+        AMQP_URLS: 'amqp://a:5672, amqps://b:5671/vh',
+        AMQP_CONNECT_ORDER: 'listed',
+        AMQP_HEARTBEAT_SECONDS: '0',
+        AMQP_CHANNELS: '8',
+        AMQP_REPLY_TO: 'amq.direct.reply-to',
+        RPC_REPLY_MODE: 'queue',
+        AMQP_PUBLISHER_CONFIRMS: 'false',
+        MAX_IN_FLIGHT: '50',
+        AMQP_RECONNECT_MIN_MS: '200',
+        AMQP_RECONNECT_MAX_MS: '4000',
+        RPC_TIMEOUT_MS: '500',
+        RPC_MAX_TIMEOUT_MS: '1000',
+        MAX_BODY_BYTES: '10',
+        EXCHANGE_CHECK_TTL_MS: '0',
+        METRICS_MAX_QUEUES: '7',
+        SHUTDOWN_GRACE_MS: '1500',
+        SHUTDOWN_DELAY_MS: '250',
+        LOG_LEVEL: 'debug',
+        LOG_MAX_BUFFER_BYTES: '65536',
+        APP_ID: 'bridge-under-test',
+        AUTH_TOKENS: 'aaaaaaaaaaaaaaaa',
+        AUTH_TOKENS_FILE: join(tokens, 'tokens'),
+        AUTH_PROTECT_METRICS: 'true',
+        ALLOWED_QUEUES: 'orders.*, billing',
+        ALLOWED_EXCHANGES: 'amq.topic',
+        OTEL_TRACES_EXPORTER: 'otlp',
+        OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318',
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://collector:4318/v1/traces',
+        OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/json',
+        OTEL_SDK_DISABLED: 'false',
+      };
+      expect(Object.keys(env).sort()).toEqual(documentedVariables());
+      expect(loadConfig(env)).toEqual({
+        host: '127.0.0.2',
+        port: 9000,
+        httpBacklog: 128,
+        httpHeadersTimeoutMs: 2000,
+        httpRequestTimeoutMs: 4000,
+        amqpUrls: ['amqp://a:5672', 'amqps://b:5671/vh'],
+        amqpConnectOrder: 'listed',
+        amqpHeartbeatSeconds: 0,
+        amqpChannels: 8,
+        replyTo: 'amq.direct.reply-to',
+        replyMode: 'queue',
+        publisherConfirms: false,
+        maxInFlight: 50,
+        reconnectMinMs: 200,
+        reconnectMaxMs: 4000,
+        rpcTimeoutMs: 500,
+        rpcMaxTimeoutMs: 1000,
+        maxBodyBytes: 10,
+        exchangeCheckTtlMs: 0,
+        metricsMaxQueues: 7,
+        shutdownGraceMs: 1500,
+        shutdownDelayMs: 250,
+        logLevel: 'debug',
+        logMaxBufferBytes: 65536,
+        appId: 'bridge-under-test',
+        authTokens: ['aaaaaaaaaaaaaaaa', 'bbbbbbbbbbbbbbbb'],
+        authProtectMetrics: true,
+        allowedQueues: ['orders.*', 'billing'],
+        allowedExchanges: ['amq.topic'],
+        tracing: { exporter: 'otlp', protocol: 'http/json', serviceName: 'bridge-under-test' },
+      });
+    } finally {
+      rmSync(tokens, { recursive: true, force: true });
+    }
+  });
+
+  it('reads no variable the README does not document, and warns about none it does', () => {
+    const read = variablesRead();
+    const documented = documentedVariables();
+    // A variable added to loadConfig belongs in the README's Configuration table, and one taken out leaves it.
+    expect({
+      readButUndocumented: read.filter((name) => !documented.includes(name)),
+      documentedButUnread: documented.filter((name) => !read.includes(name)),
+    }).toEqual({ readButUndocumented: [], documentedButUnread: [] });
+    // Start-up warns about unknown look-alikes (unknownVariables): never about a documented one.
+    expect(unknownVariables(Object.fromEntries(documentedVariables().map((name) => [name, 'x'])))).toEqual([]);
   });
 
   it.each([
@@ -140,3 +217,36 @@ describe('broker URLs', () => {
     expect(logged).not.toMatch(/pw1|pw2/);
   });
 });
+
+/** Every `NAME` in the first column of the README's Configuration table, sorted. */
+function documentedVariables(): string[] {
+  const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+  const start = readme.indexOf('\n## Configuration\n');
+  const end = readme.indexOf('\n## ', start + 1);
+  expect(start, 'the README has a Configuration section').toBeGreaterThan(0);
+  const rows = readme
+    .slice(start, end)
+    .split('\n')
+    .filter((line) => line.startsWith('| `'));
+  const names = rows.flatMap((row) =>
+    [...(row.split('|')[1] ?? '').matchAll(/`([A-Z][A-Z0-9_]*)`/g)].map(([, n]) => n),
+  );
+  return [...new Set(names as string[])].sort();
+}
+
+/** The names loadConfig looks up, watched through a proxy over an empty environment, sorted. */
+function variablesRead(): string[] {
+  const names = new Set<string>();
+  loadConfig(
+    new Proxy<Record<string, string | undefined>>(
+      {},
+      {
+        get(_target, name) {
+          if (typeof name === 'string') names.add(name);
+          return undefined;
+        },
+      },
+    ),
+  );
+  return [...names].sort();
+}

@@ -95,14 +95,15 @@ describe('headers that cross to the broker', () => {
     });
   });
 
-  it('starts a new trace when the caller sent none, or a malformed one (dropping its tracestate)', () => {
+  it('starts a new trace, not sampled, when the caller sent none, or a malformed one (dropping its tracestate)', () => {
     for (const headers of [
       {},
       { traceparent: 'garbage', tracestate: 'x=1' },
       { traceparent: `00-${'0'.repeat(32)}-b7ad6b7169203331-01` },
     ]) {
       const table = messageHeaders(headers, 'q');
-      expect(table.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+      // Not sampled: the bridge records nothing of it, so it asks nobody downstream to (-00).
+      expect(table.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/);
       expect(table.traceparent).not.toContain('0'.repeat(32));
       expect(table.tracestate).toBeUndefined();
     }
