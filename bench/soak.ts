@@ -4,11 +4,19 @@
  * unroutable. Prints the bridge's RSS and heap every 10 s and fails (exit 1) if either grows by more
  * than 10% from the first minute after warm-up to the last minute (means of the samples in each, as
  * one sample of a garbage-collected heap is noise). Loopback only; stops by itself.
+ *
+ * npm run soak -- --chaos [--broker rabbitmq|lavinmq] [--minutes 10] [--rps 100] [--margin-ms 1000]: the
+ * chaos soak instead (bench/chaos.ts), faults injected on a schedule into a broker of its own.
  */
 import { randomBytes } from 'node:crypto';
 import { Agent, request } from 'node:http';
 import amqp from 'amqplib';
 import { freePort, startChild } from './lib/processes.js';
+
+if (process.argv.includes('--chaos')) {
+  const { parseChaosOptions, runChaosSoak } = await import('./chaos.js');
+  process.exit(await runChaosSoak(parseChaosOptions(process.argv.slice(2))));
+}
 
 const AMQP_URL = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
 const MINUTES = Number(process.env.SOAK_MINUTES ?? 5);

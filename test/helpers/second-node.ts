@@ -15,6 +15,15 @@ export async function memoryWatermark(): Promise<string> {
   return match?.[1] ?? '0.4';
 }
 
+/** Where a RabbitMQ node of its own runs: its name, AMQP port, Erlang distribution port and, if any, TLS port. */
+export interface RabbitNodeSpec {
+  readonly name: string;
+  readonly port: number;
+  readonly distPort: number;
+  /** A TLS listener (with a throwaway CA, see secondNodeCaFile); none when left out. */
+  readonly tlsPort?: number;
+}
+
 /** A second, independent node beside the broker at AMQP_URL, for failover (and, on RabbitMQ, TLS). */
 export const SECOND_NODE = { name: 'bridge-test-2@localhost', port: 5673, tlsPort: 5674, distPort: 25673 };
 /** LavinMQ's second node: clear of RabbitMQ's second node and of LavinMQ's own derived ports. */
@@ -46,25 +55,25 @@ export let secondNodeCaFile = '';
 
 /**
  * Starts a second, independent RabbitMQ node on this machine (its own name, ports and data dir),
- * for failover tests. Resolves when it accepts AMQP connections.
+ * for failover tests; `node` names another one (the chaos soak runs its own). Resolves with its data
+ * dir (the caller's to remove once the node is stopped) when it accepts AMQP connections.
  */
-export async function startSecondNode(): Promise<void> {
-  const base = await mkdtemp(join(tmpdir(), 'rabbit2-'));
-  await makeCertificates(base);
-  secondNodeCaFile = join(base, 'ca.pem');
-  await writeFile(
-    join(base, 'rabbitmq.conf'),
-    [
-      `listeners.tcp.local = 127.0.0.1:${SECOND_NODE.port}`,
-      `listeners.ssl.default = 127.0.0.1:${SECOND_NODE.tlsPort}`,
+export async function startSecondNode(node: RabbitNodeSpec = SECOND_NODE): Promise<string> {
+  const base = await mkdtemp(join(tmpdir(), node === SECOND_NODE ? 'rabbit2-' : `rabbit-${node.name.split('@')[0]}-`));
+  const tls: string[] = [];
+  if (node.tlsPort !== undefined) {
+    await makeCertificates(base);
+    secondNodeCaFile = join(base, 'ca.pem');
+    tls.push(
+      `listeners.ssl.default = 127.0.0.1:${node.tlsPort}`,
       `ssl_options.cacertfile = ${join(base, 'ca.pem')}`,
       `ssl_options.certfile = ${join(base, 'server.pem')}`,
       `ssl_options.keyfile = ${join(base, 'server.key')}`,
       'ssl_options.verify = verify_none',
       'ssl_options.fail_if_no_peer_cert = false',
-      '',
-    ].join('\n'),
-  );
+    );
+  }
+  await writeFile(join(base, 'rabbitmq.conf'), [`listeners.tcp.local = 127.0.0.1:${node.port}`, ...tls, ''].join('\n'));
   await writeFile(join(base, 'rabbitmq-env.conf'), '');
   await writeFile(join(base, 'enabled_plugins'), '[].\n');
   // The server runs as the rabbitmq user, which must own what it writes.
@@ -72,9 +81,9 @@ export async function startSecondNode(): Promise<void> {
   await run('rabbitmq-server', ['-detached'], {
     env: {
       ...process.env,
-      RABBITMQ_NODENAME: SECOND_NODE.name,
-      RABBITMQ_NODE_PORT: String(SECOND_NODE.port),
-      RABBITMQ_DIST_PORT: String(SECOND_NODE.distPort),
+      RABBITMQ_NODENAME: node.name,
+      RABBITMQ_NODE_PORT: String(node.port),
+      RABBITMQ_DIST_PORT: String(node.distPort),
       RABBITMQ_CONFIG_FILE: join(base, 'rabbitmq'),
       RABBITMQ_CONF_ENV_FILE: join(base, 'rabbitmq-env.conf'),
       RABBITMQ_ENABLED_PLUGINS_FILE: join(base, 'enabled_plugins'),
@@ -87,8 +96,8 @@ export async function startSecondNode(): Promise<void> {
   const deadline = Date.now() + 60_000;
   for (;;) {
     try {
-      await rabbitmqctl('-n', SECOND_NODE.name, 'await_startup', '--timeout', '30');
-      return;
+      await rabbitmqctl('-n', node.name, 'await_startup', '--timeout', '30');
+      return base;
     } catch (err) {
       if (Date.now() > deadline) throw err;
       await new Promise((resolve) => setTimeout(resolve, 1_000));
@@ -96,8 +105,8 @@ export async function startSecondNode(): Promise<void> {
   }
 }
 
-export async function stopSecondNode(): Promise<void> {
-  await rabbitmqctl('-n', SECOND_NODE.name, 'stop').catch(() => undefined);
+export async function stopSecondNode(node: RabbitNodeSpec = SECOND_NODE): Promise<void> {
+  await rabbitmqctl('-n', node.name, 'stop').catch(() => undefined);
 }
 
 /** A throwaway CA and a server certificate for localhost / 127.0.0.1, made with openssl. */
