@@ -95,7 +95,9 @@ describe('a broker that goes silent under steady load', () => {
         `${JSON.stringify(after)}; ready again ${reconnectedMs} ms after the path healed`,
     );
     expect(detectedMs).toBeLessThanOrEqual(15_500);
-    expect(before).toEqual({ 200: before[200] });
+    // Sent before the silence: answered, or lost if still in flight when it began (one per client at most).
+    for (const status of Object.keys(before)) expect(['200', '502']).toContain(status);
+    expect(before[502] ?? 0).toBeLessThanOrEqual(4);
     // In flight when the broker went silent: lost (502); sent after it was detected: refused (503).
     for (const status of Object.keys(during)) expect(['200', '502', '503']).toContain(status);
     expect(during[502]).toBeGreaterThan(0);
