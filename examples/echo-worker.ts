@@ -6,24 +6,48 @@
  * Request headers it understands (send them through the bridge as `Amqp-Header-<name>`):
  *   - `reply-status`: the status to answer with (e.g. 201, 422);
  *   - `delay-ms`: wait this long before answering (to try timeouts).
+ * Replies go out on connections of their own (reply-publisher.ts), and a request is acked once its
+ * reply is confirmed or found undeliverable, so that a dead reply address cannot take the worker down.
  *
  * Run: AMQP_URL=amqp://guest:guest@127.0.0.1:5672 RPC_QUEUE=echo node dist/examples/echo-worker.js
- * (also PREFETCH, default 32, QUEUE_DURABLE, default true, and READY_FILE: a file that exists only
- * while the worker consumes, for a container health check).
+ * (also PREFETCH, default 32; QUEUE_TYPE, `classic` (default) or `quorum`, a queue replicated over a
+ * RabbitMQ cluster, always durable; QUEUE_DURABLE, default true, for a classic queue; and READY_FILE:
+ * a file that exists only while the worker consumes, for a container health check).
  * SIGTERM/SIGINT close the connection and exit 0; losing the broker exits 1, for the supervisor to restart it.
  */
 import { rmSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { pathToFileURL } from 'node:url';
-import amqp, { type Channel, type ConsumeMessage } from 'amqplib';
+import amqp, { type ChannelModel, type ConsumeMessage } from 'amqplib';
+import { ReplyPublisher } from './reply-publisher.js';
+
+/** `classic`, or `quorum`: replicated over a RabbitMQ cluster, so queued requests outlive a node. */
+export type QueueType = 'classic' | 'quorum';
+export const QUEUE_TYPES: readonly QueueType[] = ['classic', 'quorum'];
 
 export interface EchoWorkerOptions {
   readonly url: string;
   readonly queue: string;
   /** How many requests this worker works on at once. */
   readonly prefetch?: number;
-  /** Declare the queue as durable (production) or auto-delete (tests and demos). */
+  /** `classic` (default) or `quorum`. A quorum queue is always durable. */
+  readonly queueType?: QueueType;
+  /** Declare a classic queue as durable (production) or auto-delete (tests and demos). */
   readonly durable?: boolean;
+  /** Sent back in reply header `worker` (the caller sees `Amqp-Header-worker`). Default: the host name. */
+  readonly name?: string;
+}
+
+/** Counters since the worker started, live (for logs and tests). */
+export interface WorkerStats {
+  /** Requests delivered to this worker. */
+  readonly received: number;
+  /** Of those, how many the broker marked redelivered: another consumer had them before and let go. */
+  readonly redelivered: number;
+  /** Times a reply connection was lost and replaced (see reply-publisher.ts). */
+  readonly replyConnectionsLost: number;
+  /** Replies dropped because their address is dead: the broker closed a connection on one alone. */
+  readonly repliesDropped: number;
 }
 
 export interface RunningWorker {
@@ -32,16 +56,18 @@ export interface RunningWorker {
    * close() asked for it, true when the broker went away or took the channel or consumer away.
    */
   readonly closed: Promise<{ readonly lost: boolean }>;
+  readonly stats: WorkerStats;
   close(): Promise<void>;
 }
 
+type MutableStats = { -readonly [K in keyof WorkerStats]: WorkerStats[K] };
+
 export async function startEchoWorker(options: EchoWorkerOptions): Promise<RunningWorker> {
-  // noDelay matters: the reply and the ack leave as two small writes, and without it the second
-  // one waits for the broker's delayed ACK, adding ~40 ms to every RPC.
-  const connection = await amqp.connect(options.url, {
-    noDelay: true,
-    clientProperties: { connection_name: `echo-worker@${hostname()}` },
-  });
+  const queueType = options.queueType ?? 'classic';
+  if (queueType === 'quorum' && options.durable === false) throw new Error('a quorum queue is always durable');
+  const name = options.name ?? hostname();
+  const stats: MutableStats = { received: 0, redelivered: 0, replyConnectionsLost: 0, repliesDropped: 0 };
+  const connection = await connect(options.url, 'echo-worker');
   connection.on('error', (err: Error) => console.error('worker connection error:', err.message));
   // close() sets this first, so that our own close is not mistaken for losing the broker.
   let closing = false;
@@ -53,11 +79,25 @@ export async function startEchoWorker(options: EchoWorkerOptions): Promise<Runni
   const giveUp = (): void => {
     if (!closing) connection.close().catch(() => undefined);
   };
+  let replies: ReplyPublisher;
+  try {
+    replies = await ReplyPublisher.open(options.url, stats, giveUp);
+  } catch (err) {
+    await connection.close().catch(() => undefined);
+    throw err;
+  }
+  // Without the consuming connection there is nothing left to reply to.
+  connection.once('close', () => void replies.close());
   const channel = await connection.createChannel();
   channel.on('error', (err: Error) => console.error('worker channel error:', err.message));
   channel.on('close', giveUp);
-  const durable = options.durable ?? true;
-  await channel.assertQueue(options.queue, { durable, autoDelete: !durable });
+  const durable = queueType === 'quorum' || (options.durable ?? true);
+  await channel.assertQueue(
+    options.queue,
+    queueType === 'quorum'
+      ? { durable: true, arguments: { 'x-queue-type': 'quorum' } }
+      : { durable, autoDelete: !durable },
+  );
   await channel.prefetch(options.prefetch ?? 32);
   await channel.consume(options.queue, (message) => {
     // null: the broker cancelled the consumer (e.g. the queue was deleted).
@@ -65,22 +105,45 @@ export async function startEchoWorker(options: EchoWorkerOptions): Promise<Runni
       giveUp();
       return;
     }
-    answer(channel, message).catch((err: unknown) => {
-      // The channel closed while this request was being worked on (e.g. during a delay): the
-      // broker redelivers the unacked request to another consumer, so there is nothing to do here.
-      console.error('echo worker could not answer:', err instanceof Error ? err.message : err);
-    });
+    // A redelivered request's requester is likelier to be gone (see reply-publisher.ts).
+    const receivedAt = message.fields.redelivered ? 0 : Date.now();
+    stats.received += 1;
+    if (message.fields.redelivered) stats.redelivered += 1;
+    // The request is acked once its reply is settled: taken by the broker, or given up on because its
+    // address is dead (that caller was answered 502 long ago). Either way nobody else should redo it.
+    answer(replies, message, name, receivedAt)
+      .then(() => channel.ack(message))
+      .catch((err: unknown) => {
+        // The channel closed while this request was being worked on (e.g. during a delay), or we are
+        // closing: the broker redelivers the unacked request to another consumer. Nothing to do here.
+        if (!closing) console.error('echo worker could not answer:', err instanceof Error ? err.message : err);
+      });
   });
   return {
     closed,
+    stats,
     async close() {
       closing = true;
+      // Replies already handed over get their confirm (and their requests their ack) before we go.
+      await replies.drain(2_000);
       await connection.close().catch(() => undefined);
+      await replies.close();
     },
   };
 }
 
-async function answer(channel: Channel, message: ConsumeMessage): Promise<void> {
+function connect(url: string, name: string): Promise<ChannelModel> {
+  // noDelay matters: a reply, its confirm and the request's ack are small writes, and without it
+  // each one after the first waits for the broker's delayed ACK, adding ~40 ms to every RPC.
+  return amqp.connect(url, { noDelay: true, clientProperties: { connection_name: `${name}@${hostname()}` } });
+}
+
+async function answer(
+  replies: ReplyPublisher,
+  message: ConsumeMessage,
+  name: string,
+  receivedAt: number,
+): Promise<void> {
   const { properties } = message;
   const headers: Record<string, unknown> = properties.headers ?? {};
   const delayMs = Number(headers['delay-ms'] ?? 0);
@@ -89,18 +152,21 @@ async function answer(channel: Channel, message: ConsumeMessage): Promise<void> 
   // The bridge stopped waiting at x-deadline (epoch ms); work done after it is thrown away.
   const deadline = Number(headers['x-deadline']);
   const replyTo: unknown = properties.replyTo;
-  if (typeof replyTo === 'string' && !(deadline > 0 && Date.now() > deadline)) {
-    const replyHeaders: Record<string, unknown> = { worker: hostname(), 'echoed-bytes': message.content.length };
-    if (headers['reply-status'] !== undefined) replyHeaders['http-status'] = Number(headers['reply-status']);
-    // reply_to is opaque: RabbitMQ and LavinMQ each rewrite it to their own form. Publish to it as given.
-    channel.sendToQueue(replyTo, message.content, {
+  if (typeof replyTo !== 'string' || (deadline > 0 && Date.now() > deadline)) return;
+  const replyHeaders: Record<string, unknown> = { worker: name, 'echoed-bytes': message.content.length };
+  if (headers['reply-status'] !== undefined) replyHeaders['http-status'] = Number(headers['reply-status']);
+  // reply_to is opaque: RabbitMQ and LavinMQ each rewrite it to their own form. Publish to it as given.
+  await replies.send(
+    replyTo,
+    message.content,
+    {
       correlationId: properties.correlationId,
       contentType: properties.contentType,
       contentEncoding: properties.contentEncoding,
       headers: replyHeaders,
-    });
-  }
-  channel.ack(message);
+    },
+    receivedAt,
+  );
 }
 
 const runDirectly = process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href;
@@ -108,6 +174,11 @@ if (runDirectly) {
   const url = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
   const queue = process.env.RPC_QUEUE ?? 'echo';
   const prefetch = Number(process.env.PREFETCH ?? 32);
+  const queueType = (process.env.QUEUE_TYPE || 'classic') as QueueType;
+  if (!QUEUE_TYPES.includes(queueType)) {
+    console.error(`QUEUE_TYPE must be one of ${QUEUE_TYPES.join(', ')}, got ${JSON.stringify(queueType)}`);
+    process.exit(78);
+  }
   const durable = process.env.QUEUE_DURABLE !== 'false';
   const readyFile = process.env.READY_FILE || undefined;
   // A restarted container keeps its files: a ready file left by a killed process must not count.
@@ -123,10 +194,10 @@ if (runDirectly) {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
-  startEchoWorker({ url, queue, prefetch, durable })
+  startEchoWorker({ url, queue, prefetch, queueType, ...(queueType === 'classic' ? { durable } : {}) })
     .then((started) => {
       worker = started;
-      console.log(`echo worker consuming "${queue}"`);
+      console.log(`echo worker consuming "${queue}" (${queueType} queue)`);
       if (readyFile !== undefined) writeFileSync(readyFile, `${process.pid}\n`);
       void started.closed.then(({ lost }) => {
         notReady();

@@ -140,10 +140,20 @@ export class BrokerConnection {
     return this.options.urls[this.urlIndex] as string;
   }
 
+  /**
+   * `listed`: the next URL in turn (a primary's standby). `random`: any other URL at random, so that
+   * replicas that lost the same node do not all move to the same next one and stay together.
+   */
+  private nextUrlIndex(): number {
+    const count = this.options.urls.length;
+    if (count === 1) return 0;
+    if (this.options.connectOrder === 'listed') return (this.urlIndex + 1) % count;
+    return (this.urlIndex + 1 + randomInt(count - 1)) % count;
+  }
+
   private scheduleReconnect(reason: string): void {
     if (this.stopped) return;
-    // The next broker in the list (the same one when there is only one).
-    this.urlIndex = (this.urlIndex + 1) % this.options.urls.length;
+    this.urlIndex = this.nextUrlIndex();
     this.attempt += 1;
     const delay = reconnectDelay(this.attempt, this.options.reconnectMinMs, this.options.reconnectMaxMs);
     this.nextAttemptAt = Date.now() + delay;
