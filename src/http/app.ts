@@ -1,32 +1,18 @@
 import type { RequestListener } from 'node:http';
 import express, { type Express, type Request, type Response } from 'express';
-import type { Logger } from 'pino';
 import { pinoHttp } from 'pino-http';
-import type { Metrics } from '../observability/metrics.js';
-import type { Tracing } from '../observability/tracing.js';
-import type { RpcClient } from '../rpc/rpc-client.js';
-import type { AccessPolicy } from './access-control.js';
 import { httpLoggerOptions } from './access-log.js';
 import { errorHandler } from './error-handler.js';
 import { operationalRoutes, type Readiness } from './operational-routes.js';
 import { HttpProblem } from './problems.js';
-import type { MappingLimits } from './request-mapping.js';
 import { parseRpcPath } from './rpc-path.js';
-import { createRpcRoute } from './rpc-route.js';
+import { createRpcRoute, type RpcRouteDeps } from './rpc-route.js';
 
-export interface AppDeps {
-  readonly access: AccessPolicy;
-  readonly rpc: RpcClient;
-  readonly metrics: Metrics;
-  readonly logger: Logger;
-  readonly limits: MappingLimits;
-  readonly maxBodyBytes: number;
+/** What the RPC route needs, and what the operational routes add to it. */
+export interface AppDeps extends RpcRouteDeps {
   readonly readiness: () => Readiness;
-  readonly isShuttingDown: () => boolean;
   readonly openApiYaml: string;
   readonly protectMetrics: boolean;
-  /** Spans for RPC and publish requests, when tracing is configured. */
-  readonly tracing?: Tracing | undefined;
 }
 
 const SLASH = 0x2f;
