@@ -82,6 +82,9 @@ export class ExchangeChecker implements ConnectionListener {
     const model = this.options.connection.current;
     if (model === undefined) throw new Error('not connected');
     const probe = await this.options.openProbe(model);
+    // Held until the second declare returns: the request it carries may be answered (a publish's
+    // ack comes before the declare-ok) and must not close the channel under the question.
+    probe.hold();
     let verdict: ExchangeVerdict | undefined;
     let carried = false;
     try {
@@ -92,8 +95,7 @@ export class ExchangeChecker implements ConnectionListener {
         if (carried) verdict = await probe.checkExchange(exchange);
       }
     } finally {
-      // A probe that carries a request is closed by its owner once that request is answered.
-      if (!carried || verdict !== 'exists') void probe.close();
+      probe.release();
     }
     if (carried || verdict !== 'exists') this.remember(exchange, verdict);
     this.options.onVerdict(verdict);

@@ -83,6 +83,7 @@ export class RpcChannel {
   private closeReason = 'channel closed';
   private brokerCode: number | undefined;
   private closed = false;
+  private holders = 0;
   /** What requests published here carry in reply_to: the pseudo-queue, or this channel's own queue. */
   replyTo = '';
 
@@ -202,6 +203,16 @@ export class RpcChannel {
       if (code === ACCESS_REFUSED) return 'forbidden';
       throw err;
     }
+  }
+
+  /** A probe is used by its exchange check and by the request it carries; the last to finish closes it. */
+  hold(): void {
+    this.holders += 1;
+  }
+
+  release(): void {
+    this.holders -= 1;
+    if (this.holders <= 0) void this.close();
   }
 
   async close(): Promise<void> {

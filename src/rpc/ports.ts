@@ -15,7 +15,10 @@ export interface BrokerState {
 
 /** A channel that publishes requests and reports what becomes of them by correlation id. */
 export interface PublishChannel {
-  /** `probe`: a channel of its own for one exchange's first request; closed once that is answered. */
+  /**
+   * `probe`: a channel of its own for one exchange's first request, held by that request and by the
+   * exchange check; it closes when both have released it.
+   */
   readonly role: 'shared' | 'probe';
   readonly replyTo: string;
   readonly isOpen: boolean;
@@ -37,7 +40,8 @@ export interface PublishChannel {
     waiter: Waiter,
     resume: (waiter: Waiter, channel: PublishChannel) => void,
   ): void;
-  close(): Promise<void>;
+  hold(): void;
+  release(): void;
 }
 
 /** The reply channels that carry requests: the next one in turn, or undefined when none is open. */

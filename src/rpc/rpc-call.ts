@@ -6,7 +6,7 @@ import type { RpcRequest } from './rpc-request.js';
  * One RPC from start to end. It settles exactly once, whichever comes first: the reply, a
  * basic.return, a nack, the loss of its channel, its deadline, or the caller going away. Settling
  * clears the timer, drops the request (its body), takes the call out of the pending calls (so a reply
- * that turns up afterwards is stray) and closes a probe channel that carried it.
+ * that turns up afterwards is stray) and releases a probe channel that carried it.
  */
 export class RpcCall {
   private readonly timer: NodeJS.Timeout;
@@ -61,6 +61,7 @@ export class RpcCall {
   /** Called once the message is handed to the channel. */
   published(channel: PublishChannel): void {
     this.publishedOn = channel;
+    if (channel.role === 'probe') channel.hold();
     this.publishedAt = performance.now();
   }
 
@@ -76,8 +77,8 @@ export class RpcCall {
     this.pendingRequest = undefined;
     clearTimeout(this.timer);
     this.calls.remove(this);
-    // A probe carried this one request; its question is answered.
-    if (this.publishedOn?.role === 'probe') void this.publishedOn.close();
+    // A probe carried this one request; it closes once its exchange check is done with it too.
+    if (this.publishedOn?.role === 'probe') this.publishedOn.release();
     this.onOutcome(outcome);
   }
 }

@@ -50,9 +50,18 @@ class FakeChannel implements PublishChannel {
     for (const resume of this.waiters.splice(0)) resume();
   }
 
-  async close(): Promise<void> {
-    this.closedByOwner = true;
-    this.isOpen = false;
+  holders = 0;
+
+  hold(): void {
+    this.holders += 1;
+  }
+
+  release(): void {
+    this.holders -= 1;
+    if (this.holders === 0) {
+      this.closedByOwner = true;
+      this.isOpen = false;
+    }
   }
 
   get waiting(): number {
@@ -316,6 +325,19 @@ describe('a probe channel for an unchecked exchange', () => {
     expect(channels[0]?.published[0]?.correlationId).toBe(second.call.correlationId);
     expect(probeChannel.closedByOwner).toBe(false);
     rpc.reply(first.call.correlationId, reply('first'));
+    expect(probeChannel.closedByOwner).toBe(true);
+  });
+
+  it('stays open for the exchange check when the publish it carries is acked first', async () => {
+    const { rpc, start, probe } = core();
+    const first = start(request({ exchange: 'events', mode: 'publish' }));
+    const probeChannel = new FakeChannel('probe');
+    probeChannel.hold(); // as the exchange checker does until its second declare returns
+    probe.carry(probeChannel);
+    rpc.confirmed(first.call.correlationId); // the ack precedes the declare-ok
+    expect(first.outcomes).toEqual([{ kind: 'accepted' }]);
+    expect(probeChannel.closedByOwner).toBe(false);
+    probeChannel.release();
     expect(probeChannel.closedByOwner).toBe(true);
   });
 
