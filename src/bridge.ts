@@ -8,10 +8,12 @@ import { ChannelPool } from './amqp/channel-pool.js';
 import { ExchangeChecker } from './amqp/exchange-checker.js';
 import { type ReplySource, RpcChannel } from './amqp/rpc-channel.js';
 import type { Config } from './config.js';
-import { createAccessPolicy } from './http/access-control.js';
-import { createHttpEdge } from './http/app.js';
+import type { BearerTokenVerifier } from './http/access-control.js';
+import { createHttpEdge, type RouteSet } from './http/app.js';
 import { loadOpenApiYaml } from './http/openapi.js';
 import type { Readiness } from './http/operational-routes.js';
+import { buildRouteSet, OPERATIONAL_PATHS, RAW_ROUTE_PREFIXES } from './http/route-set.js';
+import { loadRoutesFile } from './http/routes-file.js';
 import { logBytesDropped } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import type { Tracing } from './observability/tracing.js';
@@ -38,6 +40,11 @@ export interface Bridge {
   readonly connection: BrokerConnection;
   readonly pool: ChannelPool;
   readiness(): Readiness;
+  /**
+   * Reads the routes file again and swaps routes, tokens and contract at once; requests under way
+   * finish on the routes they arrived on. Throws RoutesFileError (the old routes stay) when invalid.
+   */
+  reloadRoutes(): { readonly routes: number };
   /** Connects to the broker in the background; /readyz tells when it is up. */
   start(): void;
   /** Refuses new RPCs (503) and reports not ready from now on; in-flight ones still finish. */
@@ -56,6 +63,8 @@ export interface Bridge {
 export interface BridgeOptions {
   /** Spans for each request (main.ts starts it when config.tracing is set); stopped with the bridge. */
   readonly tracing?: Tracing | undefined;
+  /** Verifies JWT bearer tokens, when JWT_* is configured. */
+  readonly jwt?: BearerTokenVerifier | undefined;
 }
 
 export function createBridge(config: Config, logger: Logger, options: BridgeOptions = {}): Bridge {
@@ -137,21 +146,44 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
     return { ready: Object.values(checks).every(Boolean), checks };
   };
 
-  const { app, handler } = createHttpEdge({
-    access: createAccessPolicy({
-      tokens: config.authTokens,
+  const limits = { defaultTimeoutMs: config.rpcTimeoutMs, maxTimeoutMs: config.rpcMaxTimeoutMs };
+  const baseOpenApiYaml = loadOpenApiYaml();
+  const loadRoutes = (): RouteSet => {
+    const { routesFile: fileName, routesRawEnabled: rawRoutes } = config;
+    const file =
+      fileName === undefined
+        ? undefined
+        : loadRoutesFile(fileName, {
+            maxTimeoutMs: config.rpcMaxTimeoutMs,
+            maxBodyBytes: config.maxBodyBytes,
+            reservedPaths: OPERATIONAL_PATHS,
+            reservedPrefixes: rawRoutes ? RAW_ROUTE_PREFIXES : [],
+          });
+    return buildRouteSet({
+      file,
+      fileName,
+      rawRoutes,
+      authTokens: config.authTokens,
+      jwt: options.jwt,
       allowedQueues: config.allowedQueues,
       allowedExchanges: config.allowedExchanges,
-    }),
+      limits,
+      maxBodyBytes: config.maxBodyBytes,
+      baseOpenApiYaml,
+    });
+  };
+  const routes = { current: loadRoutes() };
+
+  const { app, handler } = createHttpEdge({
+    routes,
     protectMetrics: config.authProtectMetrics,
     rpc,
     metrics,
     logger,
-    limits: { defaultTimeoutMs: config.rpcTimeoutMs, maxTimeoutMs: config.rpcMaxTimeoutMs },
+    limits,
     maxBodyBytes: config.maxBodyBytes,
     readiness,
     isShuttingDown: () => shuttingDown,
-    openApiYaml: loadOpenApiYaml(),
     tracing,
   });
 
@@ -163,6 +195,10 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
     connection,
     pool,
     readiness,
+    reloadRoutes() {
+      routes.current = loadRoutes();
+      return { routes: routes.current.table?.definitions.length ?? 0 };
+    },
     start: () => connection.start(),
     leaveRotation() {
       outOfRotation = true;

@@ -77,6 +77,10 @@ export interface Config {
    * exporter or an OTLP endpoint is set. The SDK reads its other OTEL_* variables itself.
    */
   readonly tracing: TracingConfig | undefined;
+  /** Named routes (YAML), read at start-up and again on SIGHUP; undefined: only the raw routes. */
+  readonly routesFile: string | undefined;
+  /** Whether POST /rpc/... and /publish/... are served; a routes file may be the only way in. */
+  readonly routesRawEnabled: boolean;
 }
 
 /** Thrown at start-up; the message always names the offending variable. */
@@ -137,7 +141,12 @@ export function loadConfig(env: Env): Config {
     allowedQueues: read.list('ALLOWED_QUEUES'),
     allowedExchanges: read.list('ALLOWED_EXCHANGES'),
     tracing: tracingConfig(read, appId),
+    routesFile: read.optionalString('ROUTES_FILE'),
+    routesRawEnabled: read.boolean('ROUTES_RAW_ENABLED', true),
   };
+  if (!config.routesRawEnabled && config.routesFile === undefined) {
+    throw new ConfigError('ROUTES_RAW_ENABLED=false needs ROUTES_FILE: without named routes nothing could be called');
+  }
   return Object.freeze(config);
 }
 
@@ -182,6 +191,10 @@ class EnvReader {
   private raw(name: string): string | undefined {
     const value = this.env[name]?.trim();
     return value === undefined || value === '' ? undefined : value;
+  }
+
+  optionalString(name: string): string | undefined {
+    return this.raw(name);
   }
 
   string(name: string, fallback: string): string {
@@ -298,6 +311,7 @@ const OUR_PREFIXES = [
   'SHUTDOWN_',
   'EXCHANGE_',
   'LOG_',
+  'ROUTES_',
 ];
 /** Other programs' variables that share a prefix with ours. */
 const FOREIGN_VARIABLES = new Set(['HTTP_PROXY']);

@@ -1,6 +1,7 @@
 import { createBridge } from './bridge.js';
 import { ConfigError, loadConfig, loggableConfig, unknownVariables } from './config.js';
 import { toError } from './errors.js';
+import { RoutesFileError } from './http/routes-file.js';
 import { listen } from './http/server.js';
 import { createLogger } from './observability/logger.js';
 
@@ -36,7 +37,14 @@ async function main(): Promise<void> {
     config.tracing === undefined
       ? undefined
       : await (await import('./observability/otel-tracing.js')).createOtelTracing(config.tracing);
-  const bridge = createBridge(config, logger, { tracing });
+  let bridge: ReturnType<typeof createBridge>;
+  try {
+    bridge = createBridge(config, logger, { tracing });
+  } catch (err) {
+    if (!(err instanceof RoutesFileError)) throw err;
+    process.stderr.write(`amqp-rpc-bridge: invalid routes file (ROUTES_FILE): ${err.message}\n`);
+    process.exit(EXIT_CONFIG);
+  }
   bridge.start();
   const server = await listen(bridge.handler, {
     port: config.port,
@@ -74,6 +82,22 @@ async function main(): Promise<void> {
     logger.flush();
     process.exit(0);
   };
+  // SIGHUP: read the routes file again. A broken file leaves the routes in force as they were.
+  process.on('SIGHUP', () => {
+    if (config.routesFile === undefined) {
+      logger.warn('SIGHUP: no ROUTES_FILE to reload');
+      return;
+    }
+    try {
+      const { routes } = bridge.reloadRoutes();
+      logger.info({ routesFile: config.routesFile, routes }, 'routes reloaded');
+    } catch (err) {
+      logger.error(
+        { routesFile: config.routesFile, reason: toError(err).message },
+        'routes file refused; the routes in force stay',
+      );
+    }
+  });
   process.on('SIGTERM', (signal) => void shutdown(signal));
   process.on('SIGINT', (signal) => void shutdown(signal));
 }

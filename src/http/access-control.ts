@@ -2,18 +2,56 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { HttpProblem } from './problems.js';
 import type { RpcTarget } from './request-mapping.js';
+import type { TokenDefinition } from './routes-file.js';
 
 export interface AccessOptions {
+  /** AUTH_TOKENS: each lets a caller in, with no roles. */
   readonly tokens: readonly string[];
+  /** The routes file's tokens: by SHA-256, each with a name routes can require and roles. */
+  readonly namedTokens?: readonly TokenDefinition[];
+  /** JWT bearer tokens, when configured: verified, their roles claim read. */
+  readonly jwt?: BearerTokenVerifier | undefined;
   readonly allowedQueues: readonly string[] | undefined;
   readonly allowedExchanges: readonly string[] | undefined;
+}
+
+/** Verifies a JWT (signature, exp, nbf, iss, aud); rejects with a 401 HttpProblem. */
+export interface BearerTokenVerifier {
+  verify(token: string): Promise<{ readonly subject?: string | undefined; readonly roles: readonly string[] }>;
+}
+
+/** Who is calling, as far as the bridge can tell from the request's credentials. */
+export interface Caller {
+  /** A routes-file token's name, or a JWT's subject. */
+  readonly name: string | undefined;
+  /** Set when the caller presented a routes-file token: routes may require it by name. */
+  readonly tokenName: string | undefined;
+  readonly roles: readonly string[];
+  readonly authenticated: boolean;
+}
+
+/** What a named route demands of its caller: any one of the roles, or any one of the tokens. */
+export interface RouteRequirement {
+  readonly name: string;
+  readonly roles: readonly string[];
+  readonly tokens: readonly string[];
 }
 
 /** Who may call the bridge (bearer tokens) and what they may address (queue and exchange globs). */
 export interface AccessPolicy {
   readonly requiresToken: boolean;
-  /** Throws 401 unless the request carries one of the configured tokens (or none are configured). */
+  /** Throws 401 unless the request carries one of the AUTH_TOKENS (or none are configured). */
   authenticate(headers: IncomingHttpHeaders): void;
+  /**
+   * The caller of an RPC or publish route: anonymous without an Authorization header, else 401
+   * unless its bearer token is valid. Synchronous unless a JWT must be verified.
+   */
+  identify(headers: IncomingHttpHeaders): Caller | Promise<Caller>;
+  /**
+   * For a named route: throws 403 (401 for an anonymous caller) unless the caller meets the
+   * route's requirement. A route that requires nothing is open, unless AUTH_TOKENS is set.
+   */
+  permit(caller: Caller, route: RouteRequirement): void;
   /**
    * Throws 403 unless the target is on its route's allowlist. With neither list set, anything goes;
    * once one is set, the other route is closed unless its own list is set too: an exchange can route
@@ -21,36 +59,75 @@ export interface AccessPolicy {
    * step around the other's list.
    */
   authorize(target: RpcTarget): void;
+  /** For a raw route: 401 for an anonymous caller while any credential (AUTH_TOKENS, the routes file's tokens, JWT) is configured. */
+  admitRaw(caller: Caller): void;
 }
 
 const CHALLENGE = 'Bearer realm="amqp-rpc-bridge"';
+const ANONYMOUS: Caller = Object.freeze({ name: undefined, tokenName: undefined, roles: [], authenticated: false });
+const TOKEN_CALLER: Caller = Object.freeze({ name: undefined, tokenName: undefined, roles: [], authenticated: true });
+/** Three base64url parts: a JWS in compact form, which no opaque token of ours looks like. */
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 export function createAccessPolicy(options: AccessOptions): AccessPolicy {
   // Compare digests, not tokens: equal lengths for timingSafeEqual, and nothing about a token's
   // length or content leaks through how long a comparison takes.
   const digests = options.tokens.map(digest);
+  const named = (options.namedTokens ?? []).map((token) => ({
+    digest: Buffer.from(token.sha256, 'hex'),
+    caller: Object.freeze({ name: token.name, tokenName: token.name, roles: token.roles, authenticated: true }),
+  }));
+  const { jwt } = options;
+  const anyCredential = digests.length > 0 || named.length > 0 || jwt !== undefined;
   const queues = options.allowedQueues?.map(globToRegExp);
   const exchanges = options.allowedExchanges?.map(globToRegExp);
   return {
     requiresToken: digests.length > 0,
     authenticate(headers) {
       if (digests.length === 0) return;
-      const header = headers.authorization;
-      const match = typeof header === 'string' ? /^Bearer ([^\s]+)$/i.exec(header) : null;
-      if (match === null) {
-        throw new HttpProblem('unauthorized', 'This bridge needs Authorization: Bearer <token>', {
+      const offered = digest(bearerToken(headers));
+      if (!matchesAny(digests, offered)) throw invalidToken();
+    },
+    identify(headers) {
+      if (!anyCredential || headers.authorization === undefined) return ANONYMOUS;
+      const token = bearerToken(headers);
+      const offered = digest(token);
+      if (matchesAny(digests, offered)) return TOKEN_CALLER;
+      let caller: Caller | undefined;
+      // Every named token is compared too, whichever matches: the time taken says nothing.
+      for (const entry of named) if (timingSafeEqual(entry.digest, offered)) caller = entry.caller;
+      if (caller !== undefined) return caller;
+      if (jwt !== undefined && COMPACT_JWS.test(token)) {
+        return jwt
+          .verify(token)
+          .then((claims) =>
+            Object.freeze({ name: claims.subject, tokenName: undefined, roles: claims.roles, authenticated: true }),
+          );
+      }
+      throw invalidToken();
+    },
+    permit(caller, route) {
+      if (route.roles.length === 0 && route.tokens.length === 0) {
+        if (digests.length > 0 && !caller.authenticated) throw missingToken();
+        return;
+      }
+      if (caller.tokenName !== undefined && route.tokens.includes(caller.tokenName)) return;
+      if (caller.roles.some((role) => route.roles.includes(role))) return;
+      if (!caller.authenticated) {
+        throw new HttpProblem('unauthorized', `The route ${route.name} needs Authorization: Bearer <token>`, {
           challenge: CHALLENGE,
         });
       }
-      const offered = digest(match[1] as string);
-      let accepted = false;
-      // Every configured token is compared, whichever matches: the time taken says nothing.
-      for (const known of digests) accepted = timingSafeEqual(known, offered) || accepted;
-      if (!accepted) {
-        throw new HttpProblem('unauthorized', 'The bearer token is not valid', {
-          challenge: `${CHALLENGE}, error="invalid_token"`,
-        });
-      }
+      const needs = [
+        ...(route.roles.length > 0 ? [`one of the roles ${route.roles.join(', ')}`] : []),
+        ...(route.tokens.length > 0 ? [`one of the tokens ${route.tokens.join(', ')}`] : []),
+      ];
+      throw new HttpProblem('forbidden', `The route ${route.name} needs ${needs.join(' or ')}`, {
+        challenge: `${CHALLENGE}, error="insufficient_scope"`,
+      });
+    },
+    admitRaw(caller) {
+      if (anyCredential && !caller.authenticated) throw missingToken();
     },
     authorize(target) {
       if (queues === undefined && exchanges === undefined) return;
@@ -74,6 +151,30 @@ export function createAccessPolicy(options: AccessOptions): AccessPolicy {
       });
     },
   };
+}
+
+function bearerToken(headers: IncomingHttpHeaders): string {
+  const header = headers.authorization;
+  const match = typeof header === 'string' ? /^Bearer ([^\s]+)$/i.exec(header) : null;
+  if (match === null) throw missingToken();
+  return match[1] as string;
+}
+
+function missingToken(): HttpProblem {
+  return new HttpProblem('unauthorized', 'This bridge needs Authorization: Bearer <token>', { challenge: CHALLENGE });
+}
+
+function matchesAny(digests: readonly Buffer[], offered: Buffer): boolean {
+  let accepted = false;
+  // Every configured token is compared, whichever matches: the time taken says nothing.
+  for (const known of digests) accepted = timingSafeEqual(known, offered) || accepted;
+  return accepted;
+}
+
+function invalidToken(): HttpProblem {
+  return new HttpProblem('unauthorized', 'The bearer token is not valid', {
+    challenge: `${CHALLENGE}, error="invalid_token"`,
+  });
 }
 
 function digest(token: string): Buffer {

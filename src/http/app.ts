@@ -1,19 +1,38 @@
-import type { RequestListener } from 'node:http';
+import type { IncomingMessage, RequestListener } from 'node:http';
 import express, { type Express, type Request, type Response } from 'express';
 import { pinoHttp } from 'pino-http';
+import type { AccessPolicy } from './access-control.js';
 import { httpLoggerOptions } from './access-log.js';
 import { errorHandler } from './error-handler.js';
 import { operationalRoutes, type Readiness } from './operational-routes.js';
 import { HttpProblem } from './problems.js';
+import type { RouteTable } from './route-table.js';
 import { parseRpcPath } from './rpc-path.js';
 import { createRpcRoute, type RpcRouteDeps } from './rpc-route.js';
+
+/**
+ * The routes in force and the access policy that goes with them. A routes-file reload replaces the
+ * whole set at once; each request reads it once, on arrival, and keeps what it read.
+ */
+export interface RouteSet {
+  readonly access: AccessPolicy;
+  /** The routes file's named routes; undefined without ROUTES_FILE. */
+  readonly table: RouteTable | undefined;
+  /** Whether POST /rpc/... and /publish/... are served (ROUTES_RAW_ENABLED). */
+  readonly rawRoutes: boolean;
+  readonly openApiYaml: string;
+}
 
 /** What the RPC route needs, and what the operational routes add to it. */
 export interface AppDeps extends RpcRouteDeps {
   readonly readiness: () => Readiness;
-  readonly openApiYaml: string;
+  readonly routes: { readonly current: RouteSet };
   readonly protectMetrics: boolean;
 }
+
+/** Set on a request whose path is a named route's under another method: the methods that route takes. */
+const NAMED_ROUTE_ALLOW = Symbol('named route methods');
+type RoutedRequest = IncomingMessage & { [NAMED_ROUTE_ALLOW]?: string };
 
 const SLASH = 0x2f;
 
@@ -31,6 +50,16 @@ export function methodNotAllowed(req: Request, res: Response): never {
   if (req.method === 'POST') throw notFound(req);
   res.setHeader('Allow', 'POST');
   throw new HttpProblem('method-not-allowed', `${req.method} is not allowed on ${req.path}; only POST is`);
+}
+
+function namedRouteMethodNotAllowed(req: Request, res: Response, next: () => void): void {
+  const allow = (req as RoutedRequest)[NAMED_ROUTE_ALLOW];
+  if (allow === undefined) {
+    next();
+    return;
+  }
+  res.setHeader('Allow', allow);
+  throw new HttpProblem('method-not-allowed', `${req.method} is not allowed on ${req.path}; only ${allow} is`);
 }
 
 function notFound(req: Request): HttpProblem {
@@ -61,9 +90,19 @@ export function createHttpEdge(deps: AppDeps): { app: Express; handler: RequestL
   const handler: RequestListener = (req, res) => {
     // Origin-form (`/...`) is what clients send; anything else is rewritten once, before routing.
     if (req.url !== undefined && req.url.charCodeAt(0) !== SLASH) req.url = originForm(req.url);
-    const path = req.method === 'POST' && req.url !== undefined ? parseRpcPath(req.url) : undefined;
+    const routes = deps.routes.current;
+    const { url = '/', method = 'GET' } = req;
+    if (routes.table !== undefined) {
+      const found = routes.table.match(method, url);
+      if (found?.kind === 'named') {
+        rpcRoute(req, res, found, routes.access);
+        return;
+      }
+      if (found !== undefined) (req as RoutedRequest)[NAMED_ROUTE_ALLOW] = found.allow;
+    }
+    const path = routes.rawRoutes && method === 'POST' ? parseRpcPath(url) : undefined;
     if (path === undefined) app(req, res);
-    else rpcRoute(req, res, path);
+    else rpcRoute(req, res, path, routes.access);
   };
   return { app, handler };
 }
@@ -84,13 +123,15 @@ function createApp(deps: AppDeps): Express {
     });
     next();
   });
-  app.all(RPC_PATHS, methodNotAllowed);
+  app.use(namedRouteMethodNotAllowed);
+  // ROUTES_RAW_ENABLED is read once at start (a reload changes only the routes file).
+  if (deps.routes.current.rawRoutes) app.all(RPC_PATHS, methodNotAllowed);
   app.use(
     operationalRoutes({
       readiness: deps.readiness,
       expose: (accept) => deps.metrics.expose(accept),
-      openApiYaml: deps.openApiYaml,
-      guardMetrics: deps.protectMetrics ? (req) => deps.access.authenticate(req.headers) : undefined,
+      openApiYaml: () => deps.routes.current.openApiYaml,
+      guardMetrics: deps.protectMetrics ? (req) => deps.routes.current.access.authenticate(req.headers) : undefined,
     }),
   );
   app.use((req, _res) => {

@@ -12,7 +12,8 @@ export interface OperationalDeps {
   readonly readiness: () => Readiness;
   /** The metrics in the format the scraper asks for (OpenMetrics with exemplars, or Prometheus text). */
   readonly expose: Metrics['expose'];
-  readonly openApiYaml: string;
+  /** The contract as served now: the named routes of the routes file included. */
+  readonly openApiYaml: () => string;
   /** Throws (401) when /metrics is protected and the request has no valid token. */
   readonly guardMetrics: ((req: IncomingMessage) => void) | undefined;
 }
@@ -36,7 +37,7 @@ export function operationalRoutes(deps: OperationalDeps): Router {
   });
   router.get('/openapi.yaml', (_req, res) => {
     res.setHeader('Content-Type', 'application/yaml');
-    res.end(deps.openApiYaml);
+    res.end(deps.openApiYaml());
   });
   return router;
 }

@@ -7,7 +7,7 @@
 export const PROBLEMS = {
   'invalid-request': { status: 400, title: 'Invalid request' },
   unauthorized: { status: 401, title: 'Authentication required' },
-  forbidden: { status: 403, title: 'Target not allowed' },
+  forbidden: { status: 403, title: 'Not allowed' },
   'not-found': { status: 404, title: 'No such route' },
   'method-not-allowed': { status: 405, title: 'Method not allowed' },
   unroutable: { status: 404, title: 'Message was not routed to any queue' },

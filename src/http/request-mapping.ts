@@ -15,6 +15,8 @@ export interface RpcTarget {
 export interface MappingLimits {
   readonly defaultTimeoutMs: number;
   readonly maxTimeoutMs: number;
+  /** What sets the ceiling, for the error a caller gets past it (default RPC_MAX_TIMEOUT_MS). */
+  readonly maxTimeoutSource?: string;
 }
 
 /** AMQP short strings (names, most properties) are at most 255 bytes. */
@@ -87,7 +89,10 @@ export function parseTimeout(header: unknown, query: unknown, limits: MappingLim
   }
   const timeout = Number(raw);
   if (timeout > limits.maxTimeoutMs) {
-    throw invalid(`${source} must not exceed ${limits.maxTimeoutMs} ms (RPC_MAX_TIMEOUT_MS)`, target);
+    throw invalid(
+      `${source} must not exceed ${limits.maxTimeoutMs} ms (${limits.maxTimeoutSource ?? 'RPC_MAX_TIMEOUT_MS'})`,
+      target,
+    );
   }
   return timeout;
 }

@@ -2,6 +2,7 @@ import { HttpProblem } from './problems.js';
 
 /** The parts of an RPC or publish request line the route needs: path segments and query, both undecoded. */
 export interface RpcPath {
+  readonly kind: 'raw';
   /** `/rpc/...`: wait for the worker's reply. `/publish/...`: wait for the broker's confirm. */
   readonly operation: 'rpc' | 'publish';
   /** One segment (queue) or two (exchange, routing key), still percent-encoded. */
@@ -36,7 +37,7 @@ export function parseRpcPath(url: string): RpcPath | undefined {
   if (path.endsWith('/')) path = path.slice(0, -1);
   const segments = path.split('/');
   if (segments.length > 2 || segments.some((segment) => segment === '')) return undefined;
-  return { operation, segments, query: queryAt === -1 ? '' : url.slice(queryAt + 1) };
+  return { kind: 'raw', operation, segments, query: queryAt === -1 ? '' : url.slice(queryAt + 1) };
 }
 
 /** Percent-decodes the segments (`%2F` may stand for '/'); throws 400 for a malformed escape. */
@@ -52,7 +53,7 @@ export function timeoutParameter(query: string): string | undefined {
   return values[0];
 }
 
-function decodeSegment(segment: string): string {
+export function decodeSegment(segment: string): string {
   if (!segment.includes('%')) return segment;
   try {
     return decodeURIComponent(segment);

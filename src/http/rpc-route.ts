@@ -6,7 +6,7 @@ import type { RequestSpan, Tracing } from '../observability/tracing.js';
 import type { RpcOutcome } from '../rpc/outcome.js';
 import type { RpcCall } from '../rpc/rpc-call.js';
 import type { RpcClient } from '../rpc/rpc-client.js';
-import type { AccessPolicy } from './access-control.js';
+import type { AccessPolicy, Caller } from './access-control.js';
 import { logRpcRequest, type RpcLogFields } from './access-log.js';
 import { sendProblem } from './problem-response.js';
 import { HttpProblem } from './problems.js';
@@ -14,11 +14,11 @@ import { ClientClosedError, readRawBody } from './raw-body.js';
 import { assignRequestId } from './request-id.js';
 import { exchangeTarget, type MappingLimits, messageFields, queueTarget, type RpcTarget } from './request-mapping.js';
 import { outcomeProblem, replyToHttp } from './response-mapping.js';
+import { type NamedRouteMatch, resolveTarget } from './route-table.js';
 import { decodeSegments, type RpcPath, timeoutParameter } from './rpc-path.js';
 import { parseTraceparent } from './trace-context.js';
 
 export interface RpcRouteDeps {
-  readonly access: AccessPolicy;
   readonly rpc: RpcClient;
   readonly metrics: Metrics;
   readonly logger: Logger;
@@ -52,7 +52,16 @@ const ROUTES = {
 /** nginx's code for "client closed the request": nothing was answered. */
 const CLIENT_CLOSED = 499;
 
-export type RpcRouteHandler = (req: IncomingMessage, res: ServerResponse, path: RpcPath) => void;
+/** A raw route (`/rpc/...`, `/publish/...`) or a named route of the routes file. */
+export type RouteMatch = RpcPath | NamedRouteMatch;
+
+/** `access`: the policy in force when the request arrived (a reload swaps it for later requests). */
+export type RpcRouteHandler = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  match: RouteMatch,
+  access: AccessPolicy,
+) => void;
 
 /**
  * POST /rpc/{queue} and POST /rpc/{exchange}/{routingKey}: validate, publish, wait for the reply,
@@ -60,8 +69,8 @@ export type RpcRouteHandler = (req: IncomingMessage, res: ServerResponse, path: 
  * router (which measured ~140 µs per request here); everything else the bridge serves is express.
  */
 export function createRpcRoute(deps: RpcRouteDeps): RpcRouteHandler {
-  return (req, res, path) => {
-    new RpcHttpCall(deps, req, res, path).begin();
+  return (req, res, match, access) => {
+    new RpcHttpCall(deps, req, res, match, access).begin();
   };
 }
 
@@ -76,13 +85,16 @@ class RpcHttpCall {
   private span: RequestSpan | undefined;
   private recorded = false;
   private error: Error | undefined;
+  private readonly operation: 'rpc' | 'publish';
 
   constructor(
     private readonly deps: RpcRouteDeps,
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
-    private readonly path: RpcPath,
+    private readonly match: RouteMatch,
+    private readonly access: AccessPolicy,
   ) {
+    this.operation = match.kind === 'raw' ? match.operation : match.route.definition.operation;
     this.requestId = assignRequestId(req, res);
     req.id = this.requestId;
     // 'close' follows a finished response as well as a client that went away: log once, and cancel
@@ -91,21 +103,52 @@ class RpcHttpCall {
   }
 
   begin(): void {
-    const { path } = this;
-    const route = ROUTES[path.operation][path.segments.length === 1 ? 'queue' : 'exchange'];
+    const { match } = this;
+    const route =
+      match.kind === 'raw'
+        ? ROUTES[match.operation][match.segments.length === 1 ? 'queue' : 'exchange']
+        : match.route.definition.path;
     this.log.route = route;
     const { tracing } = this.deps;
     if (tracing !== undefined) {
       const { headers } = this.req;
       this.span = tracing.startRequest({ route, parent: parseTraceparent(headers.traceparent, headers.tracestate) });
     }
+    let caller: Caller | Promise<Caller>;
+    try {
+      caller = this.access.identify(this.req.headers);
+    } catch (err) {
+      this.fail(err);
+      return;
+    }
+    // Only a JWT makes identification wait; opaque tokens stay on the synchronous path.
+    if (caller instanceof Promise) {
+      caller.then(
+        (known) => this.admit(known),
+        (err: unknown) => this.fail(err),
+      );
+    } else {
+      this.admit(caller);
+    }
+  }
+
+  private admit(caller: Caller): void {
+    const { match } = this;
     let target: RpcTarget;
     let fields: ReturnType<typeof messageFields>;
+    let maxBodyBytes = this.deps.maxBodyBytes;
     try {
-      this.deps.access.authenticate(this.req.headers);
-      target = targetOf(decodeSegments(path));
-      this.log.target = target.label;
-      this.deps.access.authorize(target);
+      if (match.kind === 'raw') {
+        this.access.admitRaw(caller);
+        target = targetOf(decodeSegments(match));
+        this.log.target = target.label;
+        this.access.authorize(target);
+      } else {
+        this.access.permit(caller, match.route.definition);
+        target = resolveTarget(match);
+        this.log.target = target.label;
+        maxBodyBytes = match.route.maxBodyBytes;
+      }
       if (this.deps.isShuttingDown()) {
         this.record('unavailable');
         throw new HttpProblem('shutting-down', 'The bridge is shutting down; retry on another instance', {
@@ -113,12 +156,15 @@ class RpcHttpCall {
           retryAfterSeconds: 1,
         });
       }
-      fields = messageFields(this.req.headers, timeoutParameter(path.query), target, this.deps.limits, path.operation);
+      const limits = match.kind === 'raw' ? this.deps.limits : match.route.limits;
+      fields = messageFields(this.req.headers, timeoutParameter(match.query), target, limits, this.operation);
+      // The route's own headers win over the caller's Amqp-Header-* of the same name.
+      if (match.kind === 'named') Object.assign(fields.headers, match.route.definition.headers);
     } catch (err) {
       this.fail(err);
       return;
     }
-    readRawBody(this.req, this.deps.maxBodyBytes).then(
+    readRawBody(this.req, maxBodyBytes).then(
       (body) => this.publish(target, fields, body),
       (err: unknown) => this.fail(err),
     );
@@ -129,7 +175,7 @@ class RpcHttpCall {
     if (this.span !== undefined) {
       // The worker's span is to be the producer span's child, whatever the caller sent.
       const trace = this.span.startPublish({
-        operation: this.path.operation,
+        operation: this.operation,
         exchange: target.exchange,
         routingKey: target.routingKey,
         label: target.label,
@@ -143,7 +189,7 @@ class RpcHttpCall {
     const call = this.deps.rpc.start(
       {
         ...fields,
-        mode: this.path.operation,
+        mode: this.operation,
         exchange: target.exchange,
         routingKey: target.routingKey,
         body,
@@ -186,7 +232,7 @@ class RpcHttpCall {
     }
     if (outcome.kind !== 'reply') {
       this.record(OUTCOME_LABELS[outcome.kind]);
-      this.fail(outcomeProblem(outcome, target.label, this.path.operation));
+      this.fail(outcomeProblem(outcome, target.label, this.operation));
       return;
     }
     let reply: ReturnType<typeof replyToHttp>;
@@ -254,7 +300,7 @@ class RpcHttpCall {
     this.log.outcome = outcome;
     const target = this.log.target ?? '(invalid)';
     const seconds = (performance.now() - this.startedAt) / 1000;
-    if (this.path.operation === 'publish') {
+    if (this.operation === 'publish') {
       this.deps.metrics.observePublish({
         target,
         outcome,

@@ -65,6 +65,8 @@ describe('loadConfig', () => {
         OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
         OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/json',
         OTEL_SDK_DISABLED: 'false',
+        ROUTES_FILE: '/etc/bridge/routes.yaml',
+        ROUTES_RAW_ENABLED: 'false',
       };
       expect(Object.keys(env).sort()).toEqual(documentedVariables());
       expect(loadConfig(env)).toEqual({
@@ -98,6 +100,8 @@ describe('loadConfig', () => {
         allowedQueues: ['orders.*', 'billing'],
         allowedExchanges: ['amq.topic'],
         tracing: { exporter: 'otlp', protocol: 'http/json', serviceName: 'bridge-under-test' },
+        routesFile: '/etc/bridge/routes.yaml',
+        routesRawEnabled: false,
       });
     } finally {
       rmSync(tokens, { recursive: true, force: true });
@@ -128,6 +132,7 @@ describe('loadConfig', () => {
       { HTTP_HEADERS_TIMEOUT_MS: '5000', HTTP_REQUEST_TIMEOUT_MS: '1000' },
       /HTTP_HEADERS_TIMEOUT_MS \(5000\) must not exceed HTTP_REQUEST_TIMEOUT_MS \(1000\)/,
     ],
+    [{ ROUTES_RAW_ENABLED: 'false' }, /ROUTES_RAW_ENABLED=false needs ROUTES_FILE/],
   ])('refuses %j with a message naming the variable', (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);
