@@ -3,10 +3,7 @@ import { hostname } from 'node:os';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
 import { Registry, type RegistryContentType } from 'prom-client';
-import { BrokerConnection } from './amqp/broker-connection.js';
-import { ChannelPool } from './amqp/channel-pool.js';
-import { ExchangeChecker } from './amqp/exchange-checker.js';
-import { type ReplySource, RpcChannel } from './amqp/rpc-channel.js';
+import { CallerBrokerPools } from './caller-brokers.js';
 import type { Config } from './config.js';
 import type { BearerTokenVerifier } from './http/access-control.js';
 import { createHttpEdge, type RouteSet } from './http/app.js';
@@ -17,17 +14,10 @@ import { loadRoutesFile } from './http/routes-file.js';
 import { logBytesDropped } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import type { Tracing } from './observability/tracing.js';
-import { RpcClient } from './rpc/rpc-client.js';
+import type { RpcClient } from './rpc/rpc-client.js';
+import { createRpcStack, type RpcStack } from './rpc-stack.js';
 
-/** Channels that fail to reopen are retried within these bounds, independent of connection backoff. */
-const CHANNEL_REOPEN_MIN_MS = 50;
-const CHANNEL_REOPEN_MAX_MS = 5_000;
 const DRAIN_POLL_MS = 20;
-/**
- * Exchange probes under way at once (each holds a channel for a moment): far below any broker's
- * channel limit, so distinct exchange names cannot exhaust the connection's channels.
- */
-const EXCHANGE_CHECKS_MAX = 32;
 
 /** Everything the process runs, built from the configuration and wired together; nothing listens yet. */
 export interface Bridge {
@@ -37,8 +27,8 @@ export interface Bridge {
   readonly app: Express;
   readonly rpc: RpcClient;
   readonly metrics: Metrics;
-  readonly connection: BrokerConnection;
-  readonly pool: ChannelPool;
+  readonly connection: RpcStack['connection'];
+  readonly pool: RpcStack['pool'];
   readiness(): Readiness;
   /**
    * Reads the routes file again and swaps routes, tokens and contract at once; requests under way
@@ -74,63 +64,39 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
   const registry = new Registry<RegistryContentType>();
   if (tracing !== undefined) registry.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
   const metrics = createMetrics(registry, config.metricsMaxQueues, {
-    inFlight: () => rpc.inFlightCount,
+    inFlight: () => rpc.inFlightCount + (callerBrokers?.inFlightCount ?? 0),
     connected: () => connection.isConnected,
     blocked: () => connection.isBlocked,
     logBytesDropped,
+    callerConnections: () => callerBrokers?.connectionCount ?? 0,
   });
-  const connection = new BrokerConnection({
+  const { connection, pool, rpc } = createRpcStack({
     urls: config.amqpUrls,
-    reconnectMinMs: config.reconnectMinMs,
-    reconnectMaxMs: config.reconnectMaxMs,
     connectionName: `${config.appId}@${hostname()}`,
-    connectOrder: config.amqpConnectOrder,
-    heartbeatSeconds: config.amqpHeartbeatSeconds,
+    channels: config.amqpChannels,
+    config,
     logger,
+    metrics,
   });
-  const replies: ReplySource =
-    config.replyMode === 'queue' ? { mode: 'queue' } : { mode: 'direct', pseudoQueue: config.replyTo };
-  // The RPC core settles calls from what the channels report; the pool carries them.
-  const rpc: RpcClient = new RpcClient({
-    connection,
-    channels: { pick: () => pool.pick() },
-    exchanges: new ExchangeChecker({
-      connection,
-      ttlMs: config.exchangeCheckTtlMs,
-      maxConcurrentChecks: EXCHANGE_CHECKS_MAX,
-      onVerdict: (verdict) => metrics.exchangeChecks.labels(verdict).inc(),
-      openProbe: (model) => RpcChannel.open(model, replies, config.publisherConfirms, rpc, 'probe'),
-    }),
-    appId: config.appId,
-    maxInFlight: config.maxInFlight,
-    onStrayReply: () => metrics.lateReplies.inc(),
-    onBackpressure: () => metrics.publishBackpressure.inc(),
-  });
-  const pool = new ChannelPool({
-    size: config.amqpChannels,
-    replies,
-    confirms: config.publisherConfirms,
-    connection,
-    logger,
-    reopenMinMs: CHANNEL_REOPEN_MIN_MS,
-    reopenMaxMs: CHANNEL_REOPEN_MAX_MS,
-    events: rpc,
-    onBrokerClosedChannel: (code) => metrics.channelCloses.labels(String(code)).inc(),
-  });
+  const callerBrokers =
+    config.amqpIdentity === 'caller'
+      ? new CallerBrokerPools({
+          config,
+          logger,
+          metrics,
+          maxUsers: config.callerMaxUsers,
+          idleMs: config.callerIdleMs,
+          channels: config.callerChannels,
+        })
+      : undefined;
   let everConnected = false;
   connection.addListener({
     connected() {
       if (everConnected) metrics.amqpReconnects.inc();
       everConnected = true;
     },
-    disconnected(reason) {
-      logger.warn({ reason }, 'amqp disconnected');
-    },
-    blockedChanged(blocked) {
-      // Neither these requests nor the workers' replies move until the alarm clears. A request
-      // already handed to the broker may still be worked on later, as after a timeout.
-      if (blocked) rpc.releaseAllBlocked('the broker blocks publishers (resource alarm)');
-    },
+    disconnected() {},
+    blockedChanged() {},
   });
 
   let shuttingDown = false;
@@ -167,6 +133,7 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
       jwt: options.jwt,
       allowedQueues: config.allowedQueues,
       allowedExchanges: config.allowedExchanges,
+      brokerLogins: config.amqpIdentity === 'caller',
       limits,
       maxBodyBytes: config.maxBodyBytes,
       baseOpenApiYaml,
@@ -185,6 +152,7 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
     readiness,
     isShuttingDown: () => shuttingDown,
     tracing,
+    callerBrokers,
   });
 
   return {
@@ -208,7 +176,8 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
     },
     async drain(graceMs) {
       const deadline = Date.now() + graceMs;
-      while (rpc.inFlightCount > 0 && Date.now() < deadline) {
+      const inFlight = () => rpc.inFlightCount + (callerBrokers?.inFlightCount ?? 0);
+      while (inFlight() > 0 && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS));
       }
     },
@@ -216,6 +185,7 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
       shuttingDown = true;
       stopping ??= (async () => {
         rpc.settleAll({ kind: 'lost', reason: 'the bridge is shutting down' });
+        await callerBrokers?.stop();
         await pool.stop();
         await connection.stop();
         // The spans of the requests just answered are exported before the process exits.

@@ -81,6 +81,14 @@ export interface Config {
   readonly routesFile: string | undefined;
   /** Whether POST /rpc/... and /publish/... are served; a routes file may be the only way in. */
   readonly routesRawEnabled: boolean;
+  /**
+   * `bridge`: every request goes over the bridge's own connection (AMQP_URL's user). `caller`: over
+   * a connection made with the caller's broker credentials, so the broker's permissions apply per caller.
+   */
+  readonly amqpIdentity: 'bridge' | 'caller';
+  readonly callerMaxUsers: number;
+  readonly callerIdleMs: number;
+  readonly callerChannels: number;
 }
 
 /** Thrown at start-up; the message always names the offending variable. */
@@ -143,6 +151,10 @@ export function loadConfig(env: Env): Config {
     tracing: tracingConfig(read, appId),
     routesFile: read.optionalString('ROUTES_FILE'),
     routesRawEnabled: read.boolean('ROUTES_RAW_ENABLED', true),
+    amqpIdentity: read.oneOf('AMQP_IDENTITY', ['bridge', 'caller'] as const, 'bridge'),
+    callerMaxUsers: read.integer('AMQP_CALLER_MAX_USERS', 100, 1, 10_000),
+    callerIdleMs: read.integer('AMQP_CALLER_IDLE_MS', 60_000, 1_000, 86_400_000),
+    callerChannels: read.integer('AMQP_CALLER_CHANNELS', 1, 1, 64),
   };
   if (!config.routesRawEnabled && config.routesFile === undefined) {
     throw new ConfigError('ROUTES_RAW_ENABLED=false needs ROUTES_FILE: without named routes nothing could be called');

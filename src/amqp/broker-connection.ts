@@ -17,6 +17,11 @@ export interface BrokerConnectionOptions {
   /** Asked of the broker unless a URL says `?heartbeat=` itself; 0 turns heartbeats off. */
   readonly heartbeatSeconds: number;
   readonly logger: Logger;
+  /**
+   * Given: a login the broker refuses ends the connection's life instead of being retried (a
+   * caller's own credentials, which only the caller can fix). Not given: retried like any failure.
+   */
+  readonly onLoginRefused?: ((reason: string) => void) | undefined;
 }
 
 /** Who wants to know when the connection comes and goes (the channel pool, metrics). */
@@ -25,6 +30,12 @@ export interface ConnectionListener {
   disconnected(reason: string): void;
   blockedChanged(blocked: boolean): void;
 }
+
+/**
+ * How RabbitMQ and LavinMQ refuse a login (403 ACCESS_REFUSED: unknown user, wrong password) or the
+ * vhost (530 NOT_ALLOWED): connection.close during the handshake, as amqplib words it.
+ */
+const LOGIN_REFUSED = /^Handshake terminated by server: (403|530)\b/;
 
 /** Opening the TCP + AMQP handshake must not hang forever on a black-holed address. */
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -101,7 +112,13 @@ export class BrokerConnection {
         clientProperties: { connection_name: this.options.connectionName },
       });
     } catch (err) {
-      this.scheduleReconnect(`connect to ${redactUrl(this.url)} failed: ${toError(err).message}`);
+      const reason = toError(err).message;
+      if (this.options.onLoginRefused !== undefined && LOGIN_REFUSED.test(reason)) {
+        this.stopped = true;
+        this.options.onLoginRefused(reason);
+        return;
+      }
+      this.scheduleReconnect(`connect to ${redactUrl(this.url)} failed: ${reason}`);
       return;
     }
     if (this.stopped) {

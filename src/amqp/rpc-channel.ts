@@ -194,7 +194,10 @@ export class RpcChannel {
    */
   async checkExchange(exchange: string): Promise<ExchangeVerdict> {
     try {
-      await this.channel.checkExchange(exchange);
+      // The default exchange always exists and may not be declared, even passively; any round trip
+      // (here basic.qos, which changes nothing for a no-ack consumer) still orders after the publishes.
+      if (exchange === '') await this.channel.prefetch(0);
+      else await this.channel.checkExchange(exchange);
       return 'exists';
     } catch (err) {
       const code = this.brokerCode ?? (err as { code?: unknown }).code;

@@ -13,6 +13,17 @@ export interface AccessOptions {
   readonly jwt?: BearerTokenVerifier | undefined;
   readonly allowedQueues: readonly string[] | undefined;
   readonly allowedExchanges: readonly string[] | undefined;
+  /**
+   * AMQP_IDENTITY=caller: HTTP Basic credentials are the caller's broker login (the broker checks
+   * them), and every RPC or publish needs a broker login (Basic, or a token mapped to a broker user).
+   */
+  readonly brokerLogins?: boolean;
+}
+
+/** A broker user's credentials, as a caller presented them or as a token maps to them. Secret. */
+export interface BrokerLogin {
+  readonly username: string;
+  readonly password: string;
 }
 
 /** Verifies a JWT (signature, exp, nbf, iss, aud); rejects with a 401 HttpProblem. */
@@ -28,6 +39,8 @@ export interface Caller {
   readonly tokenName: string | undefined;
   readonly roles: readonly string[];
   readonly authenticated: boolean;
+  /** With AMQP_IDENTITY=caller: whose broker connection carries the caller's requests. */
+  readonly brokerLogin?: BrokerLogin | undefined;
 }
 
 /** What a named route demands of its caller: any one of the roles, or any one of the tokens. */
@@ -61,6 +74,8 @@ export interface AccessPolicy {
   authorize(target: RpcTarget): void;
   /** For a raw route: 401 for an anonymous caller while any credential (AUTH_TOKENS, the routes file's tokens, JWT) is configured. */
   admitRaw(caller: Caller): void;
+  /** With AMQP_IDENTITY=caller, the caller's broker login; 401 when it has none. */
+  brokerLoginOf(caller: Caller): BrokerLogin | undefined;
 }
 
 const CHALLENGE = 'Bearer realm="amqp-rpc-bridge"';
@@ -75,10 +90,17 @@ export function createAccessPolicy(options: AccessOptions): AccessPolicy {
   const digests = options.tokens.map(digest);
   const named = (options.namedTokens ?? []).map((token) => ({
     digest: Buffer.from(token.sha256, 'hex'),
-    caller: Object.freeze({ name: token.name, tokenName: token.name, roles: token.roles, authenticated: true }),
+    caller: Object.freeze({
+      name: token.name,
+      tokenName: token.name,
+      roles: token.roles,
+      authenticated: true,
+      brokerLogin: token.brokerLogin,
+    }),
   }));
   const { jwt } = options;
-  const anyCredential = digests.length > 0 || named.length > 0 || jwt !== undefined;
+  const brokerLogins = options.brokerLogins === true;
+  const anyCredential = digests.length > 0 || named.length > 0 || jwt !== undefined || brokerLogins;
   const queues = options.allowedQueues?.map(globToRegExp);
   const exchanges = options.allowedExchanges?.map(globToRegExp);
   return {
@@ -90,6 +112,7 @@ export function createAccessPolicy(options: AccessOptions): AccessPolicy {
     },
     identify(headers) {
       if (!anyCredential || headers.authorization === undefined) return ANONYMOUS;
+      if (brokerLogins && BASIC.test(headers.authorization)) return basicCaller(headers.authorization);
       const token = bearerToken(headers);
       const offered = digest(token);
       if (matchesAny(digests, offered)) return TOKEN_CALLER;
@@ -126,6 +149,15 @@ export function createAccessPolicy(options: AccessOptions): AccessPolicy {
         challenge: `${CHALLENGE}, error="insufficient_scope"`,
       });
     },
+    brokerLoginOf(caller) {
+      if (!brokerLogins) return undefined;
+      if (caller.brokerLogin !== undefined) return caller.brokerLogin;
+      throw new HttpProblem(
+        'unauthorized',
+        'This bridge calls the broker as its caller: give HTTP Basic credentials of a broker user (or a token mapped to one)',
+        { challenge: BASIC_CHALLENGE },
+      );
+    },
     admitRaw(caller) {
       if (anyCredential && !caller.authenticated) throw missingToken();
     },
@@ -158,6 +190,22 @@ function bearerToken(headers: IncomingHttpHeaders): string {
   const match = typeof header === 'string' ? /^Bearer ([^\s]+)$/i.exec(header) : null;
   if (match === null) throw missingToken();
   return match[1] as string;
+}
+
+const BASIC = /^Basic /i;
+const BASIC_CHALLENGE = 'Basic realm="amqp-rpc-bridge", charset="UTF-8"';
+
+/** RFC 7617: base64 of `user:password` (UTF-8); the password may itself hold ':'. */
+function basicCaller(header: string): Caller {
+  const decoded = Buffer.from(header.slice(6).trim(), 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  if (colon <= 0) {
+    throw new HttpProblem('unauthorized', 'Basic credentials must be base64 of user:password', {
+      challenge: BASIC_CHALLENGE,
+    });
+  }
+  const brokerLogin = { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
+  return { name: brokerLogin.username, tokenName: undefined, roles: [], authenticated: true, brokerLogin };
 }
 
 function missingToken(): HttpProblem {

@@ -14,6 +14,8 @@ export interface RouteSetOptions {
   readonly jwt: BearerTokenVerifier | undefined;
   readonly allowedQueues: readonly string[] | undefined;
   readonly allowedExchanges: readonly string[] | undefined;
+  /** AMQP_IDENTITY=caller: HTTP Basic is a broker login, and every call needs one. */
+  readonly brokerLogins: boolean;
   readonly limits: MappingLimits;
   readonly maxBodyBytes: number;
   readonly baseOpenApiYaml: string;
@@ -38,6 +40,7 @@ export function buildRouteSet(options: RouteSetOptions): RouteSet {
       jwt: options.jwt,
       allowedQueues: options.allowedQueues,
       allowedExchanges: options.allowedExchanges,
+      brokerLogins: options.brokerLogins,
     }),
     table: file === undefined ? undefined : new RouteTable(routes, options),
     rawRoutes: options.rawRoutes,

@@ -36,6 +36,8 @@ export interface TokenDefinition {
   /** SHA-256 of the token, hex: the file never holds the secret itself. */
   readonly sha256: string;
   readonly roles: readonly string[];
+  /** AMQP_IDENTITY=caller: the broker user this token's holder calls as (password from a file). */
+  readonly brokerLogin?: { readonly username: string; readonly password: string } | undefined;
 }
 
 export interface RoutesFile {
@@ -250,13 +252,31 @@ function tokenDefinition(entry: unknown, file: string, index: number): TokenDefi
     throw new RoutesFileError(`${file}: tokens[${index}]: name is required: letters, digits, '.', '_' or '-'`);
   }
   const where = `${file}: token "${name}" (tokens[${index}])`;
-  unknownFields(raw, new Set(['name', 'sha256', 'roles']), file, where);
+  unknownFields(raw, new Set(['name', 'sha256', 'roles', 'brokerUser', 'brokerPasswordFile']), file, where);
   if (typeof raw.sha256 !== 'string' || !SHA256_HEX.test(raw.sha256)) {
     throw new RoutesFileError(
       `${where}: sha256 must be the token's SHA-256 as 64 lowercase hex digits (printf %s "$TOKEN" | sha256sum)`,
     );
   }
-  return { name, sha256: raw.sha256, roles: names(raw.roles, `${where}: roles`) };
+  return { name, sha256: raw.sha256, roles: names(raw.roles, `${where}: roles`), brokerLogin: brokerLogin(raw, where) };
+}
+
+/** `brokerUser` with `brokerPasswordFile` (a mounted secret): the password never sits in this file. */
+function brokerLogin(raw: Record<string, unknown>, where: string): TokenDefinition['brokerLogin'] {
+  const { brokerUser, brokerPasswordFile } = raw;
+  if (brokerUser === undefined && brokerPasswordFile === undefined) return undefined;
+  if (typeof brokerUser !== 'string' || brokerUser === '' || typeof brokerPasswordFile !== 'string') {
+    throw new RoutesFileError(`${where}: brokerUser and brokerPasswordFile go together, both non-empty strings`);
+  }
+  let password: string;
+  try {
+    password = readFileSync(brokerPasswordFile, 'utf8').replace(/\r?\n$/, '');
+  } catch (err) {
+    throw new RoutesFileError(
+      `${where}: brokerPasswordFile ${brokerPasswordFile} cannot be read: ${(err as NodeJS.ErrnoException).code ?? 'error'}`,
+    );
+  }
+  return { username: brokerUser, password };
 }
 
 function fixedHeaders(value: unknown, file: string, where: string): Readonly<Record<string, string>> {

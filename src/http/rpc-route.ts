@@ -6,7 +6,7 @@ import type { RequestSpan, Tracing } from '../observability/tracing.js';
 import type { RpcOutcome } from '../rpc/outcome.js';
 import type { RpcCall } from '../rpc/rpc-call.js';
 import type { RpcClient } from '../rpc/rpc-client.js';
-import type { AccessPolicy, Caller } from './access-control.js';
+import type { AccessPolicy, BrokerLogin, Caller } from './access-control.js';
 import { logRpcRequest, type RpcLogFields } from './access-log.js';
 import { sendProblem } from './problem-response.js';
 import { HttpProblem } from './problems.js';
@@ -27,6 +27,13 @@ export interface RpcRouteDeps {
   readonly isShuttingDown: () => boolean;
   /** Spans for each request, when tracing is configured; undefined costs nothing per request. */
   readonly tracing?: Tracing | undefined;
+  /** AMQP_IDENTITY=caller: the RPC core on a connection of the caller's own broker user. */
+  readonly callerBrokers?: CallerBrokers | undefined;
+}
+
+export interface CallerBrokers {
+  /** Rejects with the HttpProblem to answer: 401 for a login the broker refused, 503 when none can be made. */
+  clientFor(login: BrokerLogin): Promise<RpcClient>;
 }
 
 const OUTCOME_LABELS: Record<RpcOutcome['kind'], RpcOutcomeLabel> = {
@@ -137,6 +144,7 @@ class RpcHttpCall {
     let target: RpcTarget;
     let fields: ReturnType<typeof messageFields>;
     let maxBodyBytes = this.deps.maxBodyBytes;
+    let brokerLogin: BrokerLogin | undefined;
     try {
       if (match.kind === 'raw') {
         this.access.admitRaw(caller);
@@ -160,17 +168,26 @@ class RpcHttpCall {
       fields = messageFields(this.req.headers, timeoutParameter(match.query), target, limits, this.operation);
       // The route's own headers win over the caller's Amqp-Header-* of the same name.
       if (match.kind === 'named') Object.assign(fields.headers, match.route.definition.headers);
+      brokerLogin = this.deps.callerBrokers === undefined ? undefined : this.access.brokerLoginOf(caller);
     } catch (err) {
       this.fail(err);
       return;
     }
-    readRawBody(this.req, maxBodyBytes).then(
-      (body) => this.publish(target, fields, body),
+    if (brokerLogin === undefined) {
+      readRawBody(this.req, maxBodyBytes).then(
+        (body) => this.publish(this.deps.rpc, target, fields, body),
+        (err: unknown) => this.fail(err),
+      );
+      return;
+    }
+    // The caller's own broker connection is made (or found) while its body arrives.
+    Promise.all([this.deps.callerBrokers?.clientFor(brokerLogin), readRawBody(this.req, maxBodyBytes)]).then(
+      ([rpc = this.deps.rpc, body]) => this.publish(rpc, target, fields, body),
       (err: unknown) => this.fail(err),
     );
   }
 
-  private publish(target: RpcTarget, fields: ReturnType<typeof messageFields>, body: Buffer): void {
+  private publish(rpc: RpcClient, target: RpcTarget, fields: ReturnType<typeof messageFields>, body: Buffer): void {
     this.log.bytesIn = body.length;
     if (this.span !== undefined) {
       // The worker's span is to be the producer span's child, whatever the caller sent.
@@ -186,7 +203,7 @@ class RpcHttpCall {
       if (trace.tracestate === undefined) delete fields.headers.tracestate;
       else fields.headers.tracestate = trace.tracestate;
     }
-    const call = this.deps.rpc.start(
+    const call = rpc.start(
       {
         ...fields,
         mode: this.operation,

@@ -86,6 +86,8 @@ export interface Metrics {
   readonly publishBackpressure: Counter;
   readonly channelCloses: Counter<'reason'>;
   readonly exchangeChecks: Counter<'verdict'>;
+  /** Broker logins with a caller's own credentials (AMQP_IDENTITY=caller), by result. */
+  readonly callerLogins: Counter<'result'>;
 }
 
 /** State the gauges report as it is when scraped, rather than mirroring it on every change. */
@@ -95,6 +97,8 @@ export interface MetricSources {
   blocked(): boolean;
   /** A running total kept elsewhere (the log destination's), reported as a counter. */
   logBytesDropped(): number;
+  /** Open broker connections made with callers' own credentials (AMQP_IDENTITY=caller). */
+  callerConnections(): number;
 }
 
 /**
@@ -124,6 +128,11 @@ export function createMetrics(
   gauge('amqp_connected', '1 while connected to the broker, else 0', () => (sources.connected() ? 1 : 0));
   gauge('amqp_connection_blocked', '1 while the broker blocks publishers (resource alarm), else 0', () =>
     sources.blocked() ? 1 : 0,
+  );
+  gauge(
+    'amqp_caller_connections',
+    "Broker connections open with callers' own credentials (AMQP_IDENTITY=caller)",
+    sources.callerConnections,
   );
   let droppedReported = 0;
   new Counter({
@@ -300,6 +309,12 @@ export function createMetrics(
       name: 'amqp_exchange_checks_total',
       help: 'Exchanges probed on a channel of their own before the shared channels publish to them, by verdict',
       labelNames: ['verdict'] as const,
+      registers,
+    }),
+    callerLogins: new Counter({
+      name: 'amqp_caller_logins_total',
+      help: "Broker logins with callers' own credentials (AMQP_IDENTITY=caller), by result (accepted, refused)",
+      labelNames: ['result'] as const,
       registers,
     }),
   };

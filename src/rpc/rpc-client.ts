@@ -19,6 +19,11 @@ export interface RpcClientOptions {
   readonly onStrayReply: () => void;
   /** A publish filled a channel's buffer. */
   readonly onBackpressure: () => void;
+  /**
+   * Probe the default exchange too, as any other: for a caller's own broker user, whose permissions
+   * may not include writing to it (a refused publish would close a shared channel).
+   */
+  readonly checkDefaultExchange?: boolean | undefined;
 }
 
 /**
@@ -122,7 +127,10 @@ export class RpcClient implements RpcChannelEvents {
       this.unavailable(call, reason);
       return;
     }
-    const verdict = request.exchange === '' ? 'exists' : exchanges.cached(request.exchange);
+    const verdict =
+      request.exchange === '' && this.options.checkDefaultExchange !== true
+        ? 'exists'
+        : exchanges.cached(request.exchange);
     if (verdict === 'exists') {
       this.publishWhenWritable(call);
     } else if (verdict !== undefined) {

@@ -174,6 +174,7 @@ describe('dashboard and alert rules', () => {
       connected: () => false,
       blocked: () => false,
       logBytesDropped: () => 0,
+      callerConnections: () => 0,
     });
     const names = (await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name);
     return new Set(names);

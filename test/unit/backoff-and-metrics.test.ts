@@ -25,6 +25,7 @@ describe('metrics', () => {
       connected: () => false,
       blocked: () => false,
       logBytesDropped: () => 0,
+      callerConnections: () => 0,
     });
     const observe = (target: string, outcome: RpcOutcomeLabel, requestBytes?: number) =>
       metrics.observeRpc({ target, outcome, seconds: 0.001, requestBytes, responseBytes: undefined });

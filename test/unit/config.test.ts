@@ -67,6 +67,10 @@ describe('loadConfig', () => {
         OTEL_SDK_DISABLED: 'false',
         ROUTES_FILE: '/etc/bridge/routes.yaml',
         ROUTES_RAW_ENABLED: 'false',
+        AMQP_IDENTITY: 'caller',
+        AMQP_CALLER_MAX_USERS: '5',
+        AMQP_CALLER_IDLE_MS: '2000',
+        AMQP_CALLER_CHANNELS: '2',
       };
       expect(Object.keys(env).sort()).toEqual(documentedVariables());
       expect(loadConfig(env)).toEqual({
@@ -102,6 +106,10 @@ describe('loadConfig', () => {
         tracing: { exporter: 'otlp', protocol: 'http/json', serviceName: 'bridge-under-test' },
         routesFile: '/etc/bridge/routes.yaml',
         routesRawEnabled: false,
+        amqpIdentity: 'caller',
+        callerMaxUsers: 5,
+        callerIdleMs: 2000,
+        callerChannels: 2,
       });
     } finally {
       rmSync(tokens, { recursive: true, force: true });

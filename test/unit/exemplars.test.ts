@@ -2,7 +2,13 @@ import { Registry, type RegistryContentType } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { createMetrics } from '../../src/observability/metrics.js';
 
-const sources = { inFlight: () => 0, connected: () => true, blocked: () => false, logBytesDropped: () => 0 };
+const sources = {
+  inFlight: () => 0,
+  connected: () => true,
+  blocked: () => false,
+  logBytesDropped: () => 0,
+  callerConnections: () => 0,
+};
 const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
 
 describe('exemplars on the request-duration histograms', () => {

@@ -1,0 +1,161 @@
+/**
+ * AMQP_IDENTITY=caller: each caller's requests go over a connection with its own broker user, so the
+ * broker's permissions decide who reaches what. Two users with different write permissions call the
+ * same bridge; each is stopped by the broker exactly where its permissions say, with a 403 of its
+ * own, and no other caller loses a channel or a request.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import request from 'supertest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
+import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
+import { waitFor } from '../helpers/bridge.js';
+import { uniqueName } from '../helpers/broker.js';
+import { brokerAdmin } from '../helpers/broker-admin.js';
+import { useEchoBridge } from '../helpers/fixture.js';
+
+const admin = await brokerAdmin();
+const prefix = uniqueName('perm');
+/** The two users' own exchanges; each may write to its own only, and only alice to the default one. */
+const exchanges = { alice: `${prefix}.alice`, bob: `${prefix}.bob` };
+// A password with characters a URL must escape: the bridge puts it into the broker URL.
+const users = {
+  alice: { name: `${prefix}-alice`, password: `a@:/${randomBytes(6).toString('hex')}` },
+  bob: { name: `${prefix}-bob`, password: randomBytes(9).toString('hex') },
+};
+const BOB_TOKEN = `bob-token-${randomBytes(12).toString('hex')}`;
+const dir = mkdtempSync(join(tmpdir(), 'caller-identity-'));
+const routesFile = join(dir, 'routes.yaml');
+writeFileSync(join(dir, 'bob-password'), `${users.bob.password}\n`);
+writeFileSync(
+  routesFile,
+  stringify({
+    tokens: [
+      {
+        name: 'bob-service',
+        sha256: createHash('sha256').update(BOB_TOKEN).digest('hex'),
+        brokerUser: users.bob.name,
+        brokerPasswordFile: join(dir, 'bob-password'),
+      },
+    ],
+    routes: [{ name: 'bob-events', path: '/bob/events', exchange: exchanges.bob, routingKey: 'k' }],
+  }),
+);
+
+beforeAll(async () => {
+  const literal = (name: string) => name.replace(/\./g, '\\.');
+  await admin.addUser(users.alice.name, users.alice.password, {
+    configure: '.*',
+    // RabbitMQ checks write on `amq.default` for the default exchange; LavinMQ on the empty name.
+    write: `^(amq\\.default|${literal(exchanges.alice)})?$`,
+    read: '.*',
+  });
+  await admin.addUser(users.bob.name, users.bob.password, {
+    configure: '.*',
+    write: `^${literal(exchanges.bob)}$`,
+    read: '.*',
+  });
+});
+afterAll(async () => {
+  await admin.deleteUser(users.alice.name).catch(() => undefined);
+  await admin.deleteUser(users.bob.name).catch(() => undefined);
+});
+
+const fixture = useEchoBridge({ AMQP_IDENTITY: 'caller', AMQP_CALLER_IDLE_MS: '1500', ROUTES_FILE: routesFile });
+
+beforeAll(async () => {
+  const { channel } = fixture.broker;
+  for (const exchange of Object.values(exchanges)) {
+    await channel.assertExchange(exchange, 'direct', { durable: false });
+    await channel.bindQueue(fixture.echoQueue, exchange, 'k');
+  }
+});
+afterAll(async () => {
+  for (const exchange of Object.values(exchanges))
+    await fixture.broker.channel.deleteExchange(exchange).catch(() => undefined);
+});
+
+const basic = (user: { name: string; password: string }) =>
+  `Basic ${Buffer.from(`${user.name}:${user.password}`).toString('base64')}`;
+
+async function call(path: string, authorization: string | undefined) {
+  const req = request(fixture.bridge.baseUrl).post(path);
+  if (authorization !== undefined) req.set('Authorization', authorization);
+  const res = await req.send('hello');
+  return { status: res.status, type: res.body?.type as string | undefined, body: res.text };
+}
+
+describe('callers with their own broker users', () => {
+  it('are each stopped by the broker exactly where their permissions say, and nobody else pays for it', async () => {
+    const closesBefore = await fixture.bridge.metric('amqp_channel_closes_total');
+    const queue = `/rpc/${fixture.echoQueue}`;
+    const drill = {
+      'alice -> queue (default exchange)': await call(queue, basic(users.alice)),
+      'alice -> alice.exchange': await call(`/rpc/${exchanges.alice}/k`, basic(users.alice)),
+      'alice -> bob.exchange': await call(`/rpc/${exchanges.bob}/k`, basic(users.alice)),
+      'bob -> queue (default exchange)': await call(queue, basic(users.bob)),
+      'bob -> bob.exchange': await call(`/rpc/${exchanges.bob}/k`, basic(users.bob)),
+      'bob -> alice.exchange': await call(`/rpc/${exchanges.alice}/k`, basic(users.bob)),
+      'bob token -> route bob-events': await call('/bob/events', `Bearer ${BOB_TOKEN}`),
+      'publish: bob -> queue': await call(`/publish/${fixture.echoQueue}`, basic(users.bob)),
+    };
+    console.log(
+      `per-user permission drill:\n${Object.entries(drill)
+        .map(([what, res]) => `  ${what}: ${res.status}${res.status === 403 ? ` (${res.type?.split('/').pop()})` : ''}`)
+        .join('\n')}`,
+    );
+    expect(Object.fromEntries(Object.entries(drill).map(([what, res]) => [what, res.status]))).toEqual({
+      'alice -> queue (default exchange)': 200,
+      'alice -> alice.exchange': 200,
+      'alice -> bob.exchange': 403,
+      'bob -> queue (default exchange)': 403,
+      'bob -> bob.exchange': 200,
+      'bob -> alice.exchange': 403,
+      'bob token -> route bob-events': 200,
+      'publish: bob -> queue': 403,
+    });
+    expect(drill['bob -> alice.exchange'].type).toBe(`${PROBLEM_TYPE_PREFIX}forbidden`);
+    expect(drill['alice -> queue (default exchange)'].body).toBe('hello');
+
+    // Alice keeps calling while Bob is refused over and over: all of hers succeed.
+    const [aliceCalls, bobCalls] = await Promise.all([
+      Promise.all(Array.from({ length: 40 }, () => call(queue, basic(users.alice)))),
+      Promise.all(
+        Array.from({ length: 40 }, (_, n) => call(n % 2 ? queue : `/rpc/${exchanges.alice}/k`, basic(users.bob))),
+      ),
+    ]);
+    expect(aliceCalls.map((res) => res.status)).toEqual(Array(40).fill(200));
+    expect(bobCalls.map((res) => res.status)).toEqual(Array(40).fill(403));
+    expect(await fixture.bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
+    expect(await fixture.bridge.metric('amqp_caller_connections')).toBe(2);
+  });
+
+  it('answers 401 for a login the broker refuses, and for a request without broker credentials', async () => {
+    const wrong = await call(`/rpc/${fixture.echoQueue}`, basic({ name: users.alice.name, password: 'not-it' }));
+    expect(wrong.status).toBe(401);
+    expect(wrong.body).toContain(`The broker refused the login of \\"${users.alice.name}\\"`);
+    const nobody = await call(`/rpc/${fixture.echoQueue}`, basic({ name: `${prefix}-nobody`, password: 'x' }));
+    expect(nobody.status).toBe(401);
+    const none = await request(fixture.bridge.baseUrl).post(`/rpc/${fixture.echoQueue}`).send('x');
+    expect(none.status).toBe(401);
+    expect(none.headers['www-authenticate']).toContain('Bearer');
+    const bearerOnly = await call(`/rpc/${fixture.echoQueue}`, 'Bearer some-token-that-is-not-known');
+    expect(bearerOnly.status).toBe(401);
+    expect(await fixture.bridge.metric('amqp_caller_logins_total', { result: 'refused' })).toBeGreaterThanOrEqual(2);
+    // The right password still works: a refused login is remembered per password, not per user.
+    expect((await call(`/rpc/${fixture.echoQueue}`, basic(users.alice))).status).toBe(200);
+  });
+
+  it('closes a caller connection once idle', async () => {
+    expect((await call(`/rpc/${fixture.echoQueue}`, basic(users.alice))).status).toBe(200);
+    await waitFor(
+      async () => (await fixture.bridge.metric('amqp_caller_connections')) === 0,
+      8_000,
+      'idle caller connections to close',
+    );
+    expect((await call(`/rpc/${fixture.echoQueue}`, basic(users.alice))).status).toBe(200);
+  });
+});
