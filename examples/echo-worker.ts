@@ -14,12 +14,18 @@
  * RabbitMQ cluster, always durable; QUEUE_DURABLE, default true, for a classic queue; and READY_FILE:
  * a file that exists only while the worker consumes, for a container health check).
  * SIGTERM/SIGINT close the connection and exit 0; losing the broker exits 1, for the supervisor to restart it.
+ *
+ * Tracing, with the bridge's OTEL_* variables (e.g. OTEL_EXPORTER_OTLP_ENDPOINT; OTEL_SERVICE_NAME,
+ * default `echo-worker`): each request gets a consumer span, child of the bridge's producer span, and
+ * the reply carries that span's `traceparent`. Off, and the SDK not loaded, without them.
  */
 import { rmSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import amqp, { type ChannelModel, type ConsumeMessage } from 'amqplib';
-import { ReplyPublisher } from './reply-publisher.js';
+import { ConfigError } from '../src/config.js';
+import { type ReplyFate, ReplyPublisher } from './reply-publisher.js';
+import { type ProcessSpan, startWorkerTracing, type WorkerTracing, type WorkOutcome } from './worker-tracing.js';
 
 /** `classic`, or `quorum`: replicated over a RabbitMQ cluster, so queued requests outlive a node. */
 export type QueueType = 'classic' | 'quorum';
@@ -36,6 +42,8 @@ export interface EchoWorkerOptions {
   readonly durable?: boolean;
   /** Sent back in reply header `worker` (the caller sees `Amqp-Header-worker`). Default: the host name. */
   readonly name?: string;
+  /** A consumer span per request (see worker-tracing.ts); none when undefined. The caller shuts it down. */
+  readonly tracing?: WorkerTracing | undefined;
 }
 
 /** Counters since the worker started, live (for logs and tests). */
@@ -66,6 +74,7 @@ export async function startEchoWorker(options: EchoWorkerOptions): Promise<Runni
   const queueType = options.queueType ?? 'classic';
   if (queueType === 'quorum' && options.durable === false) throw new Error('a quorum queue is always durable');
   const name = options.name ?? hostname();
+  const tracing = options.tracing;
   const stats: MutableStats = { received: 0, redelivered: 0, replyConnectionsLost: 0, repliesDropped: 0 };
   const connection = await connect(options.url, 'echo-worker');
   connection.on('error', (err: Error) => console.error('worker connection error:', err.message));
@@ -109,10 +118,20 @@ export async function startEchoWorker(options: EchoWorkerOptions): Promise<Runni
     const receivedAt = message.fields.redelivered ? 0 : Date.now();
     stats.received += 1;
     if (message.fields.redelivered) stats.redelivered += 1;
+    const span = tracing?.startProcess(options.queue, message);
     // The request is acked once its reply is settled: taken by the broker, or given up on because its
     // address is dead (that caller was answered 502 long ago). Either way nobody else should redo it.
-    answer(replies, message, name, receivedAt)
-      .then(() => channel.ack(message))
+    answer(replies, message, name, receivedAt, span)
+      .then(
+        (outcome) => {
+          span?.end(outcome);
+          channel.ack(message);
+        },
+        (err: unknown) => {
+          span?.end('failed', err);
+          throw err;
+        },
+      )
       .catch((err: unknown) => {
         // The channel closed while this request was being worked on (e.g. during a delay), or we are
         // closing: the broker redelivers the unacked request to another consumer. Nothing to do here.
@@ -138,12 +157,19 @@ function connect(url: string, name: string): Promise<ChannelModel> {
   return amqp.connect(url, { noDelay: true, clientProperties: { connection_name: `${name}@${hostname()}` } });
 }
 
+const OUTCOME_OF: Readonly<Record<ReplyFate, WorkOutcome>> = {
+  published: 'replied',
+  nacked: 'nacked',
+  dropped: 'reply-dropped',
+};
+
 async function answer(
   replies: ReplyPublisher,
   message: ConsumeMessage,
   name: string,
   receivedAt: number,
-): Promise<void> {
+  span: ProcessSpan | undefined,
+): Promise<WorkOutcome> {
   const { properties } = message;
   const headers: Record<string, unknown> = properties.headers ?? {};
   const delayMs = Number(headers['delay-ms'] ?? 0);
@@ -152,11 +178,17 @@ async function answer(
   // The bridge stopped waiting at x-deadline (epoch ms); work done after it is thrown away.
   const deadline = Number(headers['x-deadline']);
   const replyTo: unknown = properties.replyTo;
-  if (typeof replyTo !== 'string' || (deadline > 0 && Date.now() > deadline)) return;
+  if (typeof replyTo !== 'string') return 'no-reply-to';
+  if (deadline > 0 && Date.now() > deadline) return 'expired';
   const replyHeaders: Record<string, unknown> = { worker: name, 'echoed-bytes': message.content.length };
   if (headers['reply-status'] !== undefined) replyHeaders['http-status'] = Number(headers['reply-status']);
+  if (span !== undefined) {
+    // Whoever reads the reply continues the trace from the worker's span.
+    replyHeaders.traceparent = span.replyTrace.traceparent;
+    if (span.replyTrace.tracestate) replyHeaders.tracestate = span.replyTrace.tracestate;
+  }
   // reply_to is opaque: RabbitMQ and LavinMQ each rewrite it to their own form. Publish to it as given.
-  await replies.send(
+  const fate = await replies.send(
     replyTo,
     message.content,
     {
@@ -167,6 +199,7 @@ async function answer(
     },
     receivedAt,
   );
+  return OUTCOME_OF[fate];
 }
 
 const runDirectly = process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href;
@@ -187,14 +220,30 @@ if (runDirectly) {
   };
   notReady();
   let worker: RunningWorker | undefined;
+  let tracing: WorkerTracing | undefined;
+  // The last spans go out before the process does, but a collector that does not answer must not
+  // hold the exit (the exporter's own timeout is 10 s, docker stop's whole grace period).
+  const flushTraces = () =>
+    Promise.race([tracing?.shutdown(), new Promise((resolve) => setTimeout(resolve, 1_000).unref())]);
   // A signal exits 0, also one that arrives while the worker is still connecting.
   const stop = (): void => {
     notReady();
-    void (worker?.close() ?? Promise.resolve()).then(() => process.exit(0));
+    void (worker?.close() ?? Promise.resolve()).then(flushTraces).then(() => process.exit(0));
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
-  startEchoWorker({ url, queue, prefetch, queueType, ...(queueType === 'classic' ? { durable } : {}) })
+  startWorkerTracing(process.env, 'echo-worker')
+    .then((traced) => {
+      tracing = traced;
+      return startEchoWorker({
+        url,
+        queue,
+        prefetch,
+        queueType,
+        ...(queueType === 'classic' ? { durable } : {}),
+        tracing,
+      });
+    })
     .then((started) => {
       worker = started;
       console.log(`echo worker consuming "${queue}" (${queueType} queue)`);
@@ -205,10 +254,14 @@ if (runDirectly) {
         // exit and let the supervisor restart it.
         if (!lost) return;
         console.error('echo worker lost its broker connection; exiting');
-        process.exit(1);
+        void flushTraces().then(() => process.exit(1));
       });
     })
     .catch((err: unknown) => {
+      if (err instanceof ConfigError) {
+        console.error(`echo worker: invalid configuration: ${err.message}`);
+        process.exit(78);
+      }
       console.error('echo worker failed to start:', err instanceof Error ? err.message : err);
       process.exit(1);
     });

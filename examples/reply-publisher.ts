@@ -31,13 +31,19 @@ export interface ReplyStats {
   repliesDropped: number;
 }
 
+/**
+ * What became of a reply: `published` (the broker confirmed it), `nacked` (the broker refused it;
+ * nothing to retry), or `dropped` unpublished because its address is dead.
+ */
+export type ReplyFate = 'published' | 'nacked' | 'dropped';
+
 interface Reply {
   readonly to: string;
   /** When its request arrived (0 if redelivered): the freshest request's address is tried first. */
   readonly receivedAt: number;
   readonly content: Buffer;
   readonly options: Options.Publish;
-  readonly settle: () => void;
+  readonly settle: (fate: ReplyFate) => void;
   readonly abandon: (err: Error) => void;
 }
 
@@ -84,10 +90,11 @@ export class ReplyPublisher {
   }
 
   /**
-   * Resolves once the broker has taken the reply, or it was dropped as undeliverable. `receivedAt`:
-   * when its request arrived, or 0 for a redelivered one (whose requester is likelier to be gone).
+   * Resolves once the broker has taken the reply (or refused it), or it was dropped as undeliverable.
+   * `receivedAt`: when its request arrived, or 0 for a redelivered one (whose requester is likelier
+   * to be gone).
    */
-  send(to: string, content: Buffer, options: Options.Publish, receivedAt = Date.now()): Promise<void> {
+  send(to: string, content: Buffer, options: Options.Publish, receivedAt = Date.now()): Promise<ReplyFate> {
     if (this.stopped) return Promise.reject(new Error('the worker is closing'));
     return new Promise((settle, abandon) => {
       this.waiting.push({ to, receivedAt, content, options, settle, abandon });
@@ -182,7 +189,7 @@ export class ReplyPublisher {
     if (!lost) {
       // Confirmed (or nacked, which leaves nothing to retry): the address takes replies.
       if (wasTrial) this.remember(this.proven, reply.to);
-      reply.settle();
+      reply.settle(err instanceof Error ? 'nacked' : 'published');
       this.flush();
     } else if (this.stopped) {
       reply.abandon(err);
@@ -284,6 +291,6 @@ export class ReplyPublisher {
 
   private drop(reply: Reply): void {
     this.stats.repliesDropped += 1;
-    reply.settle();
+    reply.settle('dropped');
   }
 }

@@ -163,10 +163,18 @@ export function loadConfig(env: Env): Config {
 }
 
 /**
+ * The tracing part alone, for a process beside the bridge (the sample worker): the same OTEL_*
+ * variables and rules, without the bridge's own. `serviceName` is used when OTEL_SERVICE_NAME is unset.
+ */
+export function loadTracingConfig(env: Env, serviceName: string): TracingConfig | undefined {
+  return tracingConfig(new EnvReader(env), serviceName);
+}
+
+/**
  * Tracing is off unless asked for, whatever the OpenTelemetry default (`otlp`) would be: a bridge
  * nobody collects traces from must not try to send them. OTEL_SDK_DISABLED=true always wins.
  */
-function tracingConfig(read: EnvReader, appId: string): TracingConfig | undefined {
+function tracingConfig(read: EnvReader, serviceName: string): TracingConfig | undefined {
   const disabled = read.boolean('OTEL_SDK_DISABLED', false);
   const endpoint =
     read.string('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', '') || read.string('OTEL_EXPORTER_OTLP_ENDPOINT', '');
@@ -175,7 +183,7 @@ function tracingConfig(read: EnvReader, appId: string): TracingConfig | undefine
   const general = read.oneOf('OTEL_EXPORTER_OTLP_PROTOCOL', protocols, 'http/protobuf');
   const protocol = read.oneOf('OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', protocols, general);
   if (disabled || exporter === 'none') return undefined;
-  return { exporter, protocol, serviceName: appId };
+  return { exporter, protocol, serviceName };
 }
 
 /** The configuration as it may appear in a log line: credentials replaced. */

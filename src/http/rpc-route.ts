@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { toError } from '../errors.js';
 import type { Metrics, RpcOutcomeLabel } from '../observability/metrics.js';
 import type { RequestSpan, Tracing } from '../observability/tracing.js';
+import { parseTraceparent } from '../observability/w3c-trace-context.js';
 import type { RpcOutcome } from '../rpc/outcome.js';
 import type { RpcCall } from '../rpc/rpc-call.js';
 import type { RpcClient } from '../rpc/rpc-client.js';
@@ -16,7 +17,6 @@ import { exchangeTarget, type MappingLimits, messageFields, queueTarget, type Rp
 import { outcomeProblem, replyToHttp } from './response-mapping.js';
 import { type NamedRouteMatch, resolveTarget } from './route-table.js';
 import { decodeSegments, type RpcPath, timeoutParameter } from './rpc-path.js';
-import { parseTraceparent } from './trace-context.js';
 
 export interface RpcRouteDeps {
   readonly rpc: RpcClient;

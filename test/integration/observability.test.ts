@@ -209,4 +209,23 @@ describe('dashboard and alert rules', () => {
       for (const name of used) expect(names.has(baseName(name)) || names.has(name), `${where} uses ${name}`).toBe(true);
     }
   });
+  it('show exemplars on the latency panel and link their trace_id to a trace UI', () => {
+    const dashboard = JSON.parse(readFileSync('observability/grafana/dashboards/amqp-rpc-bridge.json', 'utf8')) as {
+      panels: Array<{ title: string; targets: Array<{ expr: string; exemplar?: boolean }> }>;
+    };
+    const withExemplars = dashboard.panels.flatMap((panel) => panel.targets.filter((target) => target.exemplar));
+    expect(withExemplars.map((target) => target.expr)).toContainEqual(
+      expect.stringContaining('rpc_request_duration_seconds_bucket'),
+    );
+    const provisioning = parse(
+      readFileSync('observability/grafana/provisioning/datasources/prometheus.yml', 'utf8'),
+    ) as { datasources: Array<{ uid: string; jsonData?: { exemplarTraceIdDestinations?: unknown } }> };
+    const prometheus = provisioning.datasources.find((source) => source.uid === 'prometheus');
+    expect(prometheus?.jsonData?.exemplarTraceIdDestinations).toEqual([{ name: 'trace_id', url: '$TRACE_UI_URL' }]);
+    // Prometheus keeps exemplars only with this feature on.
+    const compose = parse(readFileSync('docker-compose.yml', 'utf8')) as {
+      services: Record<string, { command?: string[] }>;
+    };
+    expect(compose.services.prometheus?.command).toContain('--enable-feature=exemplar-storage');
+  });
 });

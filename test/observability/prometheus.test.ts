@@ -7,12 +7,15 @@ import { parse, stringify } from 'yaml';
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
 import { type BridgeProcess, startBridgeProcess } from '../helpers/bridge-process.js';
 import { AMQP_URL, connectTestBroker, type TestBroker, uniqueName } from '../helpers/broker.js';
+import { OtlpReceiver, SERVER } from '../helpers/otlp-receiver.js';
 import { freePort } from '../helpers/ports.js';
 import { requireBinary } from './tools.js';
 
 const SHIPPED_CONFIG = 'observability/prometheus/prometheus.yml';
 const RULES = 'observability/prometheus/alerts.yml';
 const DASHBOARD = 'observability/grafana/dashboards/amqp-rpc-bridge.json';
+/** Its prometheus service's command names the feature flags the shipped stack runs with (exemplar storage). */
+const COMPOSE = 'docker-compose.yml';
 /** The scrape job in the shipped config; the test scrapes through it, so its name is what queries see. */
 const JOB = 'amqp-rpc-bridge';
 /** Series that only exist once something went wrong, so a healthy bridge's panel for them is empty. */
@@ -35,12 +38,16 @@ const silentQueue = uniqueName('scraped-silent');
 const nobodyQueue = uniqueName('scraped-nobody');
 const okBodies = ['a', 'bb', 'ccc', 'dddd', 'eeeee'];
 const okCount = `rpc_request_duration_seconds_count{job="${JOB}", queue="${echoQueue}", outcome="ok"}`;
+/** The caller's trace of the last RPC before a scrape: the exemplar Prometheus must then hold. */
+const TRACED = '7aced0000000000000000000000000ff';
 
 let dir: string | undefined;
 let broker: TestBroker | undefined;
 let worker: RunningWorker | undefined;
 let bridge: BridgeProcess | undefined;
 let prometheus: RunningPrometheus | undefined;
+/** Where the bridge exports its spans: tracing on is what puts exemplars on the latency buckets. */
+const receiver = new OtlpReceiver();
 /** Set when the binary is missing: every test then fails with it, where a failed beforeAll would only skip them. */
 let missingBinary: unknown;
 
@@ -55,15 +62,23 @@ beforeAll(async () => {
   broker = await connectTestBroker();
   worker = await startEchoWorker({ url: AMQP_URL, queue: echoQueue, durable: false });
   await broker.channel.assertQueue(silentQueue, { durable: false, expires: 60_000 });
-  bridge = await startBridgeProcess({});
+  const endpoint = await receiver.start();
+  bridge = await startBridgeProcess({
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: endpoint,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+    OTEL_BSP_SCHEDULE_DELAY: '50',
+  });
 
   const configFile = join(dir, 'prometheus.yml');
   writeFileSync(configFile, scrapeConfigFor(new URL(bridge.baseUrl).host));
-  prometheus = await startPrometheus(configFile, join(dir, 'data'));
+  prometheus = await startPrometheus(configFile, join(dir, 'data'), shippedFeatureFlags());
   await settle(() => scalar(`up{job="${JOB}"}`), 1, 'Prometheus to scrape the bridge');
 
-  // Two batches, the second after Prometheus has seen the first, so that rates are above zero.
-  for (const body of okBodies.slice(0, 3)) expect(await rpc(`/rpc/${echoQueue}`, body)).toBe(200);
+  // Two batches, the second after Prometheus has seen the first, so that rates are above zero. The
+  // first ends with a traced RPC: its trace id is the latest exemplar when Prometheus scrapes next.
+  for (const body of okBodies.slice(0, 2)) expect(await rpc(`/rpc/${echoQueue}`, body)).toBe(200);
+  const traceparent = `00-${TRACED}-00f067aa0ba902b7-01`;
+  expect(await rpc(`/rpc/${echoQueue}`, okBodies[2] as string, { traceparent })).toBe(200);
   await settle(() => scalar(okCount), 3, 'Prometheus to see the first RPCs');
   for (const body of okBodies.slice(3)) expect(await rpc(`/rpc/${echoQueue}`, body)).toBe(200);
   expect(await rpc(`/rpc/${silentQueue}?timeout=200`, 'x')).toBe(504);
@@ -78,6 +93,7 @@ afterAll(async () => {
   await worker?.close();
   await broker?.close();
   if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  await receiver.close();
 });
 
 describe('a real Prometheus scraping the bridge with the shipped scrape job', () => {
@@ -170,6 +186,38 @@ describe('a real Prometheus scraping the bridge with the shipped scrape job', ()
   });
 });
 
+describe('exemplars', () => {
+  it('Prometheus stores the trace id of a traced RPC as an exemplar of its latency bucket', async () => {
+    const { baseUrl } = scraping();
+    const url = new URL('/api/v1/query_exemplars', baseUrl);
+    url.searchParams.set('query', `rpc_request_duration_seconds_bucket{job="${JOB}", queue="${echoQueue}"}`);
+    url.searchParams.set('start', String(Math.floor(Date.now() / 1000) - 600));
+    url.searchParams.set('end', String(Math.ceil(Date.now() / 1000) + 60));
+    type Exemplars = Array<{
+      seriesLabels: Record<string, string>;
+      exemplars: Array<{ labels: { trace_id?: string } }>;
+    }>;
+    const read = async (): Promise<Exemplars> => {
+      const body = (await (await fetch(url)).json()) as { status: string; error?: string; data?: Exemplars };
+      if (body.status !== 'success') throw new Error(`Prometheus refused the exemplar query: ${body.error}`);
+      return body.data ?? [];
+    };
+    const traceIds = async () =>
+      (await read()).flatMap((series) => series.exemplars.map((exemplar) => exemplar.labels.trace_id));
+    await expect.poll(traceIds, { timeout: 10_000, interval: 250 }).toContain(TRACED);
+    const series = (await read()).find((found) => found.exemplars.some((e) => e.labels.trace_id === TRACED));
+    expect(series?.seriesLabels).toMatchObject({ queue: echoQueue, outcome: 'ok' });
+    // The id leads to a trace the bridge exported: its server span, child of the caller's span.
+    await expect.poll(() => receiver.inTrace(TRACED).map((span) => span.kind)).toContain(SERVER);
+  });
+});
+
+/** `--enable-feature=...` flags of the shipped compose stack's Prometheus, so that the test runs it as shipped. */
+function shippedFeatureFlags(): string[] {
+  const compose = parse(readFileSync(COMPOSE, 'utf8')) as { services: Record<string, { command?: string[] }> };
+  return (compose.services.prometheus?.command ?? []).filter((arg) => arg.startsWith('--enable-feature='));
+}
+
 /** The Prometheus the setup started; throws the reason there is none (a missing binary names its package). */
 function scraping(): RunningPrometheus {
   if (missingBinary !== undefined) throw missingBinary;
@@ -193,12 +241,21 @@ function scrapeConfigFor(target: string): string {
 }
 
 /** The `prometheus` binary on a free loopback port, ready to answer queries when this resolves. */
-async function startPrometheus(configFile: string, dataDir: string): Promise<RunningPrometheus> {
+async function startPrometheus(
+  configFile: string,
+  dataDir: string,
+  flags: readonly string[],
+): Promise<RunningPrometheus> {
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
     const child = spawn(
       'prometheus',
-      [`--config.file=${configFile}`, `--storage.tsdb.path=${dataDir}`, `--web.listen-address=127.0.0.1:${port}`],
+      [
+        `--config.file=${configFile}`,
+        `--storage.tsdb.path=${dataDir}`,
+        `--web.listen-address=127.0.0.1:${port}`,
+        ...flags,
+      ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let output = '';
@@ -251,10 +308,10 @@ async function stopProcess(child: ChildProcess, exited: Promise<unknown>): Promi
   clearTimeout(timer);
 }
 
-async function rpc(path: string, body: string): Promise<number> {
+async function rpc(path: string, body: string, headers: Record<string, string> = {}): Promise<number> {
   const res = await fetch(`${bridge?.baseUrl}${path}`, {
     method: 'POST',
-    headers: { 'Content-Type': 'text/plain' },
+    headers: { 'Content-Type': 'text/plain', ...headers },
     body,
   });
   await res.arrayBuffer();

@@ -1,0 +1,81 @@
+/**
+ * The OpenTelemetry SDK as OTEL_* configures it: what the bridge (otel-tracing.ts) and the sample
+ * worker share. Import it only when tracing is configured: importing it loads the SDK. The sampler
+ * (OTEL_TRACES_SAMPLER, default parentbased_always_on), the exporter's endpoint and headers
+ * (OTEL_EXPORTER_OTLP_*), the batch processor (OTEL_BSP_*) and the resource (OTEL_SERVICE_NAME,
+ * OTEL_RESOURCE_ATTRIBUTES) are the SDK's own reading of the standard variables.
+ */
+import {
+  type Context,
+  createTraceState,
+  ROOT_CONTEXT,
+  type Span,
+  TraceFlags,
+  type Tracer,
+  trace,
+} from '@opentelemetry/api';
+import { defaultResource, detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
+import {
+  BasicTracerProvider,
+  BatchSpanProcessor,
+  ConsoleSpanExporter,
+  type SpanExporter,
+} from '@opentelemetry/sdk-trace-base';
+import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
+import type { MessageTrace, ParentTrace, TracingConfig } from './tracing.js';
+
+export interface OtelTracer {
+  readonly tracer: Tracer;
+  /** Exports what is buffered and stops; idempotent. */
+  shutdown(): Promise<void>;
+}
+
+/** A tracer provider of the caller's own (never the global one), exporting in batches. */
+export async function startOtelTracer(config: TracingConfig, scope: string): Promise<OtelTracer> {
+  const resource = defaultResource()
+    .merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.serviceName }))
+    .merge(detectResources({ detectors: [envDetector] }));
+  const provider = new BasicTracerProvider({
+    resource,
+    spanProcessors: [new BatchSpanProcessor(await exporterFor(config))],
+  });
+  let stopping: Promise<void> | undefined;
+  return {
+    tracer: provider.getTracer(scope),
+    shutdown() {
+      stopping ??= provider.shutdown();
+      return stopping;
+    },
+  };
+}
+
+/** A context whose span is the remote parent: start a span in it to continue the trace. */
+export function remoteContext(parent: ParentTrace | undefined): Context {
+  if (parent === undefined) return ROOT_CONTEXT;
+  return trace.setSpanContext(ROOT_CONTEXT, {
+    traceId: parent.traceId,
+    spanId: parent.spanId,
+    // Only the sampled bit means anything to the SDK's samplers.
+    traceFlags: parent.flags & TraceFlags.SAMPLED,
+    isRemote: true,
+    ...(parent.tracestate === undefined ? {} : { traceState: createTraceState(parent.tracestate) }),
+  });
+}
+
+/** The W3C headers that make the next hop's span a child of `span`. */
+export function messageTraceOf(span: Span): MessageTrace {
+  const own = span.spanContext();
+  const flags = own.traceFlags & TraceFlags.SAMPLED ? '01' : '00';
+  return { traceparent: `00-${own.traceId}-${own.spanId}-${flags}`, tracestate: own.traceState?.serialize() };
+}
+
+async function exporterFor(config: TracingConfig): Promise<SpanExporter> {
+  if (config.exporter === 'console') return new ConsoleSpanExporter();
+  // Each reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT, _COMPRESSION itself.
+  if (config.protocol === 'http/json') {
+    const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-http');
+    return new OTLPTraceExporter();
+  }
+  const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-proto');
+  return new OTLPTraceExporter();
+}

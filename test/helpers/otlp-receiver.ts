@@ -1,0 +1,90 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { waitFor } from './bridge.js';
+
+/** A span as an OTLP/HTTP JSON export carries it (ids in hex, kind and status code as numbers). */
+export interface OtlpSpan {
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  kind: number;
+  /** Nanoseconds since the epoch, as a decimal string. */
+  startTimeUnixNano?: string;
+  endTimeUnixNano?: string;
+  attributes: Array<{ key: string; value: { stringValue?: string; intValue?: number | string } }>;
+  status?: { code?: number; message?: string };
+  /** Not OTLP's: the `service.name` of the resource it came with, added by the receiver. */
+  service?: string | undefined;
+}
+
+/** OTLP's SpanKind numbers. */
+export const SERVER = 2;
+export const PRODUCER = 4;
+export const CONSUMER = 5;
+export const STATUS_ERROR = 2;
+
+/** An OTLP/HTTP receiver (JSON encoding): what an exporter really sends, over a real socket. */
+export class OtlpReceiver {
+  readonly spans: OtlpSpan[] = [];
+  readonly services = new Set<string>();
+  private readonly server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => {
+      const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
+        resourceSpans: Array<{
+          resource: { attributes: OtlpSpan['attributes'] };
+          scopeSpans: Array<{ spans: OtlpSpan[] }>;
+        }>;
+      };
+      for (const resource of body.resourceSpans) {
+        const service = resource.resource.attributes.find((a) => a.key === 'service.name')?.value.stringValue;
+        if (service !== undefined) this.services.add(service);
+        for (const scope of resource.scopeSpans) this.spans.push(...scope.spans.map((span) => ({ ...span, service })));
+      }
+      res.setHeader('Content-Type', 'application/json');
+      res.end('{}');
+    });
+  });
+
+  /** Listens on a free loopback port; resolves with the URL to set as OTEL_EXPORTER_OTLP_TRACES_ENDPOINT. */
+  async start(): Promise<string> {
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/v1/traces`;
+  }
+
+  inTrace(traceId: string): OtlpSpan[] {
+    return this.spans.filter((span) => span.traceId === traceId);
+  }
+
+  /** Waits until `count` spans of the trace have arrived (exporters batch: they come in any order). */
+  async waitForSpans(traceId: string, count: number): Promise<OtlpSpan[]> {
+    await waitFor(() => this.inTrace(traceId).length >= count, 5_000, `${count} spans of trace ${traceId}`);
+    return this.inTrace(traceId);
+  }
+
+  /** The bridge's two spans of a trace, once `count` spans of it have arrived. */
+  async waitForTrace(traceId: string, count: number): Promise<{ server: OtlpSpan; producer: OtlpSpan }> {
+    const spans = await this.waitForSpans(traceId, count);
+    return { server: onlyOfKind(spans, SERVER), producer: onlyOfKind(spans, PRODUCER) };
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+/** The one span of that kind; throws, showing them all, when there is none or more than one. */
+export function onlyOfKind(spans: readonly OtlpSpan[], kind: number): OtlpSpan {
+  const found = spans.filter((span) => span.kind === kind);
+  if (found.length !== 1) throw new Error(`${found.length} spans of kind ${kind}, not one: ${JSON.stringify(spans)}`);
+  return found[0] as OtlpSpan;
+}
+
+/** A span's attributes as a plain object (OTLP/JSON sends 64-bit integers as strings). */
+export function attributes(span: OtlpSpan): Record<string, string | number> {
+  return Object.fromEntries(
+    span.attributes.map(({ key, value }) => [key, value.stringValue ?? Number(value.intValue)]),
+  );
+}
