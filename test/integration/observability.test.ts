@@ -221,11 +221,15 @@ describe('dashboard and alert rules', () => {
       readFileSync('observability/grafana/provisioning/datasources/prometheus.yml', 'utf8'),
     ) as { datasources: Array<{ uid: string; jsonData?: { exemplarTraceIdDestinations?: unknown } }> };
     const prometheus = provisioning.datasources.find((source) => source.uid === 'prometheus');
-    expect(prometheus?.jsonData?.exemplarTraceIdDestinations).toEqual([{ name: 'trace_id', url: '$TRACE_UI_URL' }]);
+    expect(prometheus?.jsonData?.exemplarTraceIdDestinations).toEqual([
+      { name: 'trace_id', url: '$TRACE_UI_URL$${__value.raw}' },
+    ]);
     // Prometheus keeps exemplars only with this feature on.
     const compose = parse(readFileSync('docker-compose.yml', 'utf8')) as {
-      services: Record<string, { command?: string[] }>;
+      services: Record<string, { command?: string[]; environment?: Record<string, string> }>;
     };
     expect(compose.services.prometheus?.command).toContain('--enable-feature=exemplar-storage');
+    // Grafana gets the trace UI's address, or the link would be the bare trace id.
+    expect(compose.services.grafana?.environment?.TRACE_UI_URL).toBe('${TRACE_UI_URL:-http://localhost:16686/trace/}');
   });
 });
