@@ -4,6 +4,8 @@
  */
 
 import { readFileSync } from 'node:fs';
+import { ConfigError } from './config-error.js';
+import { type JwtSettings, jwtSettingsFromEnv } from './http/jwt-verifier.js';
 import type { TracingConfig } from './observability/tracing.js';
 
 export const REPLY_TO_QUEUES = ['amq.rabbitmq.reply-to', 'amq.direct.reply-to'] as const;
@@ -89,12 +91,11 @@ export interface Config {
   readonly callerMaxUsers: number;
   readonly callerIdleMs: number;
   readonly callerChannels: number;
+  /** JWT bearer tokens (JWT_* variables): verified, their roles usable by named routes; undefined: off. */
+  readonly jwt: JwtSettings | undefined;
 }
 
-/** Thrown at start-up; the message always names the offending variable. */
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-}
+export { ConfigError };
 
 type Env = Readonly<Record<string, string | undefined>>;
 
@@ -155,6 +156,7 @@ export function loadConfig(env: Env): Config {
     callerMaxUsers: read.integer('AMQP_CALLER_MAX_USERS', 100, 1, 10_000),
     callerIdleMs: read.integer('AMQP_CALLER_IDLE_MS', 60_000, 1_000, 86_400_000),
     callerChannels: read.integer('AMQP_CALLER_CHANNELS', 1, 1, 64),
+    jwt: jwtSettingsFromEnv(env),
   };
   if (!config.routesRawEnabled && config.routesFile === undefined) {
     throw new ConfigError('ROUTES_RAW_ENABLED=false needs ROUTES_FILE: without named routes nothing could be called');
@@ -332,6 +334,7 @@ const OUR_PREFIXES = [
   'EXCHANGE_',
   'LOG_',
   'ROUTES_',
+  'JWT_',
 ];
 /** Other programs' variables that share a prefix with ours. */
 const FOREIGN_VARIABLES = new Set(['HTTP_PROXY']);

@@ -1,6 +1,7 @@
 import { createBridge } from './bridge.js';
 import { ConfigError, loadConfig, loggableConfig, unknownVariables } from './config.js';
 import { toError } from './errors.js';
+import { JwtVerifier } from './http/jwt-verifier.js';
 import { RoutesFileError } from './http/routes-file.js';
 import { listen } from './http/server.js';
 import { createLogger } from './observability/logger.js';
@@ -39,8 +40,14 @@ async function main(): Promise<void> {
       : await (await import('./observability/otel-tracing.js')).createOtelTracing(config.tracing);
   let bridge: ReturnType<typeof createBridge>;
   try {
-    bridge = createBridge(config, logger, { tracing });
+    // The keys are read once, here: a file that cannot be used stops the start like a bad variable.
+    const jwt = config.jwt === undefined ? undefined : await JwtVerifier.load(config.jwt);
+    bridge = createBridge(config, logger, { tracing, jwt });
   } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`amqp-rpc-bridge: invalid configuration: ${err.message}\n`);
+      process.exit(EXIT_CONFIG);
+    }
     if (!(err instanceof RoutesFileError)) throw err;
     process.stderr.write(`amqp-rpc-bridge: invalid routes file (ROUTES_FILE): ${err.message}\n`);
     process.exit(EXIT_CONFIG);

@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
+import { looksLikeJwt } from './jwt-verifier.js';
 import { HttpProblem } from './problems.js';
 import type { RpcTarget } from './request-mapping.js';
 import type { TokenDefinition } from './routes-file.js';
@@ -81,8 +82,6 @@ export interface AccessPolicy {
 const CHALLENGE = 'Bearer realm="amqp-rpc-bridge"';
 const ANONYMOUS: Caller = Object.freeze({ name: undefined, tokenName: undefined, roles: [], authenticated: false });
 const TOKEN_CALLER: Caller = Object.freeze({ name: undefined, tokenName: undefined, roles: [], authenticated: true });
-/** Three base64url parts: a JWS in compact form, which no opaque token of ours looks like. */
-const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 export function createAccessPolicy(options: AccessOptions): AccessPolicy {
   // Compare digests, not tokens: equal lengths for timingSafeEqual, and nothing about a token's
@@ -120,7 +119,7 @@ export function createAccessPolicy(options: AccessOptions): AccessPolicy {
       // Every named token is compared too, whichever matches: the time taken says nothing.
       for (const entry of named) if (timingSafeEqual(entry.digest, offered)) caller = entry.caller;
       if (caller !== undefined) return caller;
-      if (jwt !== undefined && COMPACT_JWS.test(token)) {
+      if (jwt !== undefined && looksLikeJwt(token)) {
         return jwt
           .verify(token)
           .then((claims) =>

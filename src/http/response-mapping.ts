@@ -99,7 +99,7 @@ export function outcomeProblem(
     case 'exchange-forbidden':
       return new HttpProblem(
         'forbidden',
-        `The broker refuses the bridge's publishes to this exchange (an internal exchange, or no write permission): ${outcome.reason}`,
+        `The broker refuses publishes to this exchange (an internal exchange, or no write permission for the broker user): ${outcome.reason}`,
         { target },
       );
     case 'lost':

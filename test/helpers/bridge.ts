@@ -2,6 +2,7 @@ import type { RequestListener } from 'node:http';
 import { Writable } from 'node:stream';
 import { type Bridge, createBridge } from '../../src/bridge.js';
 import { type Config, loadConfig } from '../../src/config.js';
+import { JwtVerifier } from '../../src/http/jwt-verifier.js';
 import { listen, type RunningServer } from '../../src/http/server.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { AMQP_URL, uniqueName } from './broker.js';
@@ -38,7 +39,8 @@ export async function startTestBridge(env: Record<string, string> = {}): Promise
       done();
     },
   });
-  const bridge = createBridge(config, createLogger(config.logLevel, sink));
+  const jwt = config.jwt === undefined ? undefined : await JwtVerifier.load(config.jwt);
+  const bridge = createBridge(config, createLogger(config.logLevel, sink), { jwt });
   bridge.start();
   let server: RunningServer;
   try {

@@ -71,8 +71,16 @@ describe('loadConfig', () => {
         AMQP_CALLER_MAX_USERS: '5',
         AMQP_CALLER_IDLE_MS: '2000',
         AMQP_CALLER_CHANNELS: '2',
+        JWT_PUBLIC_KEY_FILE: '/keys/jwt.pem',
+        JWT_ISSUER: 'https://idp.example',
+        JWT_AUDIENCE: 'bridge, orders',
+        JWT_ALGORITHMS: 'ES256',
+        JWT_ROLES_CLAIM: 'scope',
+        JWT_CLOCK_TOLERANCE_SECONDS: '5',
       };
-      expect(Object.keys(env).sort()).toEqual(documentedVariables());
+      // One JWT key source at a time: the other two are read in jwt-verifier.test.ts.
+      const otherKeySources = ['JWT_JWKS_FILE', 'JWT_SECRET_FILE'];
+      expect(Object.keys(env).sort()).toEqual(documentedVariables().filter((name) => !otherKeySources.includes(name)));
       expect(loadConfig(env)).toEqual({
         host: '127.0.0.2',
         port: 9000,
@@ -110,6 +118,14 @@ describe('loadConfig', () => {
         callerMaxUsers: 5,
         callerIdleMs: 2000,
         callerChannels: 2,
+        jwt: {
+          keyFile: '/keys/jwt.pem',
+          issuer: 'https://idp.example',
+          audience: ['bridge', 'orders'],
+          algorithms: ['ES256'],
+          rolesClaim: 'scope',
+          clockToleranceSeconds: 5,
+        },
       });
     } finally {
       rmSync(tokens, { recursive: true, force: true });
