@@ -22,6 +22,11 @@ const READER = 'reader-token-0123456789abcdef';
 const BILLING = 'billing-token-0123456789abcdef';
 const sha256 = (token: string) => createHash('sha256').update(token).digest('hex');
 const bearer = (token: string) => `Bearer ${token}`;
+/** POST to the fixture's bridge, with a bearer token when given. */
+function post(path: string, token?: string) {
+  const req = request(fixture.bridge.baseUrl).post(path);
+  return token === undefined ? req : req.set('Authorization', bearer(token));
+}
 
 const dir = mkdtempSync(join(tmpdir(), 'named-routes-'));
 const routesFile = join(dir, 'routes.yaml');
@@ -87,47 +92,26 @@ afterAll(() => {
 
 describe('a named RPC route', () => {
   it('calls its fixed queue for a caller with the role, and refuses others (401, 403)', async () => {
-    const ok = await request(fixture.bridge.baseUrl)
-      .post('/orders')
-      .set('Authorization', bearer(WRITER))
-      .set('Content-Type', 'application/json')
-      .send('{"sku":"A-1"}');
+    const ok = await post('/orders', WRITER).set('Content-Type', 'application/json').send('{"sku":"A-1"}');
     expect(ok.status).toBe(200);
     expect(ok.text).toBe('{"sku":"A-1"}');
-    const anonymous = await request(fixture.bridge.baseUrl).post('/orders').send('x');
+    const anonymous = await post('/orders').send('x');
     expect(anonymous.status).toBe(401);
     expect(anonymous.headers['www-authenticate']).toContain('Bearer');
-    const wrongRole = await request(fixture.bridge.baseUrl)
-      .post('/orders')
-      .set('Authorization', bearer(READER))
-      .send('x');
+    const wrongRole = await post('/orders', READER).send('x');
     expect(wrongRole.status).toBe(403);
     expect(wrongRole.body.detail).toBe('The route create-order needs one of the roles orders.write');
-    const unknown = await request(fixture.bridge.baseUrl)
-      .post('/orders')
-      .set('Authorization', bearer('not-a-known-token-at-all'))
-      .send('x');
+    const unknown = await post('/orders', 'not-a-known-token-at-all').send('x');
     expect(unknown.status).toBe(401);
   });
 
   it("keeps to the route's timeout and body limit", async () => {
-    const longer = await request(fixture.bridge.baseUrl)
-      .post('/orders')
-      .set('Authorization', bearer(WRITER))
-      .set('Amqp-Timeout', '5000')
-      .send('x');
+    const longer = await post('/orders', WRITER).set('Amqp-Timeout', '5000').send('x');
     expect(longer.status).toBe(400);
     expect(longer.body.detail).toBe('Amqp-Timeout must not exceed 2000 ms (route create-order)');
-    const large = await request(fixture.bridge.baseUrl)
-      .post('/orders')
-      .set('Authorization', bearer(WRITER))
-      .send('x'.repeat(65));
+    const large = await post('/orders', WRITER).send('x'.repeat(65));
     expect(large.status).toBe(413);
-    const shorter = await request(fixture.bridge.baseUrl)
-      .post('/orders')
-      .set('Authorization', bearer(WRITER))
-      .set('Amqp-Timeout', '1500')
-      .send('y'.repeat(64));
+    const shorter = await post('/orders', WRITER).set('Amqp-Timeout', '1500').send('y'.repeat(64));
     expect(shorter.status).toBe(200);
   });
 
@@ -147,18 +131,12 @@ describe('a named RPC route', () => {
 
 describe('a named publish route', () => {
   it('publishes to its exchange with the routing key filled from the path (202), for its token only', async () => {
-    const res = await request(fixture.bridge.baseUrl)
-      .post('/orders/42/events')
-      .set('Authorization', bearer(BILLING))
-      .send('shipped');
+    const res = await post('/orders/42/events', BILLING).send('shipped');
     expect(res.status).toBe(202);
     await waitFor(() => received.events.length === 1, 5_000, 'the event to arrive');
     expect(received.events[0]?.fields.routingKey).toBe('order.42.event');
     expect(received.events[0]?.content.toString()).toBe('shipped');
-    const writer = await request(fixture.bridge.baseUrl)
-      .post('/orders/43/events')
-      .set('Authorization', bearer(WRITER))
-      .send('x');
+    const writer = await post('/orders/43/events', WRITER).send('x');
     expect(writer.status).toBe(403);
     expect(writer.body.detail).toBe('The route order-events needs one of the tokens billing');
   });
@@ -202,10 +180,7 @@ describe('reloading the routes file', () => {
     let stop = false;
     const caller = async () => {
       while (!stop) {
-        const res = await request(fixture.bridge.baseUrl)
-          .post('/orders')
-          .set('Authorization', bearer(WRITER))
-          .send('r');
+        const res = await post('/orders', WRITER).send('r');
         statuses[res.status] = (statuses[res.status] ?? 0) + 1;
       }
     };
@@ -252,9 +227,37 @@ describe('the process and its routes file', () => {
     const bridge = await startBridgeProcess({ ROUTES_FILE: file });
     try {
       expect((await request(bridge.baseUrl).post('/second').send('x')).status).toBe(404);
+      // Callers keep calling /first through five reloads that keep it: none may see anything but 200.
+      const statuses: Record<string, number> = {};
+      let calling = true;
+      const caller = async () => {
+        while (calling) {
+          const res = await request(bridge.baseUrl).post('/first').send('x');
+          statuses[res.status] = (statuses[res.status] ?? 0) + 1;
+        }
+      };
+      const callers = Array.from({ length: 8 }, caller);
+      for (let reload = 1; reload <= 5; reload++) {
+        bridge.child.kill('SIGHUP');
+        await waitFor(
+          () => bridge.logs.filter((line) => line.msg === 'routes reloaded').length === reload,
+          5_000,
+          `reload ${reload}`,
+        );
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      calling = false;
+      await Promise.all(callers);
+      console.log(`SIGHUP under load: 5 reloads, statuses ${JSON.stringify(statuses)}`);
+      expect(Object.keys(statuses)).toEqual(['200']);
+
       writeFileSync(file, stringify({ routes: [{ name: 'second', path: '/second', queue: tenant }] }));
       bridge.child.kill('SIGHUP');
-      await waitFor(() => bridge.logs.some((line) => line.msg === 'routes reloaded'), 5_000, 'the reload');
+      await waitFor(
+        () => bridge.logs.filter((line) => line.msg === 'routes reloaded').length === 6,
+        5_000,
+        'the reload with /second',
+      );
       const res = await request(bridge.baseUrl).post('/second').send('after reload');
       expect(res.status).toBe(200);
       expect(res.text).toBe('after reload');
