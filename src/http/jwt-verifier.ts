@@ -8,6 +8,7 @@ import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createLocalJWKSet, errors, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from 'jose';
 import { ConfigError } from '../config-error.js';
+import { type Env, EnvReader } from '../env-reader.js';
 import { HttpProblem } from './problems.js';
 
 /** What a public key may sign with. `none` is never accepted; neither is HS* with a public key. */
@@ -48,8 +49,6 @@ export interface JwtCaller {
   readonly expiresAt?: number;
 }
 
-type Env = Readonly<Record<string, string | undefined>>;
-
 const KEY_VARIABLES = {
   keyFile: 'JWT_PUBLIC_KEY_FILE',
   jwksFile: 'JWT_JWKS_FILE',
@@ -63,10 +62,8 @@ const KEY_VARIABLE_LIST = 'JWT_PUBLIC_KEY_FILE, JWT_JWKS_FILE or JWT_SECRET_FILE
  * `JwtVerifier.load`, not here.
  */
 export function jwtSettingsFromEnv(env: Env): JwtSettings | undefined {
-  const read = (name: string): string | undefined => {
-    const value = env[name]?.trim();
-    return value === undefined || value === '' ? undefined : value;
-  };
+  const reader = new EnvReader(env);
+  const read = (name: string) => reader.optionalString(name);
   // Every variable is read, set or not: config.ts learns the names it knows by watching what is read.
   const files = {
     keyFile: read('JWT_PUBLIC_KEY_FILE'),
@@ -88,16 +85,16 @@ export function jwtSettingsFromEnv(env: Env): JwtSettings | undefined {
     return undefined;
   }
   const settings: Mutable<JwtSettings> = {
-    algorithms: algorithmsFrom(others.JWT_ALGORITHMS, files.secretFile !== undefined),
+    algorithms: algorithmsFrom(reader.list('JWT_ALGORITHMS'), files.secretFile !== undefined),
     rolesClaim: others.JWT_ROLES_CLAIM ?? 'roles',
-    clockToleranceSeconds: toleranceFrom(others.JWT_CLOCK_TOLERANCE_SECONDS),
+    clockToleranceSeconds: reader.integer('JWT_CLOCK_TOLERANCE_SECONDS', 30, 0, 600),
   };
   for (const field of ['keyFile', 'jwksFile', 'secretFile'] as const) {
     const path = files[field];
     if (path !== undefined) settings[field] = path;
   }
   if (others.JWT_ISSUER !== undefined) settings.issuer = others.JWT_ISSUER;
-  const audience = listOf(others.JWT_AUDIENCE, 'JWT_AUDIENCE');
+  const audience = reader.list('JWT_AUDIENCE');
   if (audience !== undefined) settings.audience = audience.length === 1 ? (audience[0] as string) : audience;
   checkOneKey(settings);
   return Object.freeze(settings);
@@ -120,19 +117,8 @@ function checkOneKey(settings: JwtSettings): void {
   }
 }
 
-function listOf(value: string | undefined, name: string): string[] | undefined {
-  if (value === undefined) return undefined;
-  const items = value
-    .split(',')
-    .map((item) => item.trim())
-    .filter((item) => item !== '');
-  if (items.length === 0) throw new ConfigError(`${name} lists nothing`);
-  return items;
-}
-
-function algorithmsFrom(value: string | undefined, secret: boolean): readonly JwtAlgorithm[] {
+function algorithmsFrom(listed: readonly string[] | undefined, secret: boolean): readonly JwtAlgorithm[] {
   const allowed: readonly JwtAlgorithm[] = secret ? SECRET_ALGORITHMS : PUBLIC_KEY_ALGORITHMS;
-  const listed = listOf(value, 'JWT_ALGORITHMS');
   if (listed === undefined) return secret ? ['HS256'] : DEFAULT_PUBLIC_KEY_ALGORITHMS;
   return Object.freeze(
     listed.map((name) => {
@@ -146,16 +132,6 @@ function algorithmsFrom(value: string | undefined, secret: boolean): readonly Jw
       throw new ConfigError(`JWT_ALGORITHMS: ${why}`);
     }),
   );
-}
-
-function toleranceFrom(value: string | undefined): number {
-  if (value === undefined) return 30;
-  if (!/^\d+$/.test(value) || Number(value) > 600) {
-    throw new ConfigError(
-      `JWT_CLOCK_TOLERANCE_SECONDS must be a whole number from 0 to 600, got ${JSON.stringify(value)}`,
-    );
-  }
-  return Number(value);
 }
 
 export interface JwtVerifierOptions {

@@ -476,11 +476,14 @@ describe('jwtSettingsFromEnv', () => {
 
   it('refuses a clock tolerance that is not a whole number of seconds up to 600', () => {
     const key = { JWT_PUBLIC_KEY_FILE: '/a.pem' };
-    for (const value of ['-1', '1.5', '30s', '601']) {
+    for (const value of ['-1', '1.5', '30s']) {
       expect(thrown({ ...key, JWT_CLOCK_TOLERANCE_SECONDS: value })).toBe(
-        `JWT_CLOCK_TOLERANCE_SECONDS must be a whole number from 0 to 600, got ${JSON.stringify(value)}`,
+        `JWT_CLOCK_TOLERANCE_SECONDS must be a whole number, got ${JSON.stringify(value)}`,
       );
     }
+    expect(thrown({ ...key, JWT_CLOCK_TOLERANCE_SECONDS: '601' })).toBe(
+      'JWT_CLOCK_TOLERANCE_SECONDS must be between 0 and 600, got 601',
+    );
   });
 
   it('refuses JWT settings without a key rather than ignoring them', () => {
