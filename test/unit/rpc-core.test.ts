@@ -97,7 +97,14 @@ function request(overrides: Partial<RpcRequest> = {}): RpcRequest {
 }
 
 /** A core on fakes; `outcomes` records what each call's caller heard, and how often. */
-function core(options: { channels?: FakeChannel[]; maxInFlight?: number; cached?: ExchangeVerdict } = {}) {
+function core(
+  options: {
+    channels?: FakeChannel[];
+    maxInFlight?: number;
+    cached?: ExchangeVerdict;
+    checkDefaultExchange?: boolean;
+  } = {},
+) {
   const channels = options.channels ?? [new FakeChannel()];
   const broker = { isConnected: true, isBlocked: false, retryAfterMs: () => 1_500 };
   const stray = vi.fn();
@@ -132,6 +139,7 @@ function core(options: { channels?: FakeChannel[]; maxInFlight?: number; cached?
     maxInFlight: options.maxInFlight ?? 100,
     onStrayReply: stray,
     onBackpressure: () => undefined,
+    checkDefaultExchange: options.checkDefaultExchange,
   });
   const heard: RpcOutcome[][] = [];
   const start = (req: RpcRequest = request()) => {
@@ -339,6 +347,20 @@ describe('a probe channel for an unchecked exchange', () => {
     expect(probeChannel.closedByOwner).toBe(false);
     probeChannel.release();
     expect(probeChannel.closedByOwner).toBe(true);
+  });
+
+  it("probes the default exchange too for a caller's own broker user, whose permissions may exclude it", async () => {
+    const own = core({ checkDefaultExchange: true });
+    const first = own.start(request({ exchange: '' }));
+    const probeChannel = new FakeChannel('probe');
+    expect(own.probe.carry(probeChannel)).toBe(true);
+    expect(own.channels[0]?.published).toHaveLength(0);
+    own.rpc.closed(probeChannel, "ACCESS_REFUSED - access to exchange 'amq.default' refused", 403);
+    expect(first.outcomes).toEqual([{ kind: 'exchange-forbidden', reason: expect.stringContaining('amq.default') }]);
+    // The bridge's own identity writes to the default exchange without asking.
+    const bridge = core();
+    bridge.start(request({ exchange: '' }));
+    expect(bridge.channels[0]?.published).toHaveLength(1);
   });
 
   it('answers 403 (exchange-forbidden) when the broker closes the probe with ACCESS_REFUSED', async () => {
