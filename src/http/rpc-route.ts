@@ -203,15 +203,24 @@ class RpcHttpCall {
       if (trace.tracestate === undefined) delete fields.headers.tracestate;
       else fields.headers.tracestate = trace.tracestate;
     }
+    // Every field named, not `{ ...fields, mode, ... }`: V8 builds a spread followed by more
+    // properties on a slow path that cost ~10 µs per request here.
     const call = rpc.start(
       {
-        ...fields,
         mode: this.operation,
+        deliveryMode: fields.deliveryMode,
         exchange: target.exchange,
         routingKey: target.routingKey,
         body,
-        requestId: this.requestId,
+        timeoutMs: fields.timeoutMs,
         receivedAt: this.receivedAt,
+        requestId: this.requestId,
+        contentType: fields.contentType,
+        contentEncoding: fields.contentEncoding,
+        headers: fields.headers,
+        priority: fields.priority,
+        type: fields.type,
+        messageId: fields.messageId,
       },
       (outcome) => this.settled(outcome, target),
     );
