@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
-import type { BrokerLogin } from './http/access-control.js';
+import type { BrokerLogin } from './http/access/access-control.js';
 import { HttpProblem } from './http/problems.js';
 import type { CallerBrokers } from './http/rpc-route.js';
 import type { Metrics } from './observability/metrics.js';

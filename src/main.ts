@@ -1,8 +1,8 @@
 import { createBridge } from './bridge.js';
 import { ConfigError, loadConfig, loggableConfig, unknownVariables } from './config.js';
 import { toError } from './errors.js';
-import { JwtVerifier } from './http/jwt-verifier.js';
-import { RoutesFileError } from './http/routes-file.js';
+import { JwtVerifier } from './http/access/jwt-verifier.js';
+import { RoutesFileError } from './http/routes/routes-file.js';
 import { listen } from './http/server.js';
 import { createLogger } from './observability/logger.js';
 

@@ -1,12 +1,12 @@
 import type { IncomingMessage, RequestListener } from 'node:http';
 import express, { type Express, type Request, type Response } from 'express';
 import { pinoHttp } from 'pino-http';
-import type { AccessPolicy } from './access-control.js';
+import type { AccessPolicy } from './access/access-control.js';
 import { httpLoggerOptions } from './access-log.js';
 import { errorHandler } from './error-handler.js';
 import { operationalRoutes, type Readiness } from './operational-routes.js';
 import { HttpProblem } from './problems.js';
-import type { RouteTable } from './route-table.js';
+import type { RouteTable } from './routes/route-table.js';
 import { parseRpcPath } from './rpc-path.js';
 import { createRpcRoute, type RpcRouteDeps } from './rpc-route.js';
 

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parse, stringify } from 'yaml';
-import type { RouteDefinition, Template } from './routes-file.js';
+import type { RouteDefinition, Template } from './routes/routes-file.js';
 
 /**
  * The contract served at /openapi.yaml. It sits at the package root, two levels above src/http/ when run

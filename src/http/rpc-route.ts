@@ -7,7 +7,7 @@ import { parseTraceparent } from '../observability/w3c-trace-context.js';
 import type { RpcOutcome } from '../rpc/outcome.js';
 import type { RpcCall } from '../rpc/rpc-call.js';
 import type { RpcClient } from '../rpc/rpc-client.js';
-import type { AccessPolicy, BrokerLogin, Caller } from './access-control.js';
+import type { AccessPolicy, BrokerLogin, Caller } from './access/access-control.js';
 import { logRpcRequest, type RpcLogFields } from './access-log.js';
 import { sendProblem } from './problem-response.js';
 import { HttpProblem } from './problems.js';
@@ -15,7 +15,7 @@ import { ClientClosedError, readRawBody } from './raw-body.js';
 import { assignRequestId } from './request-id.js';
 import { exchangeTarget, type MappingLimits, messageFields, queueTarget, type RpcTarget } from './request-mapping.js';
 import { outcomeProblem, replyToHttp } from './response-mapping.js';
-import { type NamedRouteMatch, resolveTarget } from './route-table.js';
+import { type NamedRouteMatch, resolveTarget } from './routes/route-table.js';
 import { decodeSegments, type RpcPath, timeoutParameter } from './rpc-path.js';
 
 export interface RpcRouteDeps {

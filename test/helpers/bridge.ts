@@ -2,7 +2,7 @@ import type { RequestListener } from 'node:http';
 import { Writable } from 'node:stream';
 import { type Bridge, createBridge } from '../../src/bridge.js';
 import { type Config, loadConfig } from '../../src/config.js';
-import { JwtVerifier } from '../../src/http/jwt-verifier.js';
+import { JwtVerifier } from '../../src/http/access/jwt-verifier.js';
 import { listen, type RunningServer } from '../../src/http/server.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { AMQP_URL, uniqueName } from './broker.js';

@@ -156,7 +156,7 @@ describe('headers that cross to the broker', () => {
 
 describe('globToRegExp', () => {
   it('matches * and ? and nothing else specially', async () => {
-    const { globToRegExp } = await import('../../src/http/access-control.js');
+    const { globToRegExp } = await import('../../src/http/access/access-control.js');
     expect(globToRegExp('orders.*').test('orders.create')).toBe(true);
     expect(globToRegExp('orders.*').test('ordersXcreate')).toBe(false);
     expect(globToRegExp('job-?').test('job-1')).toBe(true);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
-import { RouteTable, resolveTarget } from '../../src/http/route-table.js';
-import { parseRoutesFile, type RouteLimits } from '../../src/http/routes-file.js';
+import { RouteTable, resolveTarget } from '../../src/http/routes/route-table.js';
+import { parseRoutesFile, type RouteLimits } from '../../src/http/routes/routes-file.js';
 
 const LIMITS: RouteLimits = {
   maxTimeoutMs: 300_000,

@@ -1,9 +1,9 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
+import { HttpProblem } from '../problems.js';
+import type { RpcTarget } from '../request-mapping.js';
+import type { TokenDefinition } from '../routes/routes-file.js';
 import { looksLikeJwt } from './jwt-verifier.js';
-import { HttpProblem } from './problems.js';
-import type { RpcTarget } from './request-mapping.js';
-import type { TokenDefinition } from './routes-file.js';
 
 export interface AccessOptions {
   /** AUTH_TOKENS: each lets a caller in, with no roles. */

@@ -1,7 +1,7 @@
-import { type BearerTokenVerifier, createAccessPolicy } from './access-control.js';
-import type { RouteSet } from './app.js';
-import { openApiWithRoutes } from './openapi.js';
-import type { MappingLimits } from './request-mapping.js';
+import { type BearerTokenVerifier, createAccessPolicy } from '../access/access-control.js';
+import type { RouteSet } from '../app.js';
+import { openApiWithRoutes } from '../openapi.js';
+import type { MappingLimits } from '../request-mapping.js';
 import { RouteTable } from './route-table.js';
 import { type RoutesFile, RoutesFileError } from './routes-file.js';
 

@@ -1,6 +1,6 @@
-import { exchangeTarget, type MappingLimits, queueTarget, type RpcTarget } from './request-mapping.js';
+import { exchangeTarget, type MappingLimits, queueTarget, type RpcTarget } from '../request-mapping.js';
+import { decodeSegment } from '../rpc-path.js';
 import { ROUTE_METHODS, type RouteDefinition, type Template } from './routes-file.js';
-import { decodeSegment } from './rpc-path.js';
 
 /** A named route, ready to serve: its definition plus what the edge derives from it once. */
 export interface NamedRoute {

@@ -7,9 +7,9 @@
 import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createLocalJWKSet, errors, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from 'jose';
-import { ConfigError } from '../config-error.js';
-import { type Env, EnvReader } from '../env-reader.js';
-import { HttpProblem } from './problems.js';
+import { ConfigError } from '../../config-error.js';
+import { type Env, EnvReader } from '../../env-reader.js';
+import { HttpProblem } from '../problems.js';
 
 /** What a public key may sign with. `none` is never accepted; neither is HS* with a public key. */
 export const PUBLIC_KEY_ALGORITHMS = [
