@@ -13,6 +13,10 @@ export interface RunResult {
   readonly non2xx: number;
   /** CPU time of the process under test per request, in milliseconds. */
   readonly cpuMsPerRequest: number;
+  /** What generated the load: the serial client, autocannon (each in its own process), or the target itself. */
+  readonly client?: 'serial' | 'autocannon' | 'self';
+  /** Serial client: TCP connections used while measuring (1: keep-alive held throughout). */
+  readonly connections?: number;
 }
 
 export function percentile(sorted: Float64Array, fraction: number): number {
@@ -35,11 +39,12 @@ export class LatencyRecorder {
     this.values[this.count++] = ms;
   }
 
-  summary(): { count: number; p50: number; p99: number; max: number } {
+  summary(): { count: number; p50: number; p90: number; p99: number; max: number } {
     const sorted = this.values.slice(0, this.count).sort();
     return {
       count: this.count,
       p50: percentile(sorted, 0.5),
+      p90: percentile(sorted, 0.9),
       p99: percentile(sorted, 0.99),
       max: sorted[sorted.length - 1] ?? 0,
     };
@@ -63,5 +68,6 @@ export function combine(rounds: RunResult[]): RunResult {
     errors: sum((run) => run.errors),
     non2xx: sum((run) => run.non2xx),
     cpuMsPerRequest: mean((run) => run.cpuMsPerRequest),
+    ...(first.connections !== undefined && { connections: Math.max(...rounds.map((run) => run.connections ?? 0)) }),
   };
 }
