@@ -9,8 +9,8 @@
  *   others   the old harness's other targets running idle beside it (two more bridges, the express
  *            echo, the minimal bridge) (old) | nothing else (new)
  *
- * Variants are interleaved over BENCH_ROUNDS rounds (default 3) of BENCH_SECONDS (default 3) each.
- * Prints a table and saves bench/results/harness-cost-<date>.json.
+ * Variants are interleaved over BENCH_ROUNDS rounds (default 5) of BENCH_SECONDS (default 3) each.
+ * BENCH_VARIANTS picks variants by name (separated by ';'). Prints a table (medians over the rounds, and the lowest and highest round) and saves bench/results/harness-cost-<date>.json.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -20,11 +20,11 @@ import { describeHost } from './lib/host-info.js';
 import { runHttpLoad } from './lib/http-load.js';
 import { runLoad } from './lib/load.js';
 import { type Child, freePort, startChild } from './lib/processes.js';
-import { combine, type RunResult } from './lib/stats.js';
+import type { RunResult } from './lib/stats.js';
 import { echoQueue, startWorker, type TargetContext, waitReady } from './lib/targets.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const WARMUP_SECONDS = 1;
 const TSX = ['--import', 'tsx'];
 
@@ -91,6 +91,13 @@ const VARIANTS: readonly Variant[] = [
   },
 ];
 
+/** Everything started and not yet stopped, so that Ctrl-C leaves nothing running. */
+const live = new Set<Child>();
+process.on('SIGINT', () => void Promise.all([...live].map((child) => child.stop())).then(() => process.exit(130)));
+
+const chosen = process.env.BENCH_VARIANTS?.split(';');
+const variants = VARIANTS.filter((variant) => chosen === undefined || chosen.includes(variant.name));
+
 interface Measured extends RunResult {
   readonly variant: string;
   /** CPU the harness process itself used per request while measuring. */
@@ -110,11 +117,12 @@ async function main(): Promise<void> {
   };
   const host = await describeHost({ rabbitmq: rabbitmqUrl });
   const worker = await startWorker(rabbitmqUrl, echoQueue(context));
+  live.add(worker);
   const measured = new Map<string, Measured[]>();
   try {
     for (let round = 1; round <= ROUNDS; round++) {
       console.error(`round ${round}/${ROUNDS}`);
-      const inOrder = round % 2 === 1 ? VARIANTS : [...VARIANTS].reverse();
+      const inOrder = round % 2 === 1 ? variants : [...variants].reverse();
       for (const variant of inOrder) {
         const result = await measureVariant(variant, context);
         measured.set(variant.name, [...(measured.get(variant.name) ?? []), result]);
@@ -128,30 +136,55 @@ async function main(): Promise<void> {
     await worker.stop();
     rmSync(logDir, { recursive: true, force: true });
   }
-  const rows = VARIANTS.map((variant) => {
+  // Medians over the rounds, with their spread: on a shared machine one round can be far off.
+  const rows = variants.map((variant) => {
     const runs = measured.get(variant.name) ?? [];
-    const harness = runs.reduce((sum, run) => sum + run.harnessCpuMsPerRequest, 0) / Math.max(1, runs.length);
-    return { ...combine(runs), ...variant, harnessCpuMsPerRequest: harness };
+    const of = (pick: (run: Measured) => number) => spread(runs.map(pick));
+    return {
+      ...variant,
+      rounds: runs,
+      rps: of((run) => run.rps),
+      p50: of((run) => run.p50),
+      p99: of((run) => run.p99),
+      targetCpuUs: of((run) => run.cpuMsPerRequest * 1000),
+      harnessCpuUs: of((run) => run.harnessCpuMsPerRequest * 1000),
+    };
   });
+  const show = (figures: Spread, digits: number) =>
+    `${figures.median.toFixed(digits)} (${figures.min.toFixed(digits)}–${figures.max.toFixed(digits)})`;
   const table = [
-    '| variant | target | client | bridge logs | others running | req/s | p50 ms | p99 ms | target CPU µs/req | harness CPU µs/req |',
-    '| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |',
+    '| variant | client | bridge logs | others running | req/s | p50 ms | p99 ms | target CPU µs/req | harness CPU µs/req |',
+    '| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |',
     ...rows.map(
       (r) =>
-        `| ${r.name} | ${r.target} | ${r.client} | ${r.logs} | ${r.othersRunning ? 'yes' : 'no'} | ${r.rps.toFixed(0)} | ` +
-        `${r.p50.toFixed(2)} | ${r.p99.toFixed(2)} | ${(r.cpuMsPerRequest * 1000).toFixed(0)} | ${(r.harnessCpuMsPerRequest * 1000).toFixed(0)} |`,
+        `| ${r.name} | ${r.client} | ${r.logs} | ${r.othersRunning ? 'yes' : 'no'} | ${r.rps.median.toFixed(0)} | ` +
+        `${show(r.p50, 2)} | ${show(r.p99, 1)} | ${r.targetCpuUs.median.toFixed(0)} | ${r.harnessCpuUs.median.toFixed(0)} |`,
     ),
   ].join('\n');
   const date = new Date().toISOString();
   console.log(
     `Measured ${date.slice(0, 16).replace('T', ' ')} UTC on ${host.cpuModel}, ${host.cores} cores, Node ${host.node}, ` +
-      `${host.brokers.rabbitmq}; ${ROUNDS} interleaved rounds of ${SECONDS} s; load average ` +
+      `${host.brokers.rabbitmq}; ${ROUNDS} interleaved rounds of ${SECONDS} s, medians (lowest–highest round); load average ` +
       `${host.loadAverageAtStart.toFixed(1)} at the start, ${(loadavg()[0] ?? 0).toFixed(1)} at the end.\n\n${table}`,
   );
   mkdirSync('bench/results', { recursive: true });
   const path = `bench/results/harness-cost-${date.replace(/[:.]/g, '-')}.json`;
   writeFileSync(path, `${JSON.stringify({ date, host, seconds: SECONDS, rounds: ROUNDS, rows }, null, 2)}\n`);
   console.error(`saved ${path}`);
+}
+
+interface Spread {
+  readonly median: number;
+  readonly min: number;
+  readonly max: number;
+}
+
+function spread(values: readonly number[]): Spread {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  const median =
+    sorted.length % 2 === 1 ? (sorted[middle] ?? 0) : ((sorted[middle - 1] ?? 0) + (sorted[middle] ?? 0)) / 2;
+  return { median, min: sorted[0] ?? 0, max: sorted[sorted.length - 1] ?? 0 };
 }
 
 async function measureVariant(variant: Variant, context: TargetContext): Promise<Measured> {
@@ -161,6 +194,7 @@ async function measureVariant(variant: Variant, context: TargetContext): Promise
     const { child, url } =
       variant.target === 'bridge' ? await startBridge(variant, context) : await startMinimal(context);
     started.push(child);
+    for (const one of started) live.add(one);
     let harnessBefore = process.cpuUsage();
     const result = await load(variant.client, url, child.pid, () => {
       harnessBefore = process.cpuUsage();
@@ -172,7 +206,10 @@ async function measureVariant(variant: Variant, context: TargetContext): Promise
       harnessCpuMsPerRequest: (harness.user + harness.system) / 1000 / Math.max(1, result.requests),
     };
   } finally {
-    for (const child of started) await child.stop();
+    for (const child of started) {
+      await child.stop();
+      live.delete(child);
+    }
   }
 }
 
