@@ -235,8 +235,8 @@ async function deleteQueues(url: string, queues: readonly string[]): Promise<voi
   }
 }
 
-export async function waitReady(url: string): Promise<void> {
-  for (let attempt = 0; attempt < 150; attempt++) {
+export async function waitReady(url: string, timeoutMs = 15_000): Promise<void> {
+  for (let attempt = 0; attempt < timeoutMs / 100; attempt++) {
     const ready = await fetch(url).then(
       (res) => res.ok,
       () => false,
