@@ -20,7 +20,7 @@ import { describeHost } from './lib/host-info.js';
 import { runHttpLoad } from './lib/http-load.js';
 import { runLoad } from './lib/load.js';
 import { type Child, freePort, startChild } from './lib/processes.js';
-import type { RunResult } from './lib/stats.js';
+import { median, type RunResult } from './lib/stats.js';
 import { echoQueue, startWorker, type TargetContext, waitReady } from './lib/targets.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
@@ -180,11 +180,7 @@ interface Spread {
 }
 
 function spread(values: readonly number[]): Spread {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  const median =
-    sorted.length % 2 === 1 ? (sorted[middle] ?? 0) : ((sorted[middle - 1] ?? 0) + (sorted[middle] ?? 0)) / 2;
-  return { median, min: sorted[0] ?? 0, max: sorted[sorted.length - 1] ?? 0 };
+  return { median: median(values), min: Math.min(...values), max: Math.max(...values) };
 }
 
 async function measureVariant(variant: Variant, context: TargetContext): Promise<Measured> {

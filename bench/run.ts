@@ -4,7 +4,7 @@
  *
  * Each target (lib/targets.ts) is started for its rows and stopped after them, so that only the
  * target under test runs; rounds are interleaved and alternate their order (A B C, C B A) so that
- * drift hits all alike; each figure is the mean of the rounds. Concurrency 1 is measured the way a
+ * drift hits all alike; each figure is the median of the rounds (every round is kept in the JSON). Concurrency 1 is measured the way a
  * sidecar calls (clients/serial-client.ts), higher concurrencies with autocannon, both from a
  * process of their own. Prints a table; a full run writes bench/results/<date>.json and latest.json
  * and refreshes the README's benchmark section (`npm run bench:render` redoes that from a saved run).
@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { describeHost } from './lib/host-info.js';
 import { type InFlightResult, runInFlight } from './lib/in-flight.js';
 import { type BenchRun, buildReport, computeRatios, updateReadme } from './lib/report.js';
-import { combine, type RunResult } from './lib/stats.js';
+import { combineByMedian, type RunResult } from './lib/stats.js';
 import {
   type RunningTarget,
   startBridge,
@@ -137,7 +137,9 @@ async function main(): Promise<void> {
       logging: LOGGING,
       tookSeconds: (performance.now() - started) / 1000,
       targets: targets.map(({ name, description }) => ({ name, description })),
-      results: [...rounds.values()].map(combine),
+      aggregate: 'median',
+      results: [...rounds.values()].map(combineByMedian),
+      roundResults: [...rounds.values()].flat(),
       ...(inFlight && { inFlight }),
     };
     const report = buildReport(run);

@@ -23,7 +23,11 @@ export interface BenchRun {
   readonly tookSeconds: number;
   /** Targets in the order they are listed, with what each is. */
   readonly targets: ReadonlyArray<{ readonly name: string; readonly description: string }>;
+  /** How `results` combine the rounds; runs before medians were introduced took the mean. */
+  readonly aggregate?: 'median' | 'mean';
   readonly results: readonly RunResult[];
+  /** Every round of every row, as measured. */
+  readonly roundResults?: readonly RunResult[];
   readonly inFlight?: InFlightResult;
 }
 
@@ -195,7 +199,8 @@ function measuredLine(run: BenchRun): string {
   return (
     `Measured ${run.date.slice(0, 16).replace('T', ' ')} UTC${run.quick ? ' (a --quick smoke run)' : ''} on ` +
     `${host.cpuModel}, ${host.cores} cores, Linux ${host.kernel}, Node ${host.node}, ${brokers}. ` +
-    `${run.rounds} interleaved round${run.rounds === 1 ? '' : 's'} of ${run.seconds} s per row, each after ` +
+    `${run.rounds} interleaved round${run.rounds === 1 ? '' : 's'} of ${run.seconds} s per row (figures: the ` +
+    `${run.aggregate ?? 'mean'} of the rounds), each after ` +
     `${run.warmupSeconds} s of warm-up; every target started for its rows and stopped after them; ` +
     `100-byte bodies unless stated; whole run ${Math.round(run.tookSeconds)} s. Load average ` +
     `${host.loadAverageAtStart.toFixed(1)} at the start, ${run.loadAverageAtEnd.toFixed(1)} at the end${busy}. ` +

@@ -71,3 +71,26 @@ export function combine(rounds: RunResult[]): RunResult {
     ...(first.connections !== undefined && { connections: Math.max(...rounds.map((run) => run.connections ?? 0)) }),
   };
 }
+
+export function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  if (sorted.length % 2 === 1) return sorted[middle] ?? 0;
+  return ((sorted[middle - 1] ?? 0) + (sorted[middle] ?? 0)) / 2;
+}
+
+/**
+ * Like combine, but each rate, latency and CPU figure is the median of the rounds: on a machine that
+ * other work shares, one round can be several times off, and a mean would carry that into the table.
+ */
+export function combineByMedian(rounds: RunResult[]): RunResult {
+  const summed = combine(rounds);
+  const of = (pick: (run: RunResult) => number) => median(rounds.map(pick));
+  return {
+    ...summed,
+    rps: of((run) => run.rps),
+    p50: of((run) => run.p50),
+    p99: of((run) => run.p99),
+    cpuMsPerRequest: of((run) => run.cpuMsPerRequest),
+  };
+}
