@@ -54,7 +54,23 @@ function underCallgrind(name: string, args: string[], env: Record<string, string
  * reaches the process, names its rendezvous files after $HOST, and the bridge reads HOST as the
  * address to listen on; callgrind_control must see the same value or it cannot find the process.
  */
-async function count(target: string, child: Child, url: string, host?: string): Promise<Counted> {
+async function count(
+  target: string,
+  child: Child,
+  ready: () => Promise<unknown>,
+  url: string,
+  host?: string,
+): Promise<Counted> {
+  // However it ends, the target under callgrind must not outlive the count.
+  try {
+    await ready();
+    return await countReady(target, child, url, host);
+  } finally {
+    await child.stop();
+  }
+}
+
+async function countReady(target: string, child: Child, url: string, host: string | undefined): Promise<Counted> {
   const control = (command: string) =>
     execFileSync('callgrind_control', [command, String(child.pid)], {
       stdio: 'ignore',
@@ -75,7 +91,6 @@ async function count(target: string, child: Child, url: string, host?: string): 
   // Callgrind acts on the request when the process next runs code; wait for the dump (<out-file>.<n>),
   // whose "totals:" line holds the instructions (Ir) since the zeroing.
   const dump = await waitForDump(target, url);
-  await child.stop();
   const totals = /^totals:\s+(\d+)/m.exec(readFileSync(join(outDir, dump), 'utf8'));
   const counted = { target, requests: result.requests, instructions: Number(totals?.[1] ?? Number.NaN) };
   console.error(
@@ -100,8 +115,7 @@ async function countEcho(): Promise<Counted> {
   const echo = underCallgrind('express-echo', ['--import', 'tsx', 'bench/targets/express-echo.ts'], {
     PORT: String(port),
   });
-  await echo.waitForLine(/"port"/, 300_000);
-  return count('express-echo', echo, `http://127.0.0.1:${port}/echo`);
+  return count('express-echo', echo, () => echo.waitForLine(/"port"/, 300_000), `http://127.0.0.1:${port}/echo`);
 }
 
 async function countMinimal(): Promise<Counted> {
@@ -111,8 +125,7 @@ async function countMinimal(): Promise<Counted> {
     QUEUE: echoQueue(context),
     PORT: String(port),
   });
-  await minimal.waitForLine(/"port"/, 300_000);
-  return count('minimal', minimal, `http://127.0.0.1:${port}/rpc`);
+  return count('minimal', minimal, () => minimal.waitForLine(/"port"/, 300_000), `http://127.0.0.1:${port}/rpc`);
 }
 
 async function countBridge(): Promise<Counted> {
@@ -123,8 +136,13 @@ async function countBridge(): Promise<Counted> {
     { AMQP_URL: rabbitmqUrl, PORT: String(port), HOST: '127.0.0.1' },
     join(outDir, 'bridge.log'),
   );
-  await waitReady(`http://127.0.0.1:${port}/readyz`, 300_000);
-  return count('bridge', bridge, `http://127.0.0.1:${port}/rpc/${echoQueue(context)}`, '127.0.0.1');
+  return count(
+    'bridge',
+    bridge,
+    () => waitReady(`http://127.0.0.1:${port}/readyz`, 300_000),
+    `http://127.0.0.1:${port}/rpc/${echoQueue(context)}`,
+    '127.0.0.1',
+  );
 }
 
 async function main(): Promise<void> {
