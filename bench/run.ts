@@ -1,403 +1,207 @@
 /**
- * npm run bench: the bridge beside its own two halves, in one run, on this machine.
+ * npm run bench: the bridge beside its own two halves, the least bridge possible, and a peer, in one
+ * run, on this machine.
  *
- *   express-echo  a plain express 5 echo server (the HTTP half alone)
- *   bridge        the built bridge, default configuration, logging on (to /dev/null)
- *   raw-amqp      a raw amqplib direct reply-to client, no HTTP (the AMQP half alone)
- *   minimal       the floor: node:http + amqplib and nothing else (no validation, logs, metrics)
+ * Each target (lib/targets.ts) is started for its rows and stopped after them, so that only the
+ * target under test runs; rounds are interleaved and alternate their order (A B C, C B A) so that
+ * drift hits all alike; each figure is the median of the rounds (every round is kept in the JSON). Concurrency 1 is measured the way a
+ * sidecar calls (clients/serial-client.ts), higher concurrencies with autocannon, both from a
+ * process of their own. Prints a table; a full run writes bench/results/<date>.json and latest.json
+ * and refreshes the README's benchmark section (`npm run bench:render` redoes that from a saved run).
  *
- * All three share one echo worker and one broker. Runs are interleaved (A B C A B C) so drift hits
- * all alike; each figure is the mean of the rounds. Prints a table, writes bench/results/*.json and
- * refreshes the README's benchmark section. BENCH_SECONDS (default 3) sets the length of one run,
- * BENCH_ROUNDS (2) the rounds, BENCH_SCENARIOS (concurrency,bodies,inflight) what runs, and
- * BENCH_BRIDGE_NODE_FLAGS extra node flags for the bridge (for tuning experiments).
+ *   --quick                a smoke run (< 1 minute): one short round at concurrency 1 and 64, nothing written
+ *   BENCH_SECONDS          length of one measured row (default 3; quick 1)
+ *   BENCH_ROUNDS           rounds (default 3; quick 1)
+ *   BENCH_WARMUP_SECONDS   warm-up before each row, at the row's concurrency (default 1; quick 0.5)
+ *   BENCH_TARGETS          only these targets (comma-separated names); a partial run writes nothing
+ *   BENCH_SCENARIOS        concurrency,bodies,inflight (default all three; quick: concurrency)
+ *   AMQP_URL, LAVINMQ_URL  the brokers (default RabbitMQ on 5672, LavinMQ on 5682, guest/guest)
+ *   LAVINMQ_NODELAY_URL    a LavinMQ with `tcp_nodelay = true` in its lavinmq.ini: adds bridge-lavinmq-nodelay
+ *   BENCH_BRIDGE_NODE_FLAGS extra node flags for the bridge (default as `npm start`: --max-semi-space-size=4)
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { Agent, request as httpRequest } from 'node:http';
-import { cpus } from 'node:os';
-import { runHttpLoad } from './lib/http-load.js';
-import { type Child, freePort, peakRssBytes, startChild } from './lib/processes.js';
-import { combine, type RunResult } from './lib/stats.js';
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describeHost } from './lib/host-info.js';
+import { type InFlightResult, runInFlight } from './lib/in-flight.js';
+import { type BenchRun, buildReport, computeRatios, updateReadme } from './lib/report.js';
+import { combineByMedian, type RunResult } from './lib/stats.js';
+import {
+  type RunningTarget,
+  startBridge,
+  startWorker,
+  TARGETS,
+  type Target,
+  type TargetContext,
+} from './lib/targets.js';
 
-const AMQP_URL = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
-const CONCURRENCIES = [1, 16, 64, 256];
-const BODY_SIZES = [100, 10 * 1024, 1024 * 1024];
+const quick = process.argv.includes('--quick');
+const SECONDS = Number(process.env.BENCH_SECONDS ?? (quick ? 1 : 3));
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 3));
+const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? (quick ? 0.5 : 1));
+const SCENARIOS = new Set(
+  (process.env.BENCH_SCENARIOS ?? (quick ? 'concurrency' : 'concurrency,bodies,inflight')).split(','),
+);
+const ONLY = process.env.BENCH_TARGETS?.split(',');
 const IN_FLIGHT = Number(process.env.BENCH_IN_FLIGHT ?? 10_000);
 /**
  * How long the slow worker holds each request. Long enough that all IN_FLIGHT requests are open at
  * once: on 2 cores the bridge takes a few seconds to accept, read and publish 10,000 of them.
  */
 const IN_FLIGHT_DELAY_MS = Number(process.env.BENCH_IN_FLIGHT_DELAY_MS ?? 8_000);
-const SCENARIOS = new Set((process.env.BENCH_SCENARIOS ?? 'concurrency,bodies,inflight').split(','));
-const TSX = ['--import', 'tsx'];
-const runId = randomBytes(4).toString('hex');
-const echoQueue = `bench.echo.${runId}`;
-const slowQueue = `bench.slow.${runId}`;
+/** Every concurrency for the bridge and what it is compared with; the two the targets are judged at for the rest. */
+const ALL_CONCURRENCIES = quick ? [1, 64] : [1, 16, 64, 256];
+const JUDGED_CONCURRENCIES = [1, 64];
+const FULLY_MEASURED = new Set(['express-echo', 'bridge', 'minimal', 'raw-amqp']);
+/** Larger bodies (at concurrency 16) for the bridge and the plain HTTP echo. */
+const BODY_SIZES = [10 * 1024, 1024 * 1024];
+const BODY_TARGETS = new Set(['express-echo', 'bridge']);
+const LOGGING =
+  'on, at the default level (one line per request), each bridge appending to a file of its own in the ' +
+  "OS temp folder through its own fd 1, as a deployment's log file; nothing is piped to the harness";
 
-interface InFlightResult {
-  readonly requests: number;
-  readonly ok: number;
-  readonly wrong: number;
-  readonly byStatus: Record<string, number>;
-  readonly seconds: number;
-  readonly peakRssMb: number;
-  readonly peakHeapMb: number;
-  /** The most RPCs the bridge reported in flight at once (sampled every 200 ms). */
-  readonly peakInFlight: number;
-  readonly inFlightAfter: number;
+interface Row {
+  readonly concurrency: number;
+  readonly bodyBytes: number;
 }
 
-const benchStarted = performance.now();
+function rowsOf(target: Target): Row[] {
+  const rows: Row[] = [];
+  if (SCENARIOS.has('concurrency')) {
+    const concurrencies = FULLY_MEASURED.has(target.name) ? ALL_CONCURRENCIES : JUDGED_CONCURRENCIES;
+    rows.push(...concurrencies.map((concurrency) => ({ concurrency, bodyBytes: 100 })));
+  }
+  if (SCENARIOS.has('bodies') && BODY_TARGETS.has(target.name)) {
+    rows.push(...BODY_SIZES.map((bodyBytes) => ({ concurrency: 16, bodyBytes })));
+  }
+  return rows;
+}
 
 async function main(): Promise<void> {
-  const children: Child[] = [];
-  const stopAll = async () => {
-    await Promise.all(children.map((child) => child.stop()));
-  };
-  process.on('SIGINT', () => void stopAll().then(() => process.exit(130)));
-  try {
-    const worker = startChild('node', ['dist/examples/echo-worker.js'], {
-      AMQP_URL,
-      RPC_QUEUE: echoQueue,
-      QUEUE_DURABLE: 'false',
-      PREFETCH: '512',
-    });
-    children.push(worker);
-    await worker.waitForLine(/consuming/);
-
-    const { child: bridge, port: bridgePort } = await startBridge();
-    // The same bridge in its other configurations, to show what each costs.
-    const queueMode = await startBridge({ RPC_REPLY_MODE: 'queue' });
-    const noConfirms = await startBridge({ AMQP_PUBLISHER_CONFIRMS: 'false' });
-    children.push(queueMode.child, noConfirms.child);
-    children.push(bridge);
-
-    const echo = startChild('node', [...TSX, 'bench/targets/express-echo.ts'], {});
-    children.push(echo);
-    const echoPort = (JSON.parse(await echo.waitForLine(/"port"/)) as { port: number }).port;
-    const minimal = startChild('node', [...TSX, 'bench/targets/minimal-bridge.ts'], { AMQP_URL, QUEUE: echoQueue });
-    children.push(minimal);
-    const minimalPort = (JSON.parse(await minimal.waitForLine(/"port"/)) as { port: number }).port;
-
-    const httpTarget =
-      (target: string, port: number, pid: number, path: string) => (concurrency: number, body: Buffer) =>
-        runHttpLoad({ target, url: `http://127.0.0.1:${port}${path}`, pid, concurrency, body, seconds: SECONDS });
-    const rpcPath = `/rpc/${echoQueue}`;
-    const targets = {
-      'express-echo': httpTarget('express-echo', echoPort, echo.pid, '/echo'),
-      bridge: httpTarget('bridge', bridgePort, bridge.pid, rpcPath),
-      'raw-amqp': (concurrency: number, body: Buffer) => runRawAmqp(concurrency, body.length),
-      'bridge-queue-mode': httpTarget('bridge-queue-mode', queueMode.port, queueMode.child.pid, rpcPath),
-      'bridge-no-confirms': httpTarget('bridge-no-confirms', noConfirms.port, noConfirms.child.pid, rpcPath),
-      minimal: httpTarget('minimal', minimalPort, minimal.pid, '/rpc'),
-    };
-
-    console.error(`warming up (${Object.keys(targets).join(', ')})`);
-    for (const run of Object.values(targets)) await run(16, Buffer.alloc(100, 'w'));
-
-    const rounds = new Map<string, RunResult[]>();
-    const keep = (result: RunResult) => {
-      const key = `${result.target}|${result.concurrency}|${result.bodyBytes}`;
-      rounds.set(key, [...(rounds.get(key) ?? []), result]);
-      console.error(
-        `  ${result.target.padEnd(12)} c=${String(result.concurrency).padEnd(3)} body=${String(result.bodyBytes).padEnd(7)} ` +
-          `${result.rps.toFixed(0).padStart(6)} req/s  p50 ${result.p50.toFixed(2)} ms  p99 ${result.p99.toFixed(2)} ms  ` +
-          `cpu ${(result.cpuMsPerRequest * 1000).toFixed(0)} µs/req`,
-      );
-    };
-    const body100 = Buffer.alloc(100, 'x');
-    for (let round = 1; round <= ROUNDS; round++) {
-      if (SCENARIOS.has('concurrency')) {
-        console.error(`round ${round}/${ROUNDS}: concurrency`);
-        for (const concurrency of CONCURRENCIES) {
-          for (const [name, run] of Object.entries(targets)) {
-            // The configuration variants at the two concurrencies the targets are judged at.
-            if (name.startsWith('bridge-') && concurrency !== 1 && concurrency !== 64) continue;
-            keep(await run(concurrency, body100));
-          }
-        }
-      }
-      if (!SCENARIOS.has('bodies')) continue;
-      console.error(`round ${round}/${ROUNDS}: body sizes at concurrency 16`);
-      for (const size of BODY_SIZES.filter((bytes) => bytes !== 100)) {
-        const body = randomBytes(size);
-        keep(await targets['express-echo'](16, body));
-        keep(await targets.bridge(16, body));
-      }
-    }
-    const results = [...rounds.values()].map(combine);
-
-    if (!SCENARIOS.has('inflight')) {
-      console.log(buildReport(results, undefined).table);
-      return;
-    }
-    console.error(
-      `${IN_FLIGHT} requests in flight at once against a worker that answers after ${IN_FLIGHT_DELAY_MS} ms`,
-    );
-    const slow = startChild('node', ['dist/examples/echo-worker.js'], {
-      AMQP_URL,
-      RPC_QUEUE: slowQueue,
-      QUEUE_DURABLE: 'false',
-      PREFETCH: String(Math.min(65_535, IN_FLIGHT * 2)),
-    });
-    children.push(slow);
-    await slow.waitForLine(/consuming/);
-    // A fresh bridge, so that its peak RSS is this scenario's and not the 1 MiB bodies' before it.
-    await bridge.stop();
-    const fresh = await startBridge();
-    children.push(fresh.child);
-    const inFlight = await runInFlight(fresh.port, fresh.child.pid);
-
-    const report = buildReport(results, inFlight);
-    console.error(`bench took ${((performance.now() - benchStarted) / 1000).toFixed(0)} s`);
-    console.log(report.table);
-    if (SCENARIOS.size < 3) {
-      console.error('a partial run (BENCH_SCENARIOS): results printed, nothing written');
-      return;
-    }
-    mkdirSync('bench/results', { recursive: true });
-    const json = JSON.stringify(
-      {
-        date: new Date().toISOString(),
-        cpus: cpus().length,
-        cpuModel: cpus()[0]?.model,
-        seconds: SECONDS,
-        rounds: ROUNDS,
-        results,
-        inFlight,
-        ratios: report.ratios,
-      },
-      null,
-      2,
-    );
-    writeFileSync(`bench/results/${new Date().toISOString().replace(/[:.]/g, '-')}.json`, json);
-    writeFileSync('bench/results/latest.json', json);
-    updateReadme(report.markdown);
-    console.error('wrote bench/results/latest.json and the README benchmark section');
-  } finally {
-    await stopAll();
-  }
-}
-
-async function startBridge(env: Record<string, string> = {}): Promise<{ child: Child; port: number }> {
-  const port = await freePort();
-  // As `npm start` and the Dockerfile run it, unless BENCH_BRIDGE_NODE_FLAGS says otherwise.
-  const flags = (process.env.BENCH_BRIDGE_NODE_FLAGS ?? '--max-semi-space-size=4').split(' ').filter(Boolean);
-  const child = startChild('node', [...flags, 'dist/src/main.js'], {
-    AMQP_URL,
-    PORT: String(port),
-    HOST: '127.0.0.1',
-    ...env,
-  });
-  await child.waitForLine(/"msg":"listening"/);
-  await waitReady(`http://127.0.0.1:${port}/readyz`);
-  return { child, port };
-}
-
-async function runRawAmqp(concurrency: number, bodyBytes: number): Promise<RunResult> {
-  const child = startChild('node', [...TSX, 'bench/targets/raw-amqp-rpc.ts'], {
-    AMQP_URL,
-    QUEUE: echoQueue,
-    CONCURRENCY: String(concurrency),
-    SECONDS: String(SECONDS),
-    BODY_BYTES: String(bodyBytes),
-  });
-  const line = await child.waitForLine(/"requests"/, (SECONDS + 20) * 1000);
-  await child.stop();
-  const raw = JSON.parse(line) as Omit<RunResult, 'target' | 'concurrency' | 'bodyBytes' | 'errors' | 'non2xx'>;
-  return { ...raw, target: 'raw-amqp', concurrency, bodyBytes, errors: 0, non2xx: 0 };
-}
-
-/** Opens IN_FLIGHT requests (in batches the listen queue can take) that the worker holds for a while. */
-async function runInFlight(port: number, pid: number): Promise<InFlightResult> {
-  const agent = new Agent({ keepAlive: false, maxSockets: Number.POSITIVE_INFINITY });
-  const byStatus: Record<string, number> = {};
-  let ok = 0;
-  let wrong = 0;
-  let peakHeap = 0;
-  let peakInFlight = 0;
-  const heapPoll = setInterval(() => {
-    void scrape(port, 'nodejs_heap_size_used_bytes').then((heap) => {
-      peakHeap = Math.max(peakHeap, heap);
-    });
-    void scrape(port, 'rpc_in_flight').then((count) => {
-      peakInFlight = Math.max(peakInFlight, count);
-    });
-  }, 200);
   const started = performance.now();
-  const pending: Array<Promise<void>> = [];
-  for (let i = 0; i < IN_FLIGHT; i++) {
-    // 250 new connections every 100 ms: faster, and this 2-core machine overflows the listen queue.
-    if (i > 0 && i % 250 === 0) await new Promise((resolve) => setTimeout(resolve, 100));
-    const expected = `in-flight-${i}`;
-    pending.push(
-      new Promise<void>((resolve) => {
-        const req = httpRequest(
-          {
-            host: '127.0.0.1',
-            port,
-            path: `/rpc/${slowQueue}`,
-            method: 'POST',
-            agent,
-            headers: { 'Amqp-Header-Delay-Ms': String(IN_FLIGHT_DELAY_MS), 'Amqp-Timeout': '60000' },
-          },
-          (res) => {
-            const chunks: Buffer[] = [];
-            res.on('data', (chunk: Buffer) => chunks.push(chunk));
-            res.on('end', () => {
-              const status = String(res.statusCode);
-              byStatus[status] = (byStatus[status] ?? 0) + 1;
-              if (res.statusCode === 200 && Buffer.concat(chunks).toString() === expected) ok += 1;
-              else wrong += 1;
-              resolve();
-            });
-          },
-        );
-        req.on('error', () => {
-          byStatus.error = (byStatus.error ?? 0) + 1;
-          wrong += 1;
-          resolve();
-        });
-        req.end(expected);
-      }),
-    );
-  }
-  await Promise.all(pending);
-  clearInterval(heapPoll);
-  const seconds = (performance.now() - started) / 1000;
-  return {
-    requests: IN_FLIGHT,
-    ok,
-    wrong,
-    byStatus,
-    seconds,
-    peakRssMb: peakRssBytes(pid) / 1024 / 1024,
-    peakHeapMb: peakHeap / 1024 / 1024,
-    peakInFlight,
-    inFlightAfter: await scrape(port, 'rpc_in_flight'),
+  const rabbitmqUrl = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+  const lavinmqUrl = process.env.LAVINMQ_URL ?? 'amqp://guest:guest@127.0.0.1:5682';
+  const lavinmqNodelayUrl = process.env.LAVINMQ_NODELAY_URL;
+  const logDir = mkdtempSync(join(tmpdir(), 'bridge-bench-logs-'));
+  const context: TargetContext = {
+    rabbitmqUrl,
+    lavinmqUrl,
+    ...(lavinmqNodelayUrl !== undefined && { lavinmqNodelayUrl }),
+    runId: randomBytes(4).toString('hex'),
+    logDir,
+    warmupSeconds: WARMUP_SECONDS,
+    bridgeNodeFlags: (process.env.BENCH_BRIDGE_NODE_FLAGS ?? '--max-semi-space-size=4').split(' ').filter(Boolean),
   };
-}
+  const host = await describeHost({
+    rabbitmq: rabbitmqUrl,
+    lavinmq: lavinmqUrl,
+    ...(lavinmqNodelayUrl !== undefined && { 'lavinmq-nodelay': lavinmqNodelayUrl }),
+  });
+  const targets = TARGETS.filter(
+    (target) =>
+      (ONLY === undefined || ONLY.includes(target.name)) &&
+      (target.name !== 'bridge-lavinmq-nodelay' || lavinmqNodelayUrl !== undefined),
+  );
+  let running: RunningTarget | undefined;
+  process.on('SIGINT', () => void (running?.stop() ?? Promise.resolve()).then(() => process.exit(130)));
 
-async function scrape(port: number, metric: string): Promise<number> {
-  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
-  const text = await response.text();
-  const line = text.split('\n').find((candidate) => candidate.startsWith(`${metric} `));
-  return line ? Number(line.split(' ')[1]) : Number.NaN;
-}
-
-async function waitReady(url: string): Promise<void> {
-  for (let attempt = 0; attempt < 100; attempt++) {
-    const ready = await fetch(url).then(
-      (res) => res.ok,
-      () => false,
-    );
-    if (ready) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
+  const rounds = new Map<string, RunResult[]>();
+  try {
+    for (let round = 1; round <= ROUNDS; round++) {
+      console.error(`round ${round}/${ROUNDS}`);
+      const inOrder = round % 2 === 1 ? targets : [...targets].reverse();
+      for (const target of inOrder) {
+        const rows = rowsOf(target);
+        if (rows.length === 0) continue;
+        running = await target.start(context);
+        for (const row of rows) {
+          const result = await running.measure(row.concurrency, row.bodyBytes, SECONDS);
+          const key = `${result.target}|${result.concurrency}|${result.bodyBytes}`;
+          rounds.set(key, [...(rounds.get(key) ?? []), result]);
+          progress(result);
+        }
+        await running.stop();
+        running = undefined;
+      }
+    }
+    const inFlight = SCENARIOS.has('inflight') ? await measureInFlight(context) : undefined;
+    const run: BenchRun = {
+      date: new Date().toISOString(),
+      quick,
+      host,
+      loadAverageAtEnd: loadavg()[0] ?? 0,
+      seconds: SECONDS,
+      rounds: ROUNDS,
+      warmupSeconds: WARMUP_SECONDS,
+      logging: LOGGING,
+      tookSeconds: (performance.now() - started) / 1000,
+      targets: targets.map(({ name, description }) => ({ name, description })),
+      aggregate: 'median',
+      results: [...rounds.values()].map(combineByMedian),
+      roundResults: [...rounds.values()].flat(),
+      ...(inFlight && { inFlight }),
+    };
+    const report = buildReport(run);
+    console.log(report.table);
+    console.error(`bench took ${run.tookSeconds.toFixed(0)} s`);
+    save(run, report.markdown);
+  } finally {
+    await running?.stop();
+    reportLogs(logDir);
   }
-  throw new Error(`${url} never became ready`);
 }
 
-function buildReport(results: RunResult[], inFlight: InFlightResult | undefined) {
-  const find = (target: string, concurrency: number, bodyBytes = 100) =>
-    results.find((r) => r.target === target && r.concurrency === concurrency && r.bodyBytes === bodyBytes);
-  const bridge64 = find('bridge', 64);
-  const echo64 = find('express-echo', 64);
-  const raw64 = find('raw-amqp', 64);
-  const bridge1 = find('bridge', 1);
-  const bridgeMiB = find('bridge', 16, 1024 * 1024);
-  const cpuRatio =
-    bridge64 && echo64 && raw64
-      ? bridge64.cpuMsPerRequest / (echo64.cpuMsPerRequest + raw64.cpuMsPerRequest)
-      : Number.NaN;
-  const throughputRatio = bridge64 && echo64 ? bridge64.rps / echo64.rps : Number.NaN;
-  const ratios = {
-    cpuVsHalves: { value: cpuRatio, target: '<= 1.0', met: cpuRatio <= 1.0 },
-    throughputVsEcho: { value: throughputRatio, target: '>= 0.7', met: throughputRatio >= 0.7 },
-    p50AtConcurrency1Ms: { value: bridge1?.p50 ?? Number.NaN, target: '<= 0.6', met: (bridge1?.p50 ?? 99) <= 0.6 },
-    p99AtConcurrency1Ms: { value: bridge1?.p99 ?? Number.NaN, target: '<= 1.5', met: (bridge1?.p99 ?? 99) <= 1.5 },
-    ...(inFlight && {
-      inFlightAllAnswered: {
-        value: inFlight.ok,
-        target: `${inFlight.requests}`,
-        met: inFlight.ok === inFlight.requests,
-      },
-      inFlightPeakRssMb: { value: inFlight.peakRssMb, target: '<= 200', met: inFlight.peakRssMb <= 200 },
-      inFlightPendingAfter: { value: inFlight.inFlightAfter, target: '0', met: inFlight.inFlightAfter === 0 },
-    }),
-    oneMiBErrors: {
-      value: (bridgeMiB?.errors ?? 0) + (bridgeMiB?.non2xx ?? 0),
-      target: '0',
-      met: bridgeMiB !== undefined && bridgeMiB.errors + bridgeMiB.non2xx === 0,
-    },
-  };
+/** A full run is kept and shown in the README; a quick or partial one is kept only in the temp folder. */
+function save(run: BenchRun, markdown: string): void {
+  const json = `${JSON.stringify({ ...run, ratios: computeRatios(run) }, null, 2)}\n`;
+  const complete = !quick && ONLY === undefined && SCENARIOS.size === 3;
+  if (!complete) {
+    const path = join(tmpdir(), 'bridge-bench-partial.json');
+    writeFileSync(path, json);
+    console.error(`a quick or partial run: README untouched; saved as ${path} (npm run bench:render -- ${path})`);
+    return;
+  }
+  mkdirSync('bench/results', { recursive: true });
+  const path = `bench/results/${run.date.replace(/[:.]/g, '-')}.json`;
+  writeFileSync(path, json);
+  writeFileSync('bench/results/latest.json', json);
+  updateReadme(markdown);
+  console.error(`wrote ${path}, bench/results/latest.json and the README benchmark section`);
+}
 
-  const header = '| target | concurrency | body | req/s | p50 ms | p99 ms | max ms | errors | non-2xx | CPU µs/req |';
-  const rule = '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |';
-  const rows = results.map(
-    (r) =>
-      `| ${r.target} | ${r.concurrency} | ${formatBytes(r.bodyBytes)} | ${r.rps.toFixed(0)} | ${r.p50.toFixed(2)} | ${r.p99.toFixed(2)} | ${r.max.toFixed(1)} | ${r.errors} | ${r.non2xx} | ${(r.cpuMsPerRequest * 1000).toFixed(0)} |`,
+/** A fresh bridge (its peak RSS is this scenario's alone) and a worker that holds every request. */
+async function measureInFlight(context: TargetContext): Promise<InFlightResult> {
+  console.error(`${IN_FLIGHT} requests in flight at once against a worker that answers after ${IN_FLIGHT_DELAY_MS} ms`);
+  const queue = `bench.slow.${context.runId}`;
+  const worker = await startWorker(context.rabbitmqUrl, queue, Math.min(65_535, IN_FLIGHT * 2));
+  const bridge = await startBridge(context, context.rabbitmqUrl, join(context.logDir, 'bridge-in-flight.log'), {});
+  try {
+    return await runInFlight(bridge.port, bridge.child.pid, queue, IN_FLIGHT, IN_FLIGHT_DELAY_MS);
+  } finally {
+    await bridge.child.stop();
+    await worker.stop();
+  }
+}
+
+function progress(result: RunResult): void {
+  console.error(
+    `  ${result.target.padEnd(18)} c=${String(result.concurrency).padEnd(3)} body=${String(result.bodyBytes).padEnd(7)} ` +
+      `${result.rps.toFixed(0).padStart(6)} req/s  p50 ${result.p50.toFixed(2)} ms  p99 ${result.p99.toFixed(2)} ms  ` +
+      `cpu ${(result.cpuMsPerRequest * 1000).toFixed(0)} µs/req${result.errors + result.non2xx > 0 ? `  errors ${result.errors} non-2xx ${result.non2xx}` : ''}`,
   );
-  const ratioRows = Object.entries(ratios).map(
-    ([name, ratio]) =>
-      `| ${name} | ${typeof ratio.value === 'number' ? Number(ratio.value.toFixed(3)) : ratio.value} | ${ratio.target} | ${ratio.met ? 'met' : '**missed**'} |`,
-  );
-  const inFlightLine = !inFlight
-    ? ''
-    : `${inFlight.requests} requests in flight at once (worker answers after ${IN_FLIGHT_DELAY_MS / 1000} s): ${inFlight.ok} answered correctly, ` +
-      `statuses ${JSON.stringify(inFlight.byStatus)}, all done in ${inFlight.seconds.toFixed(1)} s, ` +
-      `peak rpc_in_flight ${inFlight.peakInFlight}, bridge peak RSS ${inFlight.peakRssMb.toFixed(0)} MB, ` +
-      `peak heap ${inFlight.peakHeapMb.toFixed(0)} MB, rpc_in_flight after: ${inFlight.inFlightAfter}.`;
-
-  const series = (target: string) => CONCURRENCIES.map((c) => (find(target, c)?.p50 ?? 0).toFixed(2)).join(', ');
-  const chart = [
-    '```mermaid',
-    'xychart-beta',
-    '  title "p50 latency (ms) by concurrency: express-echo, bridge, raw-amqp, minimal (lines in that order)"',
-    `  x-axis "concurrency" [${CONCURRENCIES.join(', ')}]`,
-    '  y-axis "p50 ms"',
-    `  line [${series('express-echo')}]`,
-    `  line [${series('bridge')}]`,
-    `  line [${series('raw-amqp')}]`,
-    `  line [${series('minimal')}]`,
-    '```',
-  ].join('\n');
-
-  const table = [header, rule, ...rows].join('\n');
-  const markdown = [
-    `Measured ${new Date().toISOString().slice(0, 10)} on this project's 2-core machine (${cpus()[0]?.model ?? 'unknown CPU'}), ` +
-      `${ROUNDS} interleaved rounds of ${SECONDS} s per row, 100-byte bodies unless stated. CPU is the process under test ` +
-      '(for raw-amqp, the client itself).',
-    '',
-    table,
-    '',
-    '| target ratio | value | goal | |',
-    '| --- | ---: | ---: | --- |',
-    ...ratioRows,
-    '',
-    inFlightLine,
-    '',
-    chart,
-  ].join('\n');
-  return { table: `${table}\n\n${ratioRows.join('\n')}\n\n${inFlightLine}`, markdown, ratios };
 }
 
-function formatBytes(bytes: number): string {
-  if (bytes >= 1024 * 1024) return `${bytes / 1024 / 1024} MiB`;
-  if (bytes >= 1024) return `${bytes / 1024} KiB`;
-  return `${bytes} B`;
-}
-
-function updateReadme(markdown: string): void {
-  const start = '<!-- bench:start -->';
-  const end = '<!-- bench:end -->';
-  const readme = readFileSync('README.md', 'utf8');
-  const from = readme.indexOf(start);
-  const to = readme.indexOf(end);
-  if (from === -1 || to === -1) return;
-  writeFileSync('README.md', `${readme.slice(0, from + start.length)}\n${markdown}\n${readme.slice(to)}`);
+/** Says how much the bridges logged (so that a reader can see logging was on), then removes the logs. */
+function reportLogs(logDir: string): void {
+  let bytes = 0;
+  for (const target of TARGETS) {
+    try {
+      bytes += statSync(join(logDir, `${target.name}.log`)).size;
+    } catch {}
+  }
+  console.error(`the bridges wrote ${(bytes / 1024 / 1024).toFixed(1)} MiB of log lines`);
+  rmSync(logDir, { recursive: true, force: true });
 }
 
 await main();

@@ -1,5 +1,5 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
 
@@ -13,19 +13,34 @@ export interface Child {
   stop(): Promise<void>;
 }
 
-/** Starts a child; stdout is read line by line (and otherwise discarded), stderr passes through. */
-export function startChild(command: string, args: string[], env: Record<string, string>): Child {
-  const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
-  const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
-  const waiters: Array<{ pattern: RegExp; resolve: (line: string) => void }> = [];
-  lines.on('line', (line) => {
-    for (const waiter of [...waiters]) {
-      if (waiter.pattern.test(line)) {
-        waiters.splice(waiters.indexOf(waiter), 1);
-        waiter.resolve(line);
-      }
-    }
+export interface ChildOptions {
+  /**
+   * Append the child's stdout to this file (opened here and handed over as its fd 1) instead of
+   * reading it line by line: a bench must not spend its own event loop on a target's log lines.
+   * waitForLine then never resolves.
+   */
+  readonly stdoutFile?: string;
+}
+
+/**
+ * Starts a child; stdout is read line by line (and otherwise discarded) unless options.stdoutFile
+ * says where it goes; stderr passes through.
+ */
+export function startChild(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+  options: ChildOptions = {},
+): Child {
+  const stdoutFd = options.stdoutFile === undefined ? undefined : openSync(options.stdoutFile, 'a');
+  const child = spawn(command, args, {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', stdoutFd ?? 'pipe', 'inherit'],
   });
+  // The child holds its own copy of the descriptor now.
+  if (stdoutFd !== undefined) closeSync(stdoutFd);
+  const waiters: Array<{ pattern: RegExp; resolve: (line: string) => void }> = [];
+  if (child.stdout) readLines(child.stdout, waiters);
   return {
     pid: child.pid ?? 0,
     process: child,
@@ -56,6 +71,20 @@ export function startChild(command: string, args: string[], env: Record<string, 
       });
     },
   };
+}
+
+function readLines(
+  stdout: NodeJS.ReadableStream,
+  waiters: Array<{ pattern: RegExp; resolve: (line: string) => void }>,
+): void {
+  createInterface({ input: stdout }).on('line', (line) => {
+    for (const waiter of [...waiters]) {
+      if (waiter.pattern.test(line)) {
+        waiters.splice(waiters.indexOf(waiter), 1);
+        waiter.resolve(line);
+      }
+    }
+  });
 }
 
 /** CPU time (user + system) the process has used so far, in milliseconds. */

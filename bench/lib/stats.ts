@@ -13,6 +13,10 @@ export interface RunResult {
   readonly non2xx: number;
   /** CPU time of the process under test per request, in milliseconds. */
   readonly cpuMsPerRequest: number;
+  /** What generated the load: the serial client, autocannon (each in its own process), or the target itself. */
+  readonly client?: 'serial' | 'autocannon' | 'self';
+  /** Serial client: TCP connections used while measuring (1: keep-alive held throughout). */
+  readonly connections?: number;
 }
 
 export function percentile(sorted: Float64Array, fraction: number): number {
@@ -35,11 +39,12 @@ export class LatencyRecorder {
     this.values[this.count++] = ms;
   }
 
-  summary(): { count: number; p50: number; p99: number; max: number } {
+  summary(): { count: number; p50: number; p90: number; p99: number; max: number } {
     const sorted = this.values.slice(0, this.count).sort();
     return {
       count: this.count,
       p50: percentile(sorted, 0.5),
+      p90: percentile(sorted, 0.9),
       p99: percentile(sorted, 0.99),
       max: sorted[sorted.length - 1] ?? 0,
     };
@@ -63,5 +68,29 @@ export function combine(rounds: RunResult[]): RunResult {
     errors: sum((run) => run.errors),
     non2xx: sum((run) => run.non2xx),
     cpuMsPerRequest: mean((run) => run.cpuMsPerRequest),
+    ...(first.connections !== undefined && { connections: Math.max(...rounds.map((run) => run.connections ?? 0)) }),
+  };
+}
+
+export function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  if (sorted.length % 2 === 1) return sorted[middle] ?? 0;
+  return ((sorted[middle - 1] ?? 0) + (sorted[middle] ?? 0)) / 2;
+}
+
+/**
+ * Like combine, but each rate, latency and CPU figure is the median of the rounds: on a machine that
+ * other work shares, one round can be several times off, and a mean would carry that into the table.
+ */
+export function combineByMedian(rounds: RunResult[]): RunResult {
+  const summed = combine(rounds);
+  const of = (pick: (run: RunResult) => number) => median(rounds.map(pick));
+  return {
+    ...summed,
+    rps: of((run) => run.rps),
+    p50: of((run) => run.p50),
+    p99: of((run) => run.p99),
+    cpuMsPerRequest: of((run) => run.cpuMsPerRequest),
   };
 }

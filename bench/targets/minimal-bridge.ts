@@ -38,7 +38,7 @@ const server = createServer((req, res) => {
     channel.publish('', queue, Buffer.concat(chunks), { correlationId, replyTo: REPLY_TO, mandatory: true });
   });
 });
-server.listen(0, '127.0.0.1', () => {
+server.listen(Number(process.env.PORT ?? 0), '127.0.0.1', () => {
   const address = server.address();
   process.stdout.write(`${JSON.stringify({ port: typeof address === 'object' && address ? address.port : 0 })}\n`);
 });

@@ -1,7 +1,7 @@
 /**
  * Baseline (b): the AMQP half alone. A raw amqplib client doing the same direct reply-to RPC as the
  * bridge (one connection, noDelay, mandatory publish, correlation ids), with no HTTP at all. Runs
- * CONCURRENCY loops for SECONDS after a short warm-up and prints one JSON result line.
+ * CONCURRENCY loops for SECONDS after WARMUP_SECONDS (default 1) of warm-up and prints one JSON result line.
  */
 import amqp from 'amqplib';
 import { LatencyRecorder } from '../lib/stats.js';
@@ -53,7 +53,7 @@ async function run(untilMs: number, latencies: LatencyRecorder | undefined): Pro
   return done;
 }
 
-await run(Date.now() + 1000, undefined);
+await run(Date.now() + Number(process.env.WARMUP_SECONDS ?? 1) * 1000, undefined);
 const latencies = new LatencyRecorder();
 const cpuBefore = process.cpuUsage();
 const started = performance.now();
