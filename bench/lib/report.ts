@@ -194,7 +194,7 @@ function measuredLine(run: BenchRun): string {
     .join(', ');
   const busy =
     Math.max(host.loadAverageAtStart, run.loadAverageAtEnd) > host.cores
-      ? ' — more than the cores: other work shared the machine, so treat the figures as noisy'
+      ? " — above the core count (a one-minute average: the build just before the run and the bench's own processes count in it, as would any other work), so the figures may be noisy"
       : '';
   return (
     `Measured ${run.date.slice(0, 16).replace('T', ' ')} UTC${run.quick ? ' (a --quick smoke run)' : ''} on ` +

@@ -108,6 +108,26 @@ export const TARGETS: readonly Target[] = [
       };
     },
   },
+  {
+    name: 'bridge-traced',
+    description: 'the bridge with tracing on, every request sampled, OTLP/protobuf to a local sink',
+    async start(context) {
+      const port = await freePort();
+      const sink = startChild('node', [...TSX, 'bench/targets/otlp-sink.ts'], { PORT: String(port) });
+      await sink.waitForLine(/"port"/);
+      const running = await bridgeTarget('bridge-traced', '', 'rabbitmq', {
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `http://127.0.0.1:${port}/v1/traces`,
+        OTEL_TRACES_SAMPLER: 'always_on',
+      }).start(context);
+      return {
+        measure: running.measure,
+        async stop() {
+          await running.stop();
+          await sink.stop();
+        },
+      };
+    },
+  },
   bridgeTarget('bridge-queue-mode', 'the bridge with RPC_REPLY_MODE=queue', 'rabbitmq', { RPC_REPLY_MODE: 'queue' }),
   bridgeTarget('bridge-no-confirms', 'the bridge with AMQP_PUBLISHER_CONFIRMS=false', 'rabbitmq', {
     AMQP_PUBLISHER_CONFIRMS: 'false',

@@ -1,0 +1,19 @@
+/**
+ * Where a traced bridge sends its spans during the bench: an OTLP/HTTP endpoint that takes every
+ * export and answers 200, so the bridge pays for building and exporting spans and nothing else.
+ * Prints its port on stdout when listening.
+ */
+import { createServer } from 'node:http';
+
+const server = createServer((req, res) => {
+  req.resume();
+  req.on('end', () => {
+    res.writeHead(200, { 'Content-Type': 'application/x-protobuf' });
+    res.end();
+  });
+});
+server.listen(Number(process.env.PORT ?? 0), '127.0.0.1', () => {
+  const address = server.address();
+  process.stdout.write(`${JSON.stringify({ port: typeof address === 'object' && address ? address.port : 0 })}\n`);
+});
+process.on('SIGTERM', () => server.close(() => process.exit(0)));
