@@ -230,6 +230,7 @@ describe('dashboard and alert rules', () => {
     };
     expect(compose.services.prometheus?.command).toContain('--enable-feature=exemplar-storage');
     // Grafana gets the trace UI's address, or the link would be the bare trace id.
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: Compose's own ${VAR:-default}, as the file has it
     expect(compose.services.grafana?.environment?.TRACE_UI_URL).toBe('${TRACE_UI_URL:-http://localhost:16686/trace/}');
   });
 });
