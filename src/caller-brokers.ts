@@ -23,6 +23,8 @@ export interface CallerBrokerOptions {
 
 /** A login the broker refused is answered from memory for this long, so bad passwords cannot hammer it. */
 const REFUSED_MEMORY_MS = 5_000;
+/** Refused logins remembered at most (callers choose them freely): the oldest are forgotten first. */
+const REFUSED_MEMORY_MAX = 10_000;
 /** How long a caller's first request may wait for its connection and reply channels. */
 const CONNECT_WAIT_MS = 10_000;
 const READY_POLL_MS = 5;
@@ -121,7 +123,7 @@ export class CallerBrokerPools implements CallerBrokers {
       checkDefaultExchange: true,
       onLoginRefused: () => {
         metrics.callerLogins.labels('refused').inc();
-        this.refused.set(key, Date.now() + REFUSED_MEMORY_MS);
+        this.rememberRefused(key, Date.now());
         this.forget(key, stack);
         settle?.reject(loginRefused(login.username));
       },
@@ -159,7 +161,21 @@ export class CallerBrokerPools implements CallerBrokers {
     }
   }
 
+  private rememberRefused(key: string, now: number): void {
+    if (this.refused.size >= REFUSED_MEMORY_MAX) {
+      const oldest = this.refused.keys().next();
+      if (oldest.done !== true) this.refused.delete(oldest.value);
+    }
+    this.refused.delete(key); // re-inserted last: insertion order is expiry order
+    this.refused.set(key, now + REFUSED_MEMORY_MS);
+  }
+
   private closeIdle(now: number): void {
+    // Insertion order is expiry order: stop at the first refusal still remembered.
+    for (const [key, until] of this.refused) {
+      if (until > now) break;
+      this.refused.delete(key);
+    }
     for (const [key, user] of this.users) {
       if (user.stack.rpc.inFlightCount === 0 && now - user.lastUsedAt >= this.options.idleMs) {
         this.users.delete(key);
