@@ -92,6 +92,8 @@ class RpcHttpCall {
   private span: RequestSpan | undefined;
   private recorded = false;
   private error: Error | undefined;
+  /** The response has closed (answered, or the client went away). */
+  private gone = false;
   private readonly operation: 'rpc' | 'publish';
 
   constructor(
@@ -188,6 +190,8 @@ class RpcHttpCall {
   }
 
   private publish(rpc: RpcClient, target: RpcTarget, fields: ReturnType<typeof messageFields>, body: Buffer): void {
+    // A caller that left while its JWT was verified or its broker connection opened: publish nothing.
+    if (this.gone) return;
     this.log.bytesIn = body.length;
     if (this.span !== undefined) {
       // The worker's span is to be the producer span's child, whatever the caller sent.
@@ -347,6 +351,7 @@ class RpcHttpCall {
   }
 
   private closed(): void {
+    this.gone = true;
     this.call?.cancel();
     const answered = this.res.writableFinished;
     // Gone while its body was still arriving, before any outcome.
