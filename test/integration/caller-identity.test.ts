@@ -6,16 +6,19 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { ConsumeMessage } from 'amqplib';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
-import { waitFor } from '../helpers/bridge.js';
-import { uniqueName } from '../helpers/broker.js';
+import { startTestBridge, waitFor } from '../helpers/bridge.js';
+import { AMQP_URL, uniqueName } from '../helpers/broker.js';
 import { brokerAdmin } from '../helpers/broker-admin.js';
 import { useEchoBridge } from '../helpers/fixture.js';
+import { startTcpProxy } from '../helpers/tcp-proxy.js';
 
 const admin = await brokerAdmin();
 const prefix = uniqueName('perm');
@@ -157,5 +160,48 @@ describe('callers with their own broker users', () => {
       'idle caller connections to close',
     );
     expect((await call(`/rpc/${fixture.echoQueue}`, basic(users.alice))).status).toBe(200);
+  });
+});
+
+describe('a caller that leaves while its broker connection is being opened', () => {
+  it('has nothing published on its behalf once the connection comes up', async () => {
+    const queue = uniqueName('left-early');
+    const received: ConsumeMessage[] = [];
+    const { channel } = fixture.broker;
+    await channel.assertQueue(queue, { durable: false, autoDelete: true });
+    await channel.consume(queue, (message) => message && received.push(message), { noAck: true });
+    const proxy = await startTcpProxy(Number(new URL(AMQP_URL).port || 5672));
+    const bridge = await startTestBridge({ AMQP_URL: proxy.via(AMQP_URL), AMQP_IDENTITY: 'caller' });
+    try {
+      // New connections through the proxy hang: the caller's own connection cannot open yet.
+      proxy.silence();
+      const url = new URL(AMQP_URL);
+      const auth = Buffer.from(`${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`).toString(
+        'base64',
+      );
+      await new Promise<void>((resolve) => {
+        const req = httpRequest(`${bridge.baseUrl}/publish/${queue}`, {
+          method: 'POST',
+          headers: { Authorization: `Basic ${auth}` },
+        });
+        req.on('error', () => resolve());
+        req.end('should never be published');
+        setTimeout(() => {
+          req.destroy();
+          resolve();
+        }, 300);
+      });
+      proxy.heal();
+      await waitFor(
+        async () => (await bridge.metric('amqp_caller_connections')) === 1,
+        10_000,
+        'the caller connection',
+      );
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(received.map((message) => message.content.toString())).toEqual([]);
+    } finally {
+      await bridge.close();
+      await proxy.close();
+    }
   });
 });
