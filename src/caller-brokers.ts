@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
-import type { BrokerLogin } from './http/access/access-control.js';
+import { BASIC_CHALLENGE, type BrokerLogin } from './http/access/access-control.js';
 import { HttpProblem } from './http/problems.js';
 import type { CallerBrokers } from './http/rpc-route.js';
 import type { Metrics } from './observability/metrics.js';
@@ -28,7 +28,6 @@ const REFUSED_MEMORY_MAX = 10_000;
 /** How long a caller's first request may wait for its connection and reply channels. */
 const CONNECT_WAIT_MS = 10_000;
 const READY_POLL_MS = 5;
-const BASIC_CHALLENGE = 'Basic realm="amqp-rpc-bridge", charset="UTF-8"';
 
 interface UserBroker {
   readonly username: string;

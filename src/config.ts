@@ -5,7 +5,7 @@
 
 import { ConfigError } from './config-error.js';
 import { type Env, EnvReader } from './env-reader.js';
-import { type JwtSettings, jwtSettingsFromEnv } from './http/access/jwt-verifier.js';
+import { type JwtSettings, jwtSettingsFromEnv } from './http/access/jwt-settings.js';
 import type { TracingConfig } from './observability/tracing.js';
 
 export const REPLY_TO_QUEUES = ['amq.rabbitmq.reply-to', 'amq.direct.reply-to'] as const;

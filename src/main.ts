@@ -1,7 +1,6 @@
 import { createBridge } from './bridge.js';
 import { ConfigError, loadConfig, loggableConfig, unknownVariables } from './config.js';
 import { toError } from './errors.js';
-import { JwtVerifier } from './http/access/jwt-verifier.js';
 import { RoutesFileError } from './http/routes/routes-file.js';
 import { listen } from './http/server.js';
 import { createLogger } from './observability/logger.js';
@@ -41,7 +40,11 @@ async function main(): Promise<void> {
   let bridge: ReturnType<typeof createBridge>;
   try {
     // The keys are read once, here: a file that cannot be used stops the start like a bad variable.
-    const jwt = config.jwt === undefined ? undefined : await JwtVerifier.load(config.jwt);
+    // jose is loaded only when JWTs are accepted.
+    const jwt =
+      config.jwt === undefined
+        ? undefined
+        : await (await import('./http/access/jwt-verifier.js')).JwtVerifier.load(config.jwt);
     bridge = createBridge(config, logger, { tracing, jwt });
   } catch (err) {
     if (err instanceof ConfigError) {

@@ -76,6 +76,24 @@ export const ALLOWED_PROBLEMS: ReadonlySet<string> = new Set([
 ]);
 
 /** Requests sent while one window (a fault, a recovery, steady load) lasted, and how they ended. */
+/** A window with nothing counted yet. */
+export function emptyTally(label: string, index: number, startS: number, endS = 0): WindowTally {
+  return {
+    label,
+    index,
+    startS,
+    endS,
+    requests: 0,
+    statuses: {},
+    problems: {},
+    byKind: {},
+    unhealthy: 0,
+    longestMs: 0,
+    worstOverrunMs: Number.NEGATIVE_INFINITY,
+    failures: 0,
+  };
+}
+
 export interface WindowTally {
   readonly label: string;
   /** Which occurrence of its label (1, 2, ...); in a sum, how many were summed. */
@@ -239,20 +257,11 @@ export class ChaosLoad {
   }
 
   private newWindow(label: string): WindowTally {
-    const tally: WindowTally = {
+    const tally = emptyTally(
       label,
-      index: this.windows.filter((window) => window.label === label).length + 1,
-      startS: this.startedAt === 0 ? 0 : this.nowS,
-      endS: 0,
-      requests: 0,
-      statuses: {},
-      problems: {},
-      byKind: {},
-      unhealthy: 0,
-      longestMs: 0,
-      worstOverrunMs: Number.NEGATIVE_INFINITY,
-      failures: 0,
-    };
+      this.windows.filter((window) => window.label === label).length + 1,
+      this.startedAt === 0 ? 0 : this.nowS,
+    );
     this.windows.push(tally);
     return tally;
   }

@@ -1,4 +1,4 @@
-import type { WindowTally } from './chaos-load.js';
+import { emptyTally, type WindowTally } from './chaos-load.js';
 
 /** Rows of the main table, in this order; windows with other labels follow. */
 export const WINDOW_ORDER = [
@@ -42,20 +42,7 @@ export interface MemoryVerdict {
 export function byLabel(windows: readonly WindowTally[]): WindowTally[] {
   const rows = new Map<string, WindowTally>();
   for (const window of windows) {
-    const row = rows.get(window.label) ?? {
-      label: window.label,
-      index: 0,
-      startS: window.startS,
-      endS: window.endS,
-      requests: 0,
-      statuses: {},
-      problems: {},
-      byKind: {},
-      unhealthy: 0,
-      longestMs: 0,
-      worstOverrunMs: Number.NEGATIVE_INFINITY,
-      failures: 0,
-    };
+    const row = rows.get(window.label) ?? emptyTally(window.label, 0, window.startS, window.endS);
     row.index += 1;
     row.endS = window.endS;
     row.requests += window.requests;

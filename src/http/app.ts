@@ -7,7 +7,7 @@ import { errorHandler } from './error-handler.js';
 import { operationalRoutes, type Readiness } from './operational-routes.js';
 import { HttpProblem } from './problems.js';
 import type { RouteTable } from './routes/route-table.js';
-import { parseRpcPath } from './rpc-path.js';
+import { parseRpcPath, RPC_PATHS } from './rpc-path.js';
 import { createRpcRoute, type RpcRouteDeps } from './rpc-route.js';
 
 /**
@@ -35,14 +35,6 @@ const NAMED_ROUTE_ALLOW = Symbol('named route methods');
 type RoutedRequest = IncomingMessage & { [NAMED_ROUTE_ALLOW]?: string };
 
 const SLASH = 0x2f;
-
-/** The RPC and publish operations, in express path syntax (the OpenAPI test reads them from here). */
-export const RPC_PATHS = [
-  '/rpc/:queue',
-  '/rpc/:exchange/:routingKey',
-  '/publish/:queue',
-  '/publish/:exchange/:routingKey',
-];
 
 /** Any method but POST on an RPC path (named: the OpenAPI test tells it from real operations). */
 export function methodNotAllowed(req: Request, res: Response): never {

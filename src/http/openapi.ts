@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parse, stringify } from 'yaml';
 import type { RouteDefinition, Template } from './routes/routes-file.js';
+import { RPC_PATHS } from './rpc-path.js';
 
 /**
  * The contract served at /openapi.yaml. It sits at the package root, two levels above src/http/ when run
@@ -18,13 +19,8 @@ export function loadOpenApiYaml(): string {
 }
 
 /** The raw operations a named route's operation is modelled on (same mapping, same answers). */
-const TEMPLATE_PATHS = { rpc: '/rpc/{queue}', publish: '/publish/{queue}' } as const;
-const RAW_PATHS = [
-  '/rpc/{queue}',
-  '/rpc/{exchange}/{routingKey}',
-  '/publish/{queue}',
-  '/publish/{exchange}/{routingKey}',
-];
+const TEMPLATE_PATHS = { rpc: openApiPath('/rpc/:queue'), publish: openApiPath('/publish/:queue') } as const;
+const RAW_PATHS = RPC_PATHS.map(openApiPath);
 const TARGET_PARAMETERS = new Set(['#/components/parameters/Queue', '#/components/parameters/TimeoutQuery']);
 
 type Operation = Record<string, unknown> & { parameters?: Record<string, unknown>[] };
@@ -44,7 +40,7 @@ export function openApiWithRoutes(baseYaml: string, routes: readonly RouteDefini
   for (const route of routes) {
     const template = templates[route.operation];
     if (template === undefined) continue;
-    const path = route.path.replace(/:([A-Za-z0-9_]+)/g, '{$1}');
+    const path = openApiPath(route.path);
     const params = [...route.path.matchAll(/:([A-Za-z0-9_]+)/g)].map((match) => match[1] as string);
     const operation: Operation = {
       ...structuredClone(template),
@@ -62,6 +58,11 @@ export function openApiWithRoutes(baseYaml: string, routes: readonly RouteDefini
     document.paths[path] = { ...document.paths[path], [route.method.toLowerCase()]: operation };
   }
   return stringify(document, { lineWidth: 0 });
+}
+
+/** `/orders/:id` as OpenAPI writes it: `/orders/{id}`. */
+export function openApiPath(path: string): string {
+  return path.replace(/:([A-Za-z0-9_]+)/g, '{$1}');
 }
 
 function describeTarget(route: RouteDefinition): string {

@@ -11,6 +11,14 @@ export interface RpcPath {
   readonly query: string;
 }
 
+/** The raw RPC and publish operations, in express path syntax (the contract and its test derive from these). */
+export const RPC_PATHS = [
+  '/rpc/:queue',
+  '/rpc/:exchange/:routingKey',
+  '/publish/:queue',
+  '/publish/:exchange/:routingKey',
+];
+
 const RPC_PREFIX = '/rpc/';
 const PUBLISH_PREFIX = '/publish/';
 

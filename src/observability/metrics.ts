@@ -195,6 +195,29 @@ export function createMetrics(
     requestBytes: requestBytes.labels(label),
     responseBytes: responseBytes.labels(label),
   });
+  /**
+   * One request's duration: with the trace id of a sampled request as the bucket's exemplar (which
+   * prom-client takes only through labels by name), else through the series' cached child.
+   */
+  const observeDuration = (
+    histogram: Histogram<'queue' | 'outcome'>,
+    byOutcome: Map<RpcOutcomeLabel, Observer>,
+    queue: string,
+    outcome: RpcOutcomeLabel,
+    seconds: number,
+    traceId: string | undefined,
+  ): void => {
+    if (traceId !== undefined && enableExemplars) {
+      histogram.observe({ labels: { queue, outcome }, value: seconds, exemplarLabels: exemplar(traceId) });
+      return;
+    }
+    let observer = byOutcome.get(outcome);
+    if (observer === undefined) {
+      observer = histogram.labels(queue, outcome);
+      byOutcome.set(outcome, observer);
+    }
+    observer.observe(seconds);
+  };
   const series = new Map<string, QueueSeries>();
   let overflow: QueueSeries | undefined;
   const seriesFor = (target: string): QueueSeries => {
@@ -239,20 +262,7 @@ export function createMetrics(
     },
     observeRpc({ target, outcome, seconds, requestBytes: sent, responseBytes: received, traceId }) {
       const queue = seriesFor(target);
-      if (traceId !== undefined && enableExemplars) {
-        duration.observe({
-          labels: { queue: queue.label, outcome },
-          value: seconds,
-          exemplarLabels: exemplar(traceId),
-        });
-      } else {
-        let observer = queue.byOutcome.get(outcome);
-        if (observer === undefined) {
-          observer = duration.labels(queue.label, outcome);
-          queue.byOutcome.set(outcome, observer);
-        }
-        observer.observe(seconds);
-      }
+      observeDuration(duration, queue.byOutcome, queue.label, outcome, seconds, traceId);
       if (outcome === 'unroutable') queue.unroutable.inc();
       else if (outcome === 'timeout') queue.timeouts.inc();
       if (sent !== undefined) queue.requestBytes.observe(sent);
@@ -260,20 +270,7 @@ export function createMetrics(
     },
     observePublish({ target, outcome, seconds, traceId }) {
       const queue = seriesFor(target);
-      if (traceId !== undefined && enableExemplars) {
-        publishDuration.observe({
-          labels: { queue: queue.label, outcome },
-          value: seconds,
-          exemplarLabels: exemplar(traceId),
-        });
-        return;
-      }
-      let observer = queue.publishByOutcome.get(outcome);
-      if (observer === undefined) {
-        observer = publishDuration.labels(queue.label, outcome);
-        queue.publishByOutcome.set(outcome, observer);
-      }
-      observer.observe(seconds);
+      observeDuration(publishDuration, queue.publishByOutcome, queue.label, outcome, seconds, traceId);
     },
     observeHttp(method, route, statusCode, seconds) {
       const key = `${method} ${route} ${statusCode}`;

@@ -7,14 +7,13 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import amqp from 'amqplib';
-import { describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { cpuMs, startChild } from '../../bench/lib/processes.js';
 import { uniqueName } from '../helpers/broker.js';
+import { providedCluster } from '../helpers/cluster-drill.js';
 import { type ClusterInfo, type ClusterNode, RabbitCluster } from '../helpers/rabbitmq-cluster.js';
 
-const provided = inject('rabbitCluster');
-const unavailable = 'unavailable' in provided ? provided.unavailable : undefined;
-if (unavailable !== undefined) console.warn(`SKIPPED: cluster drills: ${unavailable}`);
+const { info: clusterInfo, unavailable } = providedCluster();
 
 const RATE = 300;
 const LOADED_MS = 10_000;
@@ -108,7 +107,7 @@ async function measure(
 
 describe.skipIf(unavailable !== undefined)('what a broker node and a worker cost per RPC', () => {
   it('measures CPU per RPC at 300 RPC/s: a classic queue on one node, and a quorum queue over three', async () => {
-    const cluster = new RabbitCluster(provided as ClusterInfo);
+    const cluster = new RabbitCluster(clusterInfo as ClusterInfo);
     const [a, b] = cluster.nodes as [ClusterNode, ClusterNode, ClusterNode];
     const results = [
       await measure(cluster, 'classic queue; client, queue and worker on one node', {

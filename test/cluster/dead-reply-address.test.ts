@@ -6,15 +6,19 @@
  * crashes the same way. The sample worker replies on a connection of its own and survives.
  */
 import amqp, { type ChannelModel } from 'amqplib';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor } from '../helpers/bridge.js';
 import { uniqueName } from '../helpers/broker.js';
-import { closeWorkers, type NodeWorker, startNodeWorker, startNodeWorkers } from '../helpers/cluster-drill.js';
+import {
+  closeWorkers,
+  type NodeWorker,
+  providedCluster,
+  startNodeWorker,
+  startNodeWorkers,
+} from '../helpers/cluster-drill.js';
 import { type ClusterInfo, type ClusterNode, RabbitCluster } from '../helpers/rabbitmq-cluster.js';
 
-const provided = inject('rabbitCluster');
-const unavailable = 'unavailable' in provided ? provided.unavailable : undefined;
-if (unavailable !== undefined) console.warn(`SKIPPED: cluster drills: ${unavailable}`);
+const { info: clusterInfo, unavailable } = providedCluster();
 
 /** A client that sends requests with direct reply-to from one node and collects the replies' correlation ids. */
 async function requester(node: ClusterNode) {
@@ -72,7 +76,7 @@ describe.skipIf(unavailable !== undefined)('replies to a requester whose node ha
   let stopped = false;
 
   beforeAll(() => {
-    cluster = new RabbitCluster(provided as ClusterInfo);
+    cluster = new RabbitCluster(clusterInfo as ClusterInfo);
     requesterNode = cluster.nodes[0] as ClusterNode;
   });
 

@@ -5,7 +5,7 @@
  * stops, and comes back; (2) the node holding the queue's leader stops; (3) it comes back under load.
  */
 import amqp from 'amqplib';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor } from '../helpers/bridge.js';
 import {
   type DrillBridge,
@@ -24,6 +24,7 @@ import {
   drillTable,
   latencyLine,
   type NodeWorker,
+  providedCluster,
   seconds,
   startNodeWorker,
   startNodeWorkers,
@@ -33,9 +34,7 @@ import {
 import { type ClusterInfo, type ClusterNode, RabbitCluster } from '../helpers/rabbitmq-cluster.js';
 import { type Outcome, rpcCall, startSteadyLoad } from '../helpers/steady-load.js';
 
-const provided = inject('rabbitCluster');
-const unavailable = 'unavailable' in provided ? provided.unavailable : undefined;
-if (unavailable !== undefined) console.warn(`SKIPPED: cluster drills: ${unavailable}`);
+const { info: clusterInfo, unavailable } = providedCluster();
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -52,7 +51,7 @@ describe.skipIf(unavailable !== undefined)('a three-node RabbitMQ cluster under 
   const bridgeNodes = () => bridges.map(({ process }) => currentNode(process, cluster));
 
   beforeAll(async () => {
-    cluster = new RabbitCluster(provided as ClusterInfo);
+    cluster = new RabbitCluster(clusterInfo as ClusterInfo);
     bridges = await startDrillBridges(cluster, 2);
   });
 

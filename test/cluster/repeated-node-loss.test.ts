@@ -5,7 +5,7 @@
  * the fault instead of 0.5 s: replies to the stopped node's requesters killed one worker connection
  * after another, each handing its unacked requests to the next.
  */
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   type BridgeNodeLoss,
   type DrillBridge,
@@ -15,13 +15,11 @@ import {
   startDrillBridges,
   stopDrillBridges,
 } from '../helpers/bridge-node-loss.js';
-import { seconds } from '../helpers/cluster-drill.js';
+import { providedCluster, seconds } from '../helpers/cluster-drill.js';
 import { type ClusterInfo, RabbitCluster } from '../helpers/rabbitmq-cluster.js';
 import { statusCounts } from '../helpers/steady-load.js';
 
-const provided = inject('rabbitCluster');
-const unavailable = 'unavailable' in provided ? provided.unavailable : undefined;
-if (unavailable !== undefined) console.warn(`SKIPPED: cluster drills: ${unavailable}`);
+const { info: clusterInfo, unavailable } = providedCluster();
 
 const RUNS = 10;
 
@@ -30,7 +28,7 @@ describe.skipIf(unavailable !== undefined)("losing the requesters' node, ten tim
   let bridges: DrillBridge[] = [];
 
   beforeAll(async () => {
-    cluster = new RabbitCluster(provided as ClusterInfo);
+    cluster = new RabbitCluster(clusterInfo as ClusterInfo);
     bridges = await startDrillBridges(cluster, 2);
   });
 

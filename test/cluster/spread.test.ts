@@ -2,21 +2,19 @@
  * Replicas spread over the nodes listed in AMQP_URLS: each bridge process starts at a random one
  * (AMQP_CONNECT_ORDER=random, the default), so that a fleet does not pile onto the first node.
  */
-import { describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { startDrillBridges, stopDrillBridges } from '../helpers/bridge-node-loss.js';
-import { connections } from '../helpers/cluster-drill.js';
+import { connections, providedCluster } from '../helpers/cluster-drill.js';
 import { type ClusterInfo, RabbitCluster } from '../helpers/rabbitmq-cluster.js';
 
-const provided = inject('rabbitCluster');
-const unavailable = 'unavailable' in provided ? provided.unavailable : undefined;
-if (unavailable !== undefined) console.warn(`SKIPPED: cluster drills: ${unavailable}`);
+const { info: clusterInfo, unavailable } = providedCluster();
 
 /** All eight on one node by chance: 3 x (1/3)^8, one run in 2,187. */
 const REPLICAS = 8;
 
 describe.skipIf(unavailable !== undefined)('bridge replicas listing every node of the cluster', () => {
   it('connect to different nodes, not all to the first one listed', async () => {
-    const cluster = new RabbitCluster(provided as ClusterInfo);
+    const cluster = new RabbitCluster(clusterInfo as ClusterInfo);
     const placements: string[] = [];
     // Two at a time: each one only has to connect once.
     for (let started = 0; started < REPLICAS; started += 2) {

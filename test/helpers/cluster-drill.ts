@@ -1,8 +1,9 @@
 import amqp from 'amqplib';
+import { inject } from 'vitest';
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
 import { waitFor } from './bridge.js';
 import type { BridgeProcess } from './bridge-process.js';
-import type { ClusterNode, RabbitCluster } from './rabbitmq-cluster.js';
+import type { ClusterInfo, ClusterNode, RabbitCluster } from './rabbitmq-cluster.js';
 import { type Outcome, statusCounts, waitedMs } from './steady-load.js';
 
 /** A request "waited" when it took this much longer than the delay it asked the worker for. */
@@ -177,4 +178,18 @@ export function latencyLine(outcomes: readonly Outcome[], faultAt: number): stri
     `time beyond the asked delay: before the fault ${describe(outcomes.filter((one) => one.sentAt < faultAt))}; ` +
     `after it ${describe(outcomes.filter((one) => one.sentAt >= faultAt))}`
   );
+}
+
+/**
+ * The cluster the project's global setup started, or why there is none: then the drills skip, and the
+ * reason is printed once per file.
+ */
+export function providedCluster(): {
+  readonly info: ClusterInfo | undefined;
+  readonly unavailable: string | undefined;
+} {
+  const provided = inject('rabbitCluster');
+  if (!('unavailable' in provided)) return { info: provided, unavailable: undefined };
+  console.warn(`SKIPPED: cluster drills: ${provided.unavailable}`);
+  return { info: undefined, unavailable: provided.unavailable };
 }

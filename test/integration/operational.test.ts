@@ -1,8 +1,10 @@
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { methodNotAllowed, RPC_PATHS } from '../../src/http/app.js';
+import { methodNotAllowed } from '../../src/http/app.js';
+import { openApiPath } from '../../src/http/openapi.js';
 import { PROBLEM_TYPE_PREFIX, PROBLEMS } from '../../src/http/problems.js';
+import { RPC_PATHS } from '../../src/http/rpc-path.js';
 import { listenOnLoopback, startTestBridge, type TestBridge } from '../helpers/bridge.js';
 
 let bridge: TestBridge;
@@ -77,8 +79,6 @@ describe('operational endpoints', () => {
 });
 
 describe('openapi.yaml', () => {
-  const toOpenApiPath = (path: string): string => path.replace(/:(\w+)/g, '{$1}');
-
   it('is served as YAML and documents every route the app has, and no route it lacks', async () => {
     const res = await request(bridge.baseUrl).get('/openapi.yaml');
     expect(res.status).toBe(200);
@@ -88,7 +88,7 @@ describe('openapi.yaml', () => {
     const documented = Object.entries(document.paths).flatMap(([path, operations]) =>
       Object.keys(operations).map((method) => `${method} ${path}`),
     );
-    const served = routes.map((route) => `${route.method} ${toOpenApiPath(route.path)}`);
+    const served = routes.map((route) => `${route.method} ${openApiPath(route.path)}`);
     expect(served.sort()).toEqual(documented.sort());
   });
 
@@ -104,7 +104,7 @@ describe('openapi.yaml', () => {
       .filter(([code]) => !outsideRoutes.has(code))
       .map(([, problem]) => String(problem.status));
     for (const path of RPC_PATHS) {
-      const responses = document.paths[toOpenApiPath(path)]?.post?.responses ?? {};
+      const responses = document.paths[openApiPath(path)]?.post?.responses ?? {};
       const success = path.startsWith('/publish/') ? '202' : '200';
       for (const status of [success, ...rpcStatuses])
         expect(Object.keys(responses), `${path} ${status}`).toContain(status);

@@ -15,7 +15,8 @@ import {
 } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/config.js';
-import { type JwtSettings, JwtVerifier, jwtSettingsFromEnv, looksLikeJwt } from '../../src/http/access/jwt-verifier.js';
+import { type JwtSettings, jwtSettingsFromEnv } from '../../src/http/access/jwt-settings.js';
+import { JwtVerifier, looksLikeJwt } from '../../src/http/access/jwt-verifier.js';
 import { HttpProblem } from '../../src/http/problems.js';
 
 const ISSUER = 'https://idp.example.test/';

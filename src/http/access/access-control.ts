@@ -3,7 +3,6 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { HttpProblem } from '../problems.js';
 import type { RpcTarget } from '../request-mapping.js';
 import type { TokenDefinition } from '../routes/routes-file.js';
-import { looksLikeJwt } from './jwt-verifier.js';
 
 export interface AccessOptions {
   /** AUTH_TOKENS: each lets a caller in, with no roles. */
@@ -29,6 +28,8 @@ export interface BrokerLogin {
 
 /** Verifies a JWT (signature, exp, nbf, iss, aud); rejects with a 401 HttpProblem. */
 export interface BearerTokenVerifier {
+  /** Whether the token is of the kind this verifier checks (a JWT, not an opaque token). */
+  accepts(token: string): boolean;
   verify(token: string): Promise<{ readonly subject?: string | undefined; readonly roles: readonly string[] }>;
 }
 
@@ -79,7 +80,8 @@ export interface AccessPolicy {
   brokerLoginOf(caller: Caller): BrokerLogin | undefined;
 }
 
-const CHALLENGE = 'Bearer realm="amqp-rpc-bridge"';
+/** WWW-Authenticate for a bearer token (AUTH_TOKENS, a routes-file token, a JWT) that is missing or refused. */
+export const BEARER_CHALLENGE = 'Bearer realm="amqp-rpc-bridge"';
 const ANONYMOUS: Caller = Object.freeze({ name: undefined, tokenName: undefined, roles: [], authenticated: false });
 const TOKEN_CALLER: Caller = Object.freeze({ name: undefined, tokenName: undefined, roles: [], authenticated: true });
 
@@ -119,7 +121,7 @@ export function createAccessPolicy(options: AccessOptions): AccessPolicy {
       // Every named token is compared too, whichever matches: the time taken says nothing.
       for (const entry of named) if (timingSafeEqual(entry.digest, offered)) caller = entry.caller;
       if (caller !== undefined) return caller;
-      if (jwt !== undefined && looksLikeJwt(token)) {
+      if (jwt?.accepts(token)) {
         return jwt
           .verify(token)
           .then((claims) =>
@@ -137,7 +139,7 @@ export function createAccessPolicy(options: AccessOptions): AccessPolicy {
       if (caller.roles.some((role) => route.roles.includes(role))) return;
       if (!caller.authenticated) {
         throw new HttpProblem('unauthorized', `The route ${route.name} needs Authorization: Bearer <token>`, {
-          challenge: CHALLENGE,
+          challenge: BEARER_CHALLENGE,
         });
       }
       const needs = [
@@ -145,7 +147,7 @@ export function createAccessPolicy(options: AccessOptions): AccessPolicy {
         ...(route.tokens.length > 0 ? [`one of the tokens ${route.tokens.join(', ')}`] : []),
       ];
       throw new HttpProblem('forbidden', `The route ${route.name} needs ${needs.join(' or ')}`, {
-        challenge: `${CHALLENGE}, error="insufficient_scope"`,
+        challenge: `${BEARER_CHALLENGE}, error="insufficient_scope"`,
       });
     },
     brokerLoginOf(caller) {
@@ -192,7 +194,8 @@ function bearerToken(headers: IncomingHttpHeaders): string {
 }
 
 const BASIC = /^Basic /i;
-const BASIC_CHALLENGE = 'Basic realm="amqp-rpc-bridge", charset="UTF-8"';
+/** WWW-Authenticate for a broker login (AMQP_IDENTITY=caller) that is missing or refused. */
+export const BASIC_CHALLENGE = 'Basic realm="amqp-rpc-bridge", charset="UTF-8"';
 
 /** RFC 7617: base64 of `user:password` (UTF-8); the password may itself hold ':'. */
 function basicCaller(header: string): Caller {
@@ -208,7 +211,9 @@ function basicCaller(header: string): Caller {
 }
 
 function missingToken(): HttpProblem {
-  return new HttpProblem('unauthorized', 'This bridge needs Authorization: Bearer <token>', { challenge: CHALLENGE });
+  return new HttpProblem('unauthorized', 'This bridge needs Authorization: Bearer <token>', {
+    challenge: BEARER_CHALLENGE,
+  });
 }
 
 function matchesAny(digests: readonly Buffer[], offered: Buffer): boolean {
@@ -220,7 +225,7 @@ function matchesAny(digests: readonly Buffer[], offered: Buffer): boolean {
 
 function invalidToken(): HttpProblem {
   return new HttpProblem('unauthorized', 'The bearer token is not valid', {
-    challenge: `${CHALLENGE}, error="invalid_token"`,
+    challenge: `${BEARER_CHALLENGE}, error="invalid_token"`,
   });
 }
 

@@ -8,38 +8,16 @@ import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createLocalJWKSet, errors, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from 'jose';
 import { ConfigError } from '../../config-error.js';
-import { type Env, EnvReader } from '../../env-reader.js';
 import { HttpProblem } from '../problems.js';
-
-/** What a public key may sign with. `none` is never accepted; neither is HS* with a public key. */
-export const PUBLIC_KEY_ALGORITHMS = [
-  ...['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'],
-  ...['ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'],
-] as const;
-/** What a shared secret (JWT_SECRET_FILE) may sign with, and the fewest bytes each needs (RFC 7518 §3.2). */
-const SECRET_BYTES = { HS256: 32, HS384: 48, HS512: 64 } as const;
-export const SECRET_ALGORITHMS = Object.keys(SECRET_BYTES) as (keyof typeof SECRET_BYTES)[];
-export type JwtAlgorithm = (typeof PUBLIC_KEY_ALGORITHMS)[number] | keyof typeof SECRET_BYTES;
-
-const DEFAULT_PUBLIC_KEY_ALGORITHMS: readonly JwtAlgorithm[] = ['RS256', 'PS256', 'ES256', 'EdDSA', 'Ed25519'];
-
-export interface JwtSettings {
-  /** A PEM public key (SPKI, or an X.509 certificate), or a JSON file holding a JWK or a JWKS. */
-  readonly keyFile?: string;
-  /** A JSON Web Key Set; a token's `kid` picks its key. */
-  readonly jwksFile?: string;
-  /** A shared secret for HS256/384/512: the file's bytes, less one trailing newline. */
-  readonly secretFile?: string;
-  /** The `iss` every token must carry; unset, any issuer passes. */
-  readonly issuer?: string;
-  /** The `aud` a token must carry (one of them, for a list); unset, any audience passes. */
-  readonly audience?: string | readonly string[];
-  readonly algorithms: readonly JwtAlgorithm[];
-  /** The claim holding the caller's roles: an array of strings, or a space-separated string for `scope`/`scp`. */
-  readonly rolesClaim: string;
-  /** Leeway for `exp` and `nbf` against clocks that disagree. */
-  readonly clockToleranceSeconds: number;
-}
+import { BEARER_CHALLENGE } from './access-control.js';
+import {
+  checkOneKey,
+  type JwtAlgorithm,
+  type JwtSettings,
+  KEY_VARIABLES,
+  SECRET_ALGORITHMS,
+  SECRET_BYTES,
+} from './jwt-settings.js';
 
 /** Who a verified token speaks for. */
 export interface JwtCaller {
@@ -49,99 +27,12 @@ export interface JwtCaller {
   readonly expiresAt?: number;
 }
 
-const KEY_VARIABLES = {
-  keyFile: 'JWT_PUBLIC_KEY_FILE',
-  jwksFile: 'JWT_JWKS_FILE',
-  secretFile: 'JWT_SECRET_FILE',
-} as const;
-const KEY_VARIABLE_LIST = 'JWT_PUBLIC_KEY_FILE, JWT_JWKS_FILE or JWT_SECRET_FILE';
-
-/**
- * JWT verification from the environment: undefined when none of JWT_PUBLIC_KEY_FILE, JWT_JWKS_FILE
- * and JWT_SECRET_FILE is set. Throws ConfigError naming the variable. The files are read by
- * `JwtVerifier.load`, not here.
- */
-export function jwtSettingsFromEnv(env: Env): JwtSettings | undefined {
-  const reader = new EnvReader(env);
-  const read = (name: string) => reader.optionalString(name);
-  // Every variable is read, set or not: config.ts learns the names it knows by watching what is read.
-  const files = {
-    keyFile: read('JWT_PUBLIC_KEY_FILE'),
-    jwksFile: read('JWT_JWKS_FILE'),
-    secretFile: read('JWT_SECRET_FILE'),
-  };
-  const others = {
-    JWT_ISSUER: read('JWT_ISSUER'),
-    JWT_AUDIENCE: read('JWT_AUDIENCE'),
-    JWT_ALGORITHMS: read('JWT_ALGORITHMS'),
-    JWT_ROLES_CLAIM: read('JWT_ROLES_CLAIM'),
-    JWT_CLOCK_TOLERANCE_SECONDS: read('JWT_CLOCK_TOLERANCE_SECONDS'),
-  };
-  const keyNames = keyVariablesSet(files);
-  if (keyNames.length === 0) {
-    // Half a JWT set-up would otherwise leave the bridge without the checks its operator asked for.
-    const stray = Object.entries(others).find(([, value]) => value !== undefined);
-    if (stray !== undefined) throw new ConfigError(`${stray[0]} is set, but no key is: set ${KEY_VARIABLE_LIST}`);
-    return undefined;
-  }
-  const settings: Mutable<JwtSettings> = {
-    algorithms: algorithmsFrom(reader.list('JWT_ALGORITHMS'), files.secretFile !== undefined),
-    rolesClaim: others.JWT_ROLES_CLAIM ?? 'roles',
-    clockToleranceSeconds: reader.integer('JWT_CLOCK_TOLERANCE_SECONDS', 30, 0, 600),
-  };
-  for (const field of ['keyFile', 'jwksFile', 'secretFile'] as const) {
-    const path = files[field];
-    if (path !== undefined) settings[field] = path;
-  }
-  if (others.JWT_ISSUER !== undefined) settings.issuer = others.JWT_ISSUER;
-  const audience = reader.list('JWT_AUDIENCE');
-  if (audience !== undefined) settings.audience = audience.length === 1 ? (audience[0] as string) : audience;
-  checkOneKey(settings);
-  return Object.freeze(settings);
-}
-
-type Mutable<T> = { -readonly [K in keyof T]: T[K] };
-
-function keyVariablesSet(settings: { readonly [K in keyof typeof KEY_VARIABLES]?: string | undefined }): string[] {
-  return (['keyFile', 'jwksFile', 'secretFile'] as const)
-    .filter((field) => settings[field] !== undefined)
-    .map((field) => KEY_VARIABLES[field]);
-}
-
-function checkOneKey(settings: JwtSettings): void {
-  const names = keyVariablesSet(settings);
-  if (names.length !== 1) {
-    throw new ConfigError(
-      `Set exactly one of ${KEY_VARIABLE_LIST}; ${names.length === 0 ? 'none' : names.join(' and ')} set`,
-    );
-  }
-}
-
-function algorithmsFrom(listed: readonly string[] | undefined, secret: boolean): readonly JwtAlgorithm[] {
-  const allowed: readonly JwtAlgorithm[] = secret ? SECRET_ALGORITHMS : PUBLIC_KEY_ALGORITHMS;
-  if (listed === undefined) return secret ? ['HS256'] : DEFAULT_PUBLIC_KEY_ALGORITHMS;
-  return Object.freeze(
-    listed.map((name) => {
-      const match = allowed.find((algorithm) => algorithm === name);
-      if (match !== undefined) return match;
-      const why = (SECRET_ALGORITHMS as readonly string[]).includes(name)
-        ? `${name} needs a shared secret (JWT_SECRET_FILE), not a public key`
-        : (PUBLIC_KEY_ALGORITHMS as readonly string[]).includes(name)
-          ? `${name} needs a public key, and JWT_SECRET_FILE holds a shared secret`
-          : `it must list only ${allowed.join(', ')}, got ${JSON.stringify(name)}`;
-      throw new ConfigError(`JWT_ALGORITHMS: ${why}`);
-    }),
-  );
-}
-
 export interface JwtVerifierOptions {
   /** The clock `exp` and `nbf` are checked against. */
   readonly now?: () => Date;
 }
 
 type VerificationKey = KeyObject | Uint8Array | JWTVerifyGetKey;
-
-const CHALLENGE = 'Bearer realm="amqp-rpc-bridge"';
 
 /** Verifies bearer JWTs against the key of one JwtSettings. Build it with `load`. */
 export class JwtVerifier {
@@ -168,6 +59,11 @@ export class JwtVerifier {
    * The caller a token speaks for. Throws a 401 HttpProblem (with its challenge) for any token it
    * refuses; any other error is a fault of the bridge's and is rethrown as it is.
    */
+  /** A JWT in compact form, as opposed to an opaque bearer token. */
+  accepts(token: string): boolean {
+    return looksLikeJwt(token);
+  }
+
   async verify(token: string): Promise<JwtCaller> {
     const { issuer, audience, clockToleranceSeconds, rolesClaim } = this.settings;
     let payload: JWTPayload;
@@ -230,7 +126,7 @@ function rolesOf(payload: JWTPayload, claim: string): readonly string[] {
 function refusal(err: unknown): HttpProblem {
   const detail = `The bearer token ${reasonFor(err)}`;
   return new HttpProblem('unauthorized', detail, {
-    challenge: `${CHALLENGE}, error="invalid_token", error_description="${detail}"`,
+    challenge: `${BEARER_CHALLENGE}, error="invalid_token", error_description="${detail}"`,
   });
 }
 

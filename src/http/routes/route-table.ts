@@ -35,7 +35,6 @@ interface CompiledRoute {
  */
 export class RouteTable {
   private readonly byMethod = new Map<string, CompiledRoute[]>();
-  private readonly paths = new Set<string>();
 
   constructor(
     readonly definitions: readonly RouteDefinition[],
@@ -61,7 +60,6 @@ export class RouteTable {
       const list = this.byMethod.get(definition.method) ?? [];
       list.push({ route, segments });
       this.byMethod.set(definition.method, list);
-      this.paths.add(definition.path.replace(/:[A-Za-z0-9_]+/g, ':'));
     }
   }
 
