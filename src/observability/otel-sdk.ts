@@ -19,7 +19,7 @@ import {
   BasicTracerProvider,
   BatchSpanProcessor,
   ConsoleSpanExporter,
-  type SpanExporter,
+  type SpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
 import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
 import type { MessageTrace, ParentTrace, TracingConfig } from './tracing.js';
@@ -35,10 +35,7 @@ export async function startOtelTracer(config: TracingConfig, scope: string): Pro
   const resource = defaultResource()
     .merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.serviceName }))
     .merge(detectResources({ detectors: [envDetector] }));
-  const provider = new BasicTracerProvider({
-    resource,
-    spanProcessors: [new BatchSpanProcessor(await exporterFor(config))],
-  });
+  const provider = new BasicTracerProvider({ resource, spanProcessors: [await spanProcessorFor(config)] });
   let stopping: Promise<void> | undefined;
   return {
     tracer: provider.getTracer(scope),
@@ -69,13 +66,14 @@ export function messageTraceOf(span: Span): MessageTrace {
   return { traceparent: `00-${own.traceId}-${own.spanId}-${flags}`, tracestate: own.traceState?.serialize() };
 }
 
-async function exporterFor(config: TracingConfig): Promise<SpanExporter> {
-  if (config.exporter === 'console') return new ConsoleSpanExporter();
-  // Each reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT, _COMPRESSION itself.
+async function spanProcessorFor(config: TracingConfig): Promise<SpanProcessor> {
+  if (config.exporter === 'console') return new BatchSpanProcessor(new ConsoleSpanExporter());
+  // Each exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT, _COMPRESSION itself.
   if (config.protocol === 'http/json') {
     const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-http');
-    return new OTLPTraceExporter();
+    return new BatchSpanProcessor(new OTLPTraceExporter());
   }
-  const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-proto');
-  return new OTLPTraceExporter();
+  const [{ createProtobufSpanExporter }, { batchLimitsFromEnvironment, EncodingBatchSpanProcessor }] =
+    await Promise.all([import('./otlp/protobuf-span-exporter.js'), import('./otlp/encoding-batch-processor.js')]);
+  return new EncodingBatchSpanProcessor(createProtobufSpanExporter(), batchLimitsFromEnvironment());
 }

@@ -9,6 +9,7 @@ import {
   SpanKind,
   SpanStatusCode,
   TraceFlags,
+  type Tracer,
   trace,
 } from '@opentelemetry/api';
 import {
@@ -43,57 +44,73 @@ const PUBLISH_OK = new Set(['reply', 'accepted', 'cancelled']);
 
 export async function createOtelTracing(config: TracingConfig): Promise<Tracing> {
   const { tracer, shutdown } = await startOtelTracer(config, 'amqp-rpc-bridge');
+  return {
+    startRequest: ({ route, parent }) => new OtelRequestSpan(tracer, route, parent),
+    shutdown,
+  };
+}
 
-  const startRequest = ({ route, parent }: ServerSpanStart): RequestSpan => {
-    const server = tracer.startSpan(
+/** One request's spans: a class, not a closure per request, as every request makes one. */
+class OtelRequestSpan implements RequestSpan {
+  readonly sampledTraceId: string | undefined;
+  private readonly server: Span;
+  private producer: Span | undefined;
+  private outcome: string | undefined;
+
+  constructor(
+    private readonly tracer: Tracer,
+    route: string,
+    parent: ServerSpanStart['parent'],
+  ) {
+    this.server = tracer.startSpan(
       `POST ${route}`,
       { kind: SpanKind.SERVER, attributes: { [ATTR_HTTP_REQUEST_METHOD]: 'POST', [ATTR_HTTP_ROUTE]: route } },
       remoteContext(parent),
     );
-    const context = server.spanContext();
+    const context = this.server.spanContext();
     const sampled = (context.traceFlags & TraceFlags.SAMPLED) === TraceFlags.SAMPLED;
-    let producer: Span | undefined;
-    let outcome: string | undefined;
-    return {
-      sampledTraceId: sampled ? context.traceId : undefined,
-      startPublish(publish: PublishSpanStart): MessageTrace {
-        producer = tracer.startSpan(
-          `send ${publish.label}`,
-          { kind: SpanKind.PRODUCER, attributes: publishAttributes(publish) },
-          trace.setSpan(ROOT_CONTEXT, server),
-        );
-        return messageTraceOf(producer);
-      },
-      conversation(correlationId) {
-        producer?.setAttribute(ATTR_MESSAGING_CONVERSATION_ID, correlationId);
-      },
-      endPublish(kind) {
-        outcome = kind;
-        if (producer === undefined) return;
-        producer.setAttribute(ATTR_OUTCOME, kind);
-        if (!PUBLISH_OK.has(kind)) {
-          producer.setAttribute(ATTR_ERROR_TYPE, kind);
-          producer.setStatus({ code: SpanStatusCode.ERROR, message: kind });
-        }
-        producer.end();
-        producer = undefined;
-      },
-      end(statusCode, label, error) {
-        if (producer !== undefined) this.endPublish(outcome ?? 'cancelled');
-        server.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, statusCode);
-        if (label !== undefined) server.setAttribute(ATTR_OUTCOME, label);
-        // HTTP server conventions: a 5xx is the server's failure; a 4xx is the caller's, not an error here.
-        if (statusCode >= 500) {
-          server.setAttribute(ATTR_ERROR_TYPE, error?.name ?? String(statusCode));
-          server.setStatus({ code: SpanStatusCode.ERROR, message: label ?? String(statusCode) });
-        }
-        if (error !== undefined) server.recordException(error);
-        server.end();
-      },
-    };
-  };
+    this.sampledTraceId = sampled ? context.traceId : undefined;
+  }
 
-  return { startRequest, shutdown };
+  startPublish(publish: PublishSpanStart): MessageTrace {
+    this.producer = this.tracer.startSpan(
+      `send ${publish.label}`,
+      { kind: SpanKind.PRODUCER, attributes: publishAttributes(publish) },
+      trace.setSpan(ROOT_CONTEXT, this.server),
+    );
+    return messageTraceOf(this.producer);
+  }
+
+  conversation(correlationId: string): void {
+    this.producer?.setAttribute(ATTR_MESSAGING_CONVERSATION_ID, correlationId);
+  }
+
+  endPublish(kind: string): void {
+    this.outcome = kind;
+    const producer = this.producer;
+    if (producer === undefined) return;
+    producer.setAttribute(ATTR_OUTCOME, kind);
+    if (!PUBLISH_OK.has(kind)) {
+      producer.setAttribute(ATTR_ERROR_TYPE, kind);
+      producer.setStatus({ code: SpanStatusCode.ERROR, message: kind });
+    }
+    producer.end();
+    this.producer = undefined;
+  }
+
+  end(statusCode: number, label: string | undefined, error: Error | undefined): void {
+    if (this.producer !== undefined) this.endPublish(this.outcome ?? 'cancelled');
+    const server = this.server;
+    server.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, statusCode);
+    if (label !== undefined) server.setAttribute(ATTR_OUTCOME, label);
+    // HTTP server conventions: a 5xx is the server's failure; a 4xx is the caller's, not an error here.
+    if (statusCode >= 500) {
+      server.setAttribute(ATTR_ERROR_TYPE, error?.name ?? String(statusCode));
+      server.setStatus({ code: SpanStatusCode.ERROR, message: label ?? String(statusCode) });
+    }
+    if (error !== undefined) server.recordException(error);
+    server.end();
+  }
 }
 
 function publishAttributes(publish: PublishSpanStart): Attributes {

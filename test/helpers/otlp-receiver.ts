@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { waitFor } from './bridge.js';
+import { decodeTraceRequest } from './otlp-protobuf.js';
 
 /** A span as an OTLP/HTTP JSON export carries it (ids in hex, kind and status code as numbers). */
 export interface OtlpSpan {
@@ -12,8 +13,14 @@ export interface OtlpSpan {
   /** Nanoseconds since the epoch, as a decimal string. */
   startTimeUnixNano?: string;
   endTimeUnixNano?: string;
-  attributes: Array<{ key: string; value: { stringValue?: string; intValue?: number | string } }>;
+  attributes: Array<{
+    key: string;
+    value: { stringValue?: string; intValue?: number | string; boolValue?: boolean; doubleValue?: number };
+  }>;
   status?: { code?: number; message?: string };
+  traceState?: string;
+  /** W3C trace flags in the low byte, and whether the parent is remote (0x100 known, 0x200 remote). */
+  flags?: number;
   /** Not OTLP's: the `service.name` of the resource it came with, added by the receiver. */
   service?: string | undefined;
 }
@@ -24,27 +31,39 @@ export const PRODUCER = 4;
 export const CONSUMER = 5;
 export const STATUS_ERROR = 2;
 
-/** An OTLP/HTTP receiver (JSON encoding): what an exporter really sends, over a real socket. */
+/**
+ * An OTLP/HTTP receiver, protobuf (the default encoding) or JSON as the Content-Type says: what an
+ * exporter really sends, over a real socket.
+ */
 export class OtlpReceiver {
   readonly spans: OtlpSpan[] = [];
   readonly services = new Set<string>();
+  /** The Content-Types exports came with. */
+  readonly encodings = new Set<string>();
   private readonly server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (chunk: Buffer) => chunks.push(chunk));
     req.on('end', () => {
-      const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
-        resourceSpans: Array<{
-          resource: { attributes: OtlpSpan['attributes'] };
-          scopeSpans: Array<{ spans: OtlpSpan[] }>;
-        }>;
-      };
+      const encoding = String(req.headers['content-type']);
+      this.encodings.add(encoding);
+      const protobuf = encoding === 'application/x-protobuf';
+      const bytes = Buffer.concat(chunks);
+      const body = protobuf
+        ? decodeTraceRequest(bytes)
+        : (JSON.parse(bytes.toString('utf8')) as {
+            resourceSpans: Array<{
+              resource: { attributes: OtlpSpan['attributes'] };
+              scopeSpans: Array<{ spans: OtlpSpan[] }>;
+            }>;
+          });
       for (const resource of body.resourceSpans) {
         const service = resource.resource.attributes.find((a) => a.key === 'service.name')?.value.stringValue;
         if (service !== undefined) this.services.add(service);
         for (const scope of resource.scopeSpans) this.spans.push(...scope.spans.map((span) => ({ ...span, service })));
       }
-      res.setHeader('Content-Type', 'application/json');
-      res.end('{}');
+      // An empty ExportTraceServiceResponse: full success, in either encoding.
+      res.setHeader('Content-Type', protobuf ? 'application/x-protobuf' : 'application/json');
+      res.end(protobuf ? '' : '{}');
     });
   });
 

@@ -14,10 +14,14 @@ export interface TracedBridge {
 }
 
 /**
- * A real bridge whose tracing exports to `endpoint` (OTLP/HTTP JSON, batches every 20 ms);
+ * A real bridge whose tracing exports to `endpoint` (OTLP/HTTP in `protocol`, batches every 20 ms);
  * `sampler` is OTEL_TRACES_SAMPLER (unset: the default).
  */
-export async function startTracedBridge(endpoint: string, sampler?: string): Promise<TracedBridge> {
+export async function startTracedBridge(
+  endpoint: string,
+  sampler?: string,
+  protocol: 'http/protobuf' | 'http/json' = 'http/protobuf',
+): Promise<TracedBridge> {
   // The SDK reads its own OTEL_* variables from the process, as it does in production.
   const saved = { ...process.env };
   process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = endpoint;
@@ -32,7 +36,7 @@ export async function startTracedBridge(endpoint: string, sampler?: string): Pro
     RPC_REPLY_MODE: REPLY_MODE,
     LOG_LEVEL: 'silent',
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: endpoint,
-    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+    OTEL_EXPORTER_OTLP_PROTOCOL: protocol,
   };
   const config = loadConfig(env);
   if (config.tracing === undefined) throw new Error('an OTLP endpoint must turn tracing on');
