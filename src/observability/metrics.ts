@@ -38,11 +38,24 @@ interface Incrementer {
   inc(): void;
 }
 
+/**
+ * A bucket's exemplar is replaced at most this often. A scrape shows one exemplar per bucket, so at
+ * thousands of sampled requests a second, replacing it on every request (prom-client hashes the labels
+ * by name each time) costs CPU that nobody sees; a rare bucket, the slow one, still gets every one.
+ */
+export const EXEMPLAR_INTERVAL_MS = 1000;
+
+/** One (queue, outcome) series of a duration histogram, and when each of its buckets last got an exemplar. */
+interface DurationSeries {
+  readonly observer: Observer;
+  readonly exemplarAt: Float64Array;
+}
+
 /** The children of one `queue` label value, made once and kept: label lookups hash on every call. */
 interface QueueSeries {
   readonly label: string;
-  readonly byOutcome: Map<RpcOutcomeLabel, Observer>;
-  readonly publishByOutcome: Map<RpcOutcomeLabel, Observer>;
+  readonly byOutcome: Map<RpcOutcomeLabel, DurationSeries>;
+  readonly publishByOutcome: Map<RpcOutcomeLabel, DurationSeries>;
   readonly unroutable: Incrementer;
   readonly timeouts: Incrementer;
   readonly requestBytes: Observer;
@@ -111,6 +124,7 @@ export function createMetrics(
   registry: Registry<RegistryContentType>,
   maxQueues: number,
   sources: MetricSources,
+  now: () => number = Date.now,
 ): Metrics {
   const registers = [registry];
   const enableExemplars = registry.contentType === Registry.OPENMETRICS_CONTENT_TYPE;
@@ -196,27 +210,38 @@ export function createMetrics(
     responseBytes: responseBytes.labels(label),
   });
   /**
-   * One request's duration: with the trace id of a sampled request as the bucket's exemplar (which
-   * prom-client takes only through labels by name), else through the series' cached child.
+   * One request's duration: with the trace id of a sampled request as the bucket's exemplar when the
+   * bucket has had none for EXEMPLAR_INTERVAL_MS (prom-client takes it only through labels by name),
+   * else through the series' cached child.
    */
   const observeDuration = (
     histogram: Histogram<'queue' | 'outcome'>,
-    byOutcome: Map<RpcOutcomeLabel, Observer>,
+    byOutcome: Map<RpcOutcomeLabel, DurationSeries>,
     queue: string,
     outcome: RpcOutcomeLabel,
     seconds: number,
     traceId: string | undefined,
   ): void => {
+    let series = byOutcome.get(outcome);
+    if (series === undefined) {
+      series = {
+        observer: histogram.labels(queue, outcome),
+        exemplarAt: new Float64Array(DURATION_BUCKETS.length + 1),
+      };
+      byOutcome.set(outcome, series);
+    }
     if (traceId !== undefined && enableExemplars) {
-      histogram.observe({ labels: { queue, outcome }, value: seconds, exemplarLabels: exemplar(traceId) });
-      return;
+      const bucket = bucketOf(seconds);
+      const at = now();
+      const last = series.exemplarAt[bucket] as number;
+      // A clock set back (at < last) must not silence the bucket until it catches up.
+      if (at - last >= EXEMPLAR_INTERVAL_MS || at < last) {
+        series.exemplarAt[bucket] = at;
+        histogram.observe({ labels: { queue, outcome }, value: seconds, exemplarLabels: exemplar(traceId) });
+        return;
+      }
     }
-    let observer = byOutcome.get(outcome);
-    if (observer === undefined) {
-      observer = histogram.labels(queue, outcome);
-      byOutcome.set(outcome, observer);
-    }
-    observer.observe(seconds);
+    series.observer.observe(seconds);
   };
   const series = new Map<string, QueueSeries>();
   let overflow: QueueSeries | undefined;
@@ -321,6 +346,13 @@ export function createMetrics(
  * An exemplar's labels. prom-client's typings ask for the metric's own label names here, which is not
  * what an exemplar carries (OpenMetrics: any labels, 128 characters in all): hence the cast.
  */
+/** The index of the histogram bucket `seconds` falls in (the last one is +Inf). */
+function bucketOf(seconds: number): number {
+  let bucket = 0;
+  while (bucket < DURATION_BUCKETS.length && seconds > (DURATION_BUCKETS[bucket] as number)) bucket++;
+  return bucket;
+}
+
 function exemplar(traceId: string): LabelValues<'queue' | 'outcome'> {
   return { trace_id: traceId } as unknown as LabelValues<'queue' | 'outcome'>;
 }

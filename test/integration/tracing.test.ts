@@ -15,6 +15,8 @@ let traced: TracedBridge;
 const worked = new Map<string, ConsumeMessage>();
 const echo = uniqueName('traced-echo');
 const silent = uniqueName('traced-silent');
+// A queue of its own: its series has no exemplar yet, so the first sampled request gets one at once.
+const exemplarEcho = uniqueName('traced-exemplars');
 
 beforeAll(async () => {
   endpoint = await receiver.start();
@@ -23,6 +25,7 @@ beforeAll(async () => {
     worked.set(String(message.properties.messageId), message);
     reply(message.content, {});
   });
+  await startRawWorker(broker, exemplarEcho, (message, reply) => reply(message.content, {}));
   await broker.channel.assertQueue(silent, { durable: false, expires: 60_000 });
   traced = await startTracedBridge(endpoint, undefined);
 });
@@ -47,8 +50,13 @@ describe('spans exported over OTLP', () => {
     expect(res.status).toBe(200);
     const { server, producer } = await receiver.waitForTrace(CALLER_TRACE, 2);
     expect(receiver.services.size).toBeGreaterThan(0);
+    // OTLP's default encoding, written by the bridge's own encoder (src/observability/otlp/).
+    expect([...receiver.encodings]).toEqual(['application/x-protobuf']);
 
     expect(server).toMatchObject({ name: 'POST /rpc/:queue', kind: SERVER, parentSpanId: CALLER_SPAN });
+    // Sampled, with a remote parent; the caller's tracestate carried on.
+    expect(server).toMatchObject({ flags: 0x301, traceState: 'vendor=1' });
+    expect(producer).toMatchObject({ flags: 0x101 });
     expect(attributes(server)).toMatchObject({
       'http.request.method': 'POST',
       'http.route': '/rpc/:queue',
@@ -199,7 +207,7 @@ describe('exemplars', () => {
     for (const flags of ['01', '00']) {
       const trace = flags === '01' ? sampled : unsampled;
       await request(traced.baseUrl)
-        .post(`/rpc/${echo}`)
+        .post(`/rpc/${exemplarEcho}`)
         .set('traceparent', `00-${trace}-${CALLER_SPAN}-${flags}`)
         .send('x');
     }
@@ -208,11 +216,11 @@ describe('exemplars', () => {
       .set('Accept', 'application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5');
     expect(open.headers['content-type']).toContain('application/openmetrics-text');
     const exemplars = open.text.split('\n').filter((line) => line.includes(' # {trace_id='));
-    console.log(exemplars.filter((line) => line.includes(echo)).join('\n'));
+    console.log(exemplars.filter((line) => line.includes(exemplarEcho)).join('\n'));
     expect(
       exemplars.some((line) =>
         new RegExp(
-          `^rpc_request_duration_seconds_bucket\\{[^}]*queue="${echo}"[^}]*outcome="ok"[^}]*\\} \\d+ # \\{trace_id="[0-9a-f]{32}"\\}`,
+          `^rpc_request_duration_seconds_bucket\\{[^}]*queue="${exemplarEcho}"[^}]*outcome="ok"[^}]*\\} \\d+ # \\{trace_id="[0-9a-f]{32}"\\}`,
         ).test(line),
       ),
     ).toBe(true);
@@ -226,7 +234,7 @@ describe('exemplars', () => {
     expect(plain.text).not.toContain('# {trace_id=');
     expect(plain.text).toMatch(/^rpc_late_replies_total \d+$/m);
     expect(plain.text).toMatch(
-      new RegExp(`^rpc_request_duration_seconds_count\\{queue="${echo}",outcome="ok"\\} \\d+$`, 'm'),
+      new RegExp(`^rpc_request_duration_seconds_count\\{queue="${exemplarEcho}",outcome="ok"\\} \\d+$`, 'm'),
     );
   });
 });
