@@ -13,6 +13,9 @@
  *   BENCH_SECONDS          length of one measured row (default 3; quick 1)
  *   BENCH_ROUNDS           rounds (default 3; quick 1)
  *   BENCH_WARMUP_SECONDS   warm-up before each row, at the row's concurrency (default 1; quick 0.5)
+ *   BENCH_JIT_WARMUP_SECONDS load at concurrency 32 on each target just started, before its rows
+ *                          (default 3; quick 0): until V8 has compiled its hot paths, a target spends
+ *                          its CPU on compiling them, which is not what a long-running one costs
  *   BENCH_TARGETS          only these targets (comma-separated names); a partial run writes nothing
  *   BENCH_SCENARIOS        concurrency,bodies,inflight (default all three; quick: concurrency)
  *   AMQP_URL, LAVINMQ_URL  the brokers (default RabbitMQ on 5672, LavinMQ on 5682, guest/guest)
@@ -40,6 +43,7 @@ const quick = process.argv.includes('--quick');
 const SECONDS = Number(process.env.BENCH_SECONDS ?? (quick ? 1 : 3));
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 3));
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? (quick ? 0.5 : 1));
+const JIT_WARMUP_SECONDS = Number(process.env.BENCH_JIT_WARMUP_SECONDS ?? (quick ? 0 : 3));
 const SCENARIOS = new Set(
   (process.env.BENCH_SCENARIOS ?? (quick ? 'concurrency' : 'concurrency,bodies,inflight')).split(','),
 );
@@ -115,6 +119,7 @@ async function main(): Promise<void> {
         const rows = rowsOf(target);
         if (rows.length === 0) continue;
         running = await target.start(context);
+        if (JIT_WARMUP_SECONDS > 0) await running.measure(32, 100, JIT_WARMUP_SECONDS);
         for (const row of rows) {
           const result = await running.measure(row.concurrency, row.bodyBytes, SECONDS);
           const key = `${result.target}|${result.concurrency}|${result.bodyBytes}`;

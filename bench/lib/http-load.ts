@@ -10,6 +10,8 @@ export interface HttpLoad {
   readonly body: Buffer;
   readonly seconds: number;
   readonly headers?: Record<string, string>;
+  /** Requests per second in all, when the load is to be offered at a fixed rate rather than as fast as answered. */
+  readonly rate?: number;
 }
 
 /**
@@ -26,6 +28,7 @@ export async function runHttpLoad(load: HttpLoad): Promise<RunResult> {
     headers: { 'content-type': 'application/octet-stream', ...load.headers },
     connections: load.concurrency,
     duration: load.seconds,
+    ...(load.rate === undefined ? {} : { overallRate: load.rate }),
   });
   (instance as unknown as NodeJS.EventEmitter).on(
     'response',

@@ -5,8 +5,13 @@
  */
 import { createServer } from 'node:http';
 
+let exports = 0;
+let bytes = 0;
 const server = createServer((req, res) => {
-  req.resume();
+  exports++;
+  req.on('data', (chunk: Buffer) => {
+    bytes += chunk.length;
+  });
   req.on('end', () => {
     res.writeHead(200, { 'Content-Type': 'application/x-protobuf' });
     res.end();
@@ -16,4 +21,7 @@ server.listen(Number(process.env.PORT ?? 0), '127.0.0.1', () => {
   const address = server.address();
   process.stdout.write(`${JSON.stringify({ port: typeof address === 'object' && address ? address.port : 0 })}\n`);
 });
-process.on('SIGTERM', () => server.close(() => process.exit(0)));
+process.on('SIGTERM', () => {
+  process.stderr.write(`otlp sink: ${exports} exports, ${bytes} bytes\n`);
+  server.close(() => process.exit(0));
+});
