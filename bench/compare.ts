@@ -5,7 +5,9 @@
  * The old revision is checked out in a temporary git worktree and built there with this checkout's
  * node_modules. Both bridges run with their default configuration, as `npm start` runs them.
  * BENCH_SECONDS (default 5) sets the length of one run, BENCH_ROUNDS (3) the rounds,
- * BENCH_CONCURRENCIES (1,64) what is measured. Prints a table; writes nothing.
+ * BENCH_CONCURRENCIES (1,64) what is measured. BENCH_TRACED=1 runs both with every request traced
+ * (OTLP/protobuf to a local sink): what a change costs or saves with tracing on. Prints a table;
+ * writes nothing.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -20,6 +22,7 @@ const AMQP_URL = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const CONCURRENCIES = (process.env.BENCH_CONCURRENCIES ?? '1,64').split(',').map(Number);
+const TRACED = process.env.BENCH_TRACED === '1';
 
 async function main(): Promise<void> {
   const revision = process.argv[2];
@@ -46,6 +49,17 @@ async function main(): Promise<void> {
     });
     children.push(worker);
     await worker.waitForLine(/consuming/);
+    let tracing: Record<string, string> = {};
+    if (TRACED) {
+      const sinkPort = await freePort();
+      const sink = startChild('node', ['--import', 'tsx', 'bench/targets/otlp-sink.ts'], { PORT: String(sinkPort) });
+      children.push(sink);
+      await sink.waitForLine(/"port"/);
+      tracing = {
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `http://127.0.0.1:${sinkPort}/v1/traces`,
+        OTEL_TRACES_SAMPLER: 'always_on',
+      };
+    }
 
     const targets: Array<{ name: string; port: number; pid: number }> = [];
     for (const [name, dir] of [
@@ -57,6 +71,7 @@ async function main(): Promise<void> {
         AMQP_URL,
         PORT: String(port),
         HOST: '127.0.0.1',
+        ...tracing,
       });
       children.push(child);
       await child.waitForLine(/"msg":"listening"/);

@@ -139,6 +139,7 @@ async function main(): Promise<void> {
       seconds: SECONDS,
       rounds: ROUNDS,
       warmupSeconds: WARMUP_SECONDS,
+      jitWarmupSeconds: JIT_WARMUP_SECONDS,
       logging: LOGGING,
       tookSeconds: (performance.now() - started) / 1000,
       targets: targets.map(({ name, description }) => ({ name, description })),

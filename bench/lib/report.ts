@@ -18,6 +18,8 @@ export interface BenchRun {
   readonly seconds: number;
   readonly rounds: number;
   readonly warmupSeconds: number;
+  /** Load on each target just started, before its rows (runs before it had none). */
+  readonly jitWarmupSeconds?: number;
   /** Where the bridges' log lines went during the run. */
   readonly logging: string;
   readonly tookSeconds: number;
@@ -201,7 +203,10 @@ function measuredLine(run: BenchRun): string {
     `${host.cpuModel}, ${host.cores} cores, Linux ${host.kernel}, Node ${host.node}, ${brokers}. ` +
     `${run.rounds} interleaved round${run.rounds === 1 ? '' : 's'} of ${run.seconds} s per row (figures: the ` +
     `${run.aggregate ?? 'mean'} of the rounds), each after ` +
-    `${run.warmupSeconds} s of warm-up; every target started for its rows and stopped after them; ` +
+    `${run.warmupSeconds} s of warm-up; every target started for its rows and stopped after them` +
+    (run.jitWarmupSeconds
+      ? `, and loaded for ${run.jitWarmupSeconds} s at concurrency 32 before its first row (V8 compiles its hot paths meanwhile); `
+      : '; ') +
     `100-byte bodies unless stated; whole run ${Math.round(run.tookSeconds)} s. Load average ` +
     `${host.loadAverageAtStart.toFixed(1)} at the start, ${run.loadAverageAtEnd.toFixed(1)} at the end${busy}. ` +
     `Client: \`serial\` is one keep-alive connection, one request after another, from a process of its own ` +
