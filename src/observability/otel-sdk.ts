@@ -35,6 +35,8 @@ export async function startOtelTracer(config: TracingConfig, scope: string): Pro
   const resource = defaultResource()
     .merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.serviceName }))
     .merge(detectResources({ detectors: [envDetector] }));
+  // The SDK's own batch processor waits for these before each export; ours encodes spans as they end.
+  await resource.waitForAsyncAttributes?.();
   const provider = new BasicTracerProvider({ resource, spanProcessors: [await spanProcessorFor(config)] });
   let stopping: Promise<void> | undefined;
   return {

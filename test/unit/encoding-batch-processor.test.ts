@@ -74,17 +74,33 @@ describe('encoding batch span processor', () => {
   it('exports one batch at a time; spans that end meanwhile wait, and beyond the queue they are dropped', async () => {
     const { exporter, end } = setUp();
     exporter.answerAtOnce = false;
-    end('a', 'b', 'c'); // exported, not answered: three of the queue's five
-    end('d', 'e'); // queued
-    end('f', 'g'); // over maxQueueSize: dropped
+    end('a', 'b', 'c'); // exported, not answered: out of the queue, as in the SDK
+    end('d', 'e', 'f', 'g', 'h'); // the queue's five: a full batch waiting, and two
+    end('i'); // over maxQueueSize: dropped
     expect(exporter.sent).toEqual([['a', 'b', 'c']]);
     exporter.pending.shift()?.({ code: ExportResultCode.SUCCESS });
-    await waitFor(() => exporter.sent.length === 2, 1_000, 'the second export');
-    expect(exporter.sent[1]).toEqual(['d', 'e']);
+    expect(exporter.sent[1]).toEqual(['d', 'e', 'f']);
     exporter.pending.shift()?.({ code: ExportResultCode.SUCCESS });
-    // Room again once exported.
-    end('h', 'i', 'j');
-    expect(exporter.sent[2]).toEqual(['h', 'i', 'j']);
+    await waitFor(() => exporter.sent.length === 3, 1_000, 'the scheduled export');
+    expect(exporter.sent[2]).toEqual(['g', 'h']);
+  });
+
+  it('resolves forceFlush once what had ended is exported, while more spans keep ending', async () => {
+    const { exporter, processor, end } = setUp({ ...LIMITS, maxQueueSize: 1_000 });
+    exporter.answerAtOnce = false;
+    const answering = setInterval(() => exporter.pending.shift()?.({ code: ExportResultCode.SUCCESS }), 5);
+    let next = 0;
+    const ending = setInterval(() => end(`s${next++}`, `s${next++}`, `s${next++}`), 2);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      const endedBefore = next;
+      await processor.forceFlush();
+      const exported = new Set(exporter.sent.flat());
+      for (let i = 0; i < endedBefore; i++) expect(exported.has(`s${i}`)).toBe(true);
+    } finally {
+      clearInterval(ending);
+      clearInterval(answering);
+    }
   });
 
   it('gives up an export that does not answer within its timeout, and goes on with the next', async () => {

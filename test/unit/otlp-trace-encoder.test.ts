@@ -19,6 +19,7 @@ import {
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { encodeTraceRequest, OtlpTraceBatch } from '../../src/observability/otlp/trace-encoder.js';
+import { decodeTraceRequest } from '../helpers/otlp-protobuf.js';
 
 /** Finished spans from a real SDK provider, as the batch processor hands them to an exporter. */
 function tracerWith(serviceName: string, extra: Record<string, string> = {}) {
@@ -181,6 +182,43 @@ describe('OTLP trace encoder', () => {
     expect(Buffer.from(ours).equals(Buffer.from(ProtobufTraceSerializer.serializeRequest(spans) as Uint8Array))).toBe(
       true,
     );
+  });
+
+  it('leaves out a span it cannot encode, and keeps the rest of the batch whole', () => {
+    const { provider, exporter } = tracerWith('odd');
+    const tracer = provider.getTracer('odd');
+    tracer.startSpan('before').end();
+    const odd = tracer.startSpan('odd');
+    // The SDK does not check an event's name; a number cannot be written as one.
+    odd.addEvent(42 as unknown as string);
+    expect(() => odd.end()).not.toThrow();
+    tracer.startSpan('after').end();
+    const [before, broken, after] = exporter.getFinishedSpans();
+    const batch = new OtlpTraceBatch();
+    expect(batch.add(before as ReadableSpan)).toBe(true);
+    expect(batch.add(broken as ReadableSpan)).toBe(false);
+    expect(batch.add(after as ReadableSpan)).toBe(true);
+    expect(batch.spanCount).toBe(2);
+    const request = Buffer.from(batch.request());
+    expect(request.toString('hex')).toBe(
+      Buffer.from(encodeTraceRequest([before, after] as ReadableSpan[])).toString('hex'),
+    );
+    const names = decodeTraceRequest(request).resourceSpans.flatMap((r) =>
+      r.scopeSpans.flatMap((s) => s.spans.map((span) => span.name)),
+    );
+    expect(names).toEqual(['before', 'after']);
+  });
+
+  it('keeps a request readable when a link id is not hex (the SDK does not check them)', () => {
+    const { provider, exporter } = tracerWith('links');
+    provider
+      .getTracer('links')
+      .startSpan('linked', {
+        links: [{ context: { traceId: `zz${'a'.repeat(30)}`, spanId: 'b'.repeat(16), traceFlags: 1 } }],
+      })
+      .end();
+    const request = decodeTraceRequest(Buffer.from(encodeTraceRequest(exporter.getFinishedSpans())));
+    expect(request.resourceSpans[0]?.scopeSpans[0]?.spans.map((span) => span.name)).toEqual(['linked']);
   });
 
   it('encodes an empty batch as an empty request', () => {

@@ -54,13 +54,19 @@ export class EncodingBatchSpanProcessor implements SpanProcessor {
   private readonly batch = new OtlpTraceBatch();
   /** Batches full or due, waiting for the export before them. */
   private readonly ready: EncodedSpans[] = [];
-  /** Spans encoded and not yet exported (or given up): what OTEL_BSP_MAX_QUEUE_SIZE bounds. */
+  /**
+   * Spans encoded and not yet handed to the exporter: what OTEL_BSP_MAX_QUEUE_SIZE bounds (as in the
+   * SDK, a batch leaves the queue when its export starts).
+   */
   private queued = 0;
   private exporting = false;
   private timer: NodeJS.Timeout | undefined;
   private dropped = 0;
   private stopping: Promise<void> | undefined;
-  private idle: Array<() => void> = [];
+  /** Batches sealed so far, and settled (exported or given up) so far: forceFlush waits for a number. */
+  private sealed = 0;
+  private settled = 0;
+  private flushes: Array<{ readonly upTo: number; readonly resolve: () => void }> = [];
 
   constructor(
     private readonly exporter: EncodedSpanExporter,
@@ -80,7 +86,7 @@ export class EncodingBatchSpanProcessor implements SpanProcessor {
       diag.warn(`Dropped ${this.dropped} spans because maxQueueSize reached`);
       this.dropped = 0;
     }
-    this.batch.add(span);
+    if (!this.batch.add(span)) return;
     this.queued++;
     if (this.batch.spanCount >= this.limits.maxExportBatchSize) {
       this.seal();
@@ -95,12 +101,16 @@ export class EncodingBatchSpanProcessor implements SpanProcessor {
     }
   }
 
-  /** Exports every span ended so far; resolves when the last of them has been exported or given up. */
+  /**
+   * Exports every span ended so far; resolves when the last of them has been exported or given up,
+   * whatever ends meanwhile.
+   */
   forceFlush(): Promise<void> {
     this.seal();
+    const upTo = this.sealed;
     this.exportNext();
-    if (!this.exporting) return Promise.resolve();
-    return new Promise((resolve) => this.idle.push(resolve));
+    if (this.settled >= upTo) return Promise.resolve();
+    return new Promise((resolve) => this.flushes.push({ upTo, resolve }));
   }
 
   shutdown(): Promise<void> {
@@ -117,16 +127,15 @@ export class EncodingBatchSpanProcessor implements SpanProcessor {
     if (this.batch.spanCount === 0) return;
     const spanCount = this.batch.spanCount;
     this.ready.push({ spanCount, bytes: this.batch.request() });
+    this.sealed++;
   }
 
   private exportNext(): void {
     if (this.exporting) return;
     const request = this.ready.shift();
-    if (request === undefined) {
-      for (const resolve of this.idle.splice(0)) resolve();
-      return;
-    }
+    if (request === undefined) return;
     this.exporting = true;
+    this.queued -= request.spanCount;
     let settled = false;
     const settle = (result: ExportResult): void => {
       if (settled) return;
@@ -135,8 +144,13 @@ export class EncodingBatchSpanProcessor implements SpanProcessor {
       if (result.code !== ExportResultCode.SUCCESS) {
         globalErrorHandler(result.error ?? new Error('BatchSpanProcessor: span export failed'));
       }
-      this.queued -= request.spanCount;
       this.exporting = false;
+      this.settled++;
+      const due = this.flushes.filter((flush) => flush.upTo <= this.settled);
+      if (due.length > 0) {
+        this.flushes = this.flushes.filter((flush) => flush.upTo > this.settled);
+        for (const flush of due) flush.resolve();
+      }
       this.exportNext();
     };
     // Given up, not cancelled: a late answer is ignored, and the next batch goes.

@@ -130,12 +130,17 @@ export class ProtobufWriter {
     this.pos += this.buffer.write(value, this.pos, bytes, 'utf8');
   }
 
-  /** A length-delimited byte string from its hex spelling (trace and span ids). */
+  /**
+   * A length-delimited byte string from its hex spelling (trace and span ids). What is not hex (the
+   * SDK does not check a link's ids) is written as zero bytes: the length always holds.
+   */
   hexBytes(hex: string): void {
     const bytes = hex.length >>> 1;
-    this.reserve(1 + bytes);
-    this.buffer[this.pos++] = bytes;
-    this.pos += this.buffer.write(hex, this.pos, bytes, 'hex');
+    this.varint(bytes);
+    this.reserve(bytes);
+    const written = this.buffer.write(hex, this.pos, bytes, 'hex');
+    if (written < bytes) this.buffer.fill(0, this.pos + written, this.pos + bytes);
+    this.pos += bytes;
   }
 
   bytes(value: Uint8Array): void {

@@ -7,9 +7,10 @@
  * ids are decoded natively, and buffers are reused from one export to the next.
  */
 import type { Attributes, HrTime, Link, SpanContext, SpanStatus } from '@opentelemetry/api';
-import type { InstrumentationScope } from '@opentelemetry/core';
+import { globalErrorHandler, type InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace-base';
+import { toError } from '../../errors.js';
 import { ProtobufWriter, WIRE } from './protobuf-writer.js';
 
 const HAS_IS_REMOTE = 0x100;
@@ -39,7 +40,12 @@ export class OtlpTraceBatch {
     return this.count;
   }
 
-  add(span: ReadableSpan): void {
+  /**
+   * Encodes the span into the batch; false, with the batch as it was, when it cannot be encoded (the
+   * SDK checks little of what a span holds: an event named by a number, say). The error goes to the
+   * SDK's error handler, not to whoever ended the span.
+   */
+  add(span: ReadableSpan): boolean {
     let byScope = this.groups.get(span.resource);
     if (byScope === undefined) {
       byScope = new Map();
@@ -50,9 +56,17 @@ export class OtlpTraceBatch {
       group = this.spare.pop() ?? new ProtobufWriter(16 * 1024);
       byScope.set(span.instrumentationScope, group);
     }
-    group.tag(2, WIRE.lengthDelimited);
-    this.fields.span(group, span);
+    const before = group.pos;
+    try {
+      group.tag(2, WIRE.lengthDelimited);
+      this.fields.span(group, span);
+    } catch (err) {
+      group.pos = before;
+      globalErrorHandler(toError(err));
+      return false;
+    }
     this.count++;
+    return true;
   }
 
   /** The request for every span added since the last one; the batch is then empty. */
