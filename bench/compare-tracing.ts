@@ -2,7 +2,8 @@
  * npm run bench:tracing: the bridge with tracing off beside the bridge with every request sampled
  * (OTLP to a local sink), in one run, interleaved, against one echo worker: what tracing costs, with
  * more rounds than the full bench gives it. BENCH_SECONDS (default 5), BENCH_ROUNDS (6),
- * BENCH_CONCURRENCIES (64). BENCH_TRACED_ENV (JSON) adds variables to the traced bridge.
+ * BENCH_CONCURRENCIES (64). BENCH_RATE offers that many requests per second in all instead of as many as
+ * are answered. BENCH_TRACED_ENV (JSON) adds variables to the traced bridge, e.g. another sampler.
  * Prints a table; writes nothing.
  */
 import { randomBytes } from 'node:crypto';
