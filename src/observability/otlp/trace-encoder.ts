@@ -134,12 +134,7 @@ class SpanFields {
     const start = writer.begin(2);
     const context = span.spanContext();
     const parent = span.parentSpanContext;
-    writer.tag(1, WIRE.lengthDelimited);
-    writer.hexBytes(context.traceId);
-    writer.tag(2, WIRE.lengthDelimited);
-    writer.hexBytes(context.spanId);
-    const traceState = context.traceState?.serialize();
-    if (traceState) this.string(writer, 3, traceState);
+    this.identity(writer, context);
     if (parent?.spanId) {
       writer.tag(4, WIRE.lengthDelimited);
       writer.hexBytes(parent.spanId);
@@ -166,6 +161,16 @@ class SpanFields {
     writer.string(value);
   }
 
+  /** Fields 1 to 3 of a Span and of a Link alike: trace id, span id, trace state. */
+  private identity(writer: ProtobufWriter, context: SpanContext): void {
+    writer.tag(1, WIRE.lengthDelimited);
+    writer.hexBytes(context.traceId);
+    writer.tag(2, WIRE.lengthDelimited);
+    writer.hexBytes(context.spanId);
+    const traceState = context.traceState?.serialize();
+    if (traceState) this.string(writer, 3, traceState);
+  }
+
   private event(writer: ProtobufWriter, event: TimedEvent): void {
     writer.tag(11, WIRE.lengthDelimited);
     const start = writer.begin(2);
@@ -180,12 +185,7 @@ class SpanFields {
     const context = link.context;
     writer.tag(13, WIRE.lengthDelimited);
     const start = writer.begin(1);
-    writer.tag(1, WIRE.lengthDelimited);
-    writer.hexBytes(context.traceId);
-    writer.tag(2, WIRE.lengthDelimited);
-    writer.hexBytes(context.spanId);
-    const traceState = context.traceState?.serialize();
-    if (traceState) this.string(writer, 3, traceState);
+    this.identity(writer, context);
     if (link.attributes) this.attributes(writer, 4, link.attributes);
     this.varint(writer, 5, link.droppedAttributesCount || 0);
     writer.tag(6, WIRE.fixed32);
