@@ -14,7 +14,7 @@
  *   BENCH_ROUNDS           rounds (default 3; quick 1)
  *   BENCH_WARMUP_SECONDS   warm-up before each row, at the row's concurrency (default 1; quick 0.5)
  *   BENCH_JIT_WARMUP_SECONDS load at concurrency 32 on each target just started, before its rows
- *                          (default 3; quick 0): until V8 has compiled its hot paths, a target spends
+ *                          (default 3; quick 1): until V8 has compiled its hot paths, a target spends
  *                          its CPU on compiling them, which is not what a long-running one costs
  *   BENCH_TARGETS          only these targets (comma-separated names); a partial run writes nothing
  *   BENCH_SCENARIOS        concurrency,bodies,inflight (default all three; quick: concurrency)
@@ -43,7 +43,7 @@ const quick = process.argv.includes('--quick');
 const SECONDS = Number(process.env.BENCH_SECONDS ?? (quick ? 1 : 3));
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 3));
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? (quick ? 0.5 : 1));
-const JIT_WARMUP_SECONDS = Number(process.env.BENCH_JIT_WARMUP_SECONDS ?? (quick ? 0 : 3));
+const JIT_WARMUP_SECONDS = Number(process.env.BENCH_JIT_WARMUP_SECONDS ?? (quick ? 1 : 3));
 const SCENARIOS = new Set(
   (process.env.BENCH_SCENARIOS ?? (quick ? 'concurrency' : 'concurrency,bodies,inflight')).split(','),
 );
