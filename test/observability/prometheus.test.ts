@@ -75,8 +75,10 @@ beforeAll(async () => {
   await settle(() => scalar(`up{job="${JOB}"}`), 1, 'Prometheus to scrape the bridge');
 
   // Two batches, the second after Prometheus has seen the first, so that rates are above zero. The
-  // first ends with a traced RPC: its trace id is the latest exemplar when Prometheus scrapes next.
-  for (const body of okBodies.slice(0, 2)) expect(await rpc(`/rpc/${echoQueue}`, body)).toBe(200);
+  // first ends with the one sampled RPC of the series (a bucket's exemplar is replaced at most once a
+  // second, so the ones before it are unsampled): its trace id is the exemplar Prometheus scrapes next.
+  const unsampled = { traceparent: `00-${'5a'.repeat(16)}-00f067aa0ba902b7-00` };
+  for (const body of okBodies.slice(0, 2)) expect(await rpc(`/rpc/${echoQueue}`, body, unsampled)).toBe(200);
   const traceparent = `00-${TRACED}-00f067aa0ba902b7-01`;
   expect(await rpc(`/rpc/${echoQueue}`, okBodies[2] as string, { traceparent })).toBe(200);
   await settle(() => scalar(okCount), 3, 'Prometheus to see the first RPCs');
