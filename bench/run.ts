@@ -102,11 +102,28 @@ async function main(): Promise<void> {
     lavinmq: lavinmqUrl,
     ...(lavinmqNodelayUrl !== undefined && { 'lavinmq-nodelay': lavinmqNodelayUrl }),
   });
-  const targets = TARGETS.filter(
+  const selected = TARGETS.filter(
     (target) =>
       (ONLY === undefined || ONLY.includes(target.name)) &&
       (target.name !== 'bridge-lavinmq-nodelay' || lavinmqNodelayUrl !== undefined),
   );
+  // A broker that is not there would fail its targets minutes into the run: say so now.
+  const missing = selected.filter((target) => host.brokers[target.broker ?? '']?.startsWith('unreachable'));
+  if (missing.length > 0) {
+    const brokers = [...new Set(missing.map((target) => target.broker as string))];
+    const why = brokers.map((broker) => `${broker} ${host.brokers[broker]}`).join('; ');
+    // A full run refreshes the README: all of it or nothing. A quick or partial one goes on without them.
+    if (ONLY === undefined && !quick) {
+      console.error(
+        `bench: ${why}. Start it (a LavinMQ on 127.0.0.1:5682; beside this project's CI: ` +
+          '../shared/brokers/lavinmq/lavinmq.sh start 5682), point AMQP_URL / LAVINMQ_URL at one, or leave its ' +
+          'targets out with BENCH_TARGETS.',
+      );
+      process.exit(2);
+    }
+    console.error(`bench: leaving out ${missing.map((target) => target.name).join(', ')}: ${why}`);
+  }
+  const targets = selected.filter((target) => !missing.includes(target));
   let running: RunningTarget | undefined;
   process.on('SIGINT', () => void (running?.stop() ?? Promise.resolve()).then(() => process.exit(130)));
 

@@ -30,9 +30,13 @@ export interface RunningTarget {
   stop(): Promise<void>;
 }
 
+export type BrokerName = 'rabbitmq' | 'lavinmq' | 'lavinmq-nodelay';
+
 export interface Target {
   readonly name: string;
   readonly description: string;
+  /** The broker it needs, if any. */
+  readonly broker?: BrokerName;
   start(context: TargetContext): Promise<RunningTarget>;
 }
 
@@ -59,6 +63,7 @@ export const TARGETS: readonly Target[] = [
   bridgeTarget('bridge-lavinmq-nodelay', 'the same on a LavinMQ with tcp_nodelay = true', 'lavinmq-nodelay', {}),
   {
     name: 'minimal',
+    broker: 'rabbitmq',
     description: 'the floor: node:http + amqplib and nothing else (no validation, logs, metrics)',
     async start(context) {
       const worker = await startWorker(context.rabbitmqUrl, echoQueue(context));
@@ -74,6 +79,7 @@ export const TARGETS: readonly Target[] = [
   },
   {
     name: 'raw-amqp',
+    broker: 'rabbitmq',
     description: 'a raw amqplib direct reply-to client, no HTTP: the AMQP half alone',
     async start(context) {
       const worker = await startWorker(context.rabbitmqUrl, echoQueue(context));
@@ -85,6 +91,7 @@ export const TARGETS: readonly Target[] = [
   },
   {
     name: 'micromq',
+    broker: 'rabbitmq',
     description: 'peer: micromq 3 Gateway + MicroService (npm), JSON bodies, on RabbitMQ',
     async start(context) {
       // micromq declares durable queues named after the service; removed again in stop().
@@ -110,6 +117,7 @@ export const TARGETS: readonly Target[] = [
   },
   {
     name: 'bridge-traced',
+    broker: 'rabbitmq',
     description: 'the bridge with tracing on, every request sampled, OTLP/protobuf to a local sink',
     async start(context) {
       const port = await freePort();
@@ -138,15 +146,11 @@ export function echoQueue(context: TargetContext): string {
   return `bench.echo.${context.runId}`;
 }
 
-function bridgeTarget(
-  name: string,
-  description: string,
-  broker: 'rabbitmq' | 'lavinmq' | 'lavinmq-nodelay',
-  env: Record<string, string>,
-): Target {
+function bridgeTarget(name: string, description: string, broker: BrokerName, env: Record<string, string>): Target {
   return {
     name,
     description,
+    broker,
     async start(context) {
       const urls = {
         rabbitmq: context.rabbitmqUrl,
