@@ -5,19 +5,14 @@
  * or a broker. CPU of this whole process per request; steadier than the bridge under load, so it
  * shows what a change to the tracing code is worth. REQUESTS (200,000), OTEL_EXPORTER_OTLP_TRACES_PROTOCOL.
  */
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { createInterface } from 'node:readline';
+import { startTracingSink } from './lib/side-by-side.js';
 
 const REQUESTS = Number(process.env.REQUESTS ?? 200_000);
 const PROTOCOL = process.env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? 'http/protobuf';
 
-const sink = spawn(process.execPath, ['--import', 'tsx', process.env.SINK ?? 'bench/targets/otlp-sink.ts'], {
-  stdio: ['ignore', 'pipe', 'inherit'],
-});
-const [line] = (await once(createInterface({ input: sink.stdout }), 'line')) as [string];
-const { port } = JSON.parse(line) as { port: number };
-process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = `http://127.0.0.1:${port}/v1/traces`;
+// The SDK reads its OTEL_* variables from the process, as the bridge's does.
+const sink = await startTracingSink();
+Object.assign(process.env, sink.env);
 
 const { createOtelTracing } = await import('../src/observability/otel-tracing.js');
 const tracing = await createOtelTracing({
@@ -56,4 +51,4 @@ const perRequest = (cpu.user + cpu.system) / REQUESTS;
 console.log(
   `${PROTOCOL}: ${REQUESTS} requests, ${perRequest.toFixed(1)} µs CPU per request (user ${(cpu.user / REQUESTS).toFixed(1)}, system ${(cpu.system / REQUESTS).toFixed(1)}), wall ${wall.toFixed(0)} ms`,
 );
-sink.kill('SIGTERM');
+await sink.child.stop();

@@ -50,12 +50,7 @@ export class OtlpReceiver {
       const bytes = Buffer.concat(chunks);
       const body = protobuf
         ? decodeTraceRequest(bytes)
-        : (JSON.parse(bytes.toString('utf8')) as {
-            resourceSpans: Array<{
-              resource: { attributes: OtlpSpan['attributes'] };
-              scopeSpans: Array<{ spans: OtlpSpan[] }>;
-            }>;
-          });
+        : (JSON.parse(bytes.toString('utf8')) as ReturnType<typeof decodeTraceRequest>);
       for (const resource of body.resourceSpans) {
         const service = resource.resource.attributes.find((a) => a.key === 'service.name')?.value.stringValue;
         if (service !== undefined) this.services.add(service);

@@ -66,7 +66,7 @@ export class EncodingBatchSpanProcessor implements SpanProcessor {
   /** Batches sealed so far, and settled (exported or given up) so far: forceFlush waits for a number. */
   private sealed = 0;
   private settled = 0;
-  private flushes: Array<{ readonly upTo: number; readonly resolve: () => void }> = [];
+  private readonly flushes: Array<{ readonly upTo: number; readonly resolve: () => void }> = [];
 
   constructor(
     private readonly exporter: EncodedSpanExporter,
@@ -146,11 +146,8 @@ export class EncodingBatchSpanProcessor implements SpanProcessor {
       }
       this.exporting = false;
       this.settled++;
-      const due = this.flushes.filter((flush) => flush.upTo <= this.settled);
-      if (due.length > 0) {
-        this.flushes = this.flushes.filter((flush) => flush.upTo > this.settled);
-        for (const flush of due) flush.resolve();
-      }
+      // Flushes wait in the order they came, for ever later batches.
+      while (this.flushes.length > 0 && (this.flushes[0]?.upTo ?? 0) <= this.settled) this.flushes.shift()?.resolve();
       this.exportNext();
     };
     // Given up, not cancelled: a late answer is ignored, and the next batch goes.

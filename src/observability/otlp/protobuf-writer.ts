@@ -3,16 +3,7 @@
  * one export to the next: the copy handed out by `take()` is the only allocation per export.
  */
 
-const WIRE_VARINT = 0;
-const WIRE_FIXED64 = 1;
-const WIRE_LENGTH_DELIMITED = 2;
-const WIRE_FIXED32 = 5;
-export const WIRE = {
-  varint: WIRE_VARINT,
-  fixed64: WIRE_FIXED64,
-  lengthDelimited: WIRE_LENGTH_DELIMITED,
-  fixed32: WIRE_FIXED32,
-} as const;
+export const WIRE = { varint: 0, fixed64: 1, lengthDelimited: 2, fixed32: 5 } as const;
 
 const TWO_POW_32 = 0x1_0000_0000;
 /** UTF-16 code units are at most 3 UTF-8 bytes: below this many, a string's length fits one byte. */
