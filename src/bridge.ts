@@ -6,10 +6,11 @@ import { Registry, type RegistryContentType } from 'prom-client';
 import { CallerBrokerPools } from './caller-brokers.js';
 import type { Config } from './config.js';
 import type { BearerTokenVerifier } from './http/access/access-control.js';
-import { createHttpEdge, type RouteSet } from './http/app.js';
+import { CallerQuota } from './http/access/caller-quota.js';
+import { createHttpEdge } from './http/app.js';
 import { loadOpenApiYaml } from './http/openapi.js';
 import type { Readiness } from './http/operational-routes.js';
-import { buildRouteSet, OPERATIONAL_PATHS, RAW_ROUTE_PREFIXES } from './http/routes/route-set.js';
+import { buildRouteSet, OPERATIONAL_PATHS, RAW_ROUTE_PREFIXES, type RouteSet } from './http/routes/route-set.js';
 import { loadRoutesFile } from './http/routes/routes-file.js';
 import { logBytesDropped } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
@@ -30,6 +31,8 @@ export interface Bridge {
   readonly connection: RpcStack['connection'];
   readonly pool: RpcStack['pool'];
   readiness(): Readiness;
+  /** Whether any credential (tokens, JWTs, broker logins) is configured: without one, anybody may call. */
+  credentialsConfigured(): boolean;
   /**
    * Reads the routes file again and swaps routes, tokens and contract at once; requests under way
    * finish on the routes they arrived on. Throws RoutesFileError (the old routes stay) when invalid.
@@ -129,6 +132,7 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
       file,
       fileName,
       rawRoutes,
+      rawRoles: config.routesRawRoles,
       authTokens: config.authTokens,
       jwt: options.jwt,
       allowedQueues: config.allowedQueues,
@@ -153,6 +157,7 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
     isShuttingDown: () => shuttingDown,
     tracing,
     callerBrokers,
+    callerQuota: new CallerQuota(config.maxInFlightPerCaller),
   });
 
   return {
@@ -163,6 +168,7 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
     connection,
     pool,
     readiness,
+    credentialsConfigured: () => routes.current.access.credentialsConfigured,
     reloadRoutes() {
       routes.current = loadRoutes();
       return { routes: routes.current.table?.definitions.length ?? 0 };

@@ -45,6 +45,8 @@ export interface Config {
   readonly publisherConfirms: boolean;
   /** RPCs in flight beyond which new ones are refused with 503. */
   readonly maxInFlight: number;
+  /** Requests in flight from one caller beyond which its new ones are refused with 429 (default: half of maxInFlight). */
+  readonly maxInFlightPerCaller: number;
   readonly reconnectMinMs: number;
   readonly reconnectMaxMs: number;
   readonly rpcTimeoutMs: number;
@@ -81,8 +83,10 @@ export interface Config {
   readonly tracing: TracingConfig | undefined;
   /** Named routes (YAML), read at start-up and again on SIGHUP; undefined: only the raw routes. */
   readonly routesFile: string | undefined;
-  /** Whether POST /rpc/... and /publish/... are served; a routes file may be the only way in. */
+  /** Whether POST /rpc/... and /publish/... are served: by default only without a routes file. */
   readonly routesRawEnabled: boolean;
+  /** ROUTES_RAW_ROLES: the raw routes need one of these roles (from a routes-file token or a JWT). */
+  readonly routesRawRoles: readonly string[] | undefined;
   /**
    * `bridge`: every request goes over the bridge's own connection (AMQP_URL's user). `caller`: over
    * a connection made with the caller's broker credentials, so the broker's permissions apply per caller.
@@ -114,6 +118,8 @@ export function loadConfig(env: Env): Config {
     );
   }
   const appId = read.string('APP_ID', 'amqp-rpc-bridge');
+  const maxInFlight = read.integer('MAX_IN_FLIGHT', 10_000, 1, 10_000_000);
+  const routesFile = read.optionalString('ROUTES_FILE');
   const config: Config = {
     host: read.string('HOST', '0.0.0.0'),
     port: read.integer('PORT', 8080, 0, 65_535),
@@ -128,7 +134,14 @@ export function loadConfig(env: Env): Config {
     replyTo: read.oneOf('AMQP_REPLY_TO', REPLY_TO_QUEUES, 'amq.rabbitmq.reply-to'),
     replyMode: read.oneOf('RPC_REPLY_MODE', ['direct', 'queue'] as const, 'direct'),
     publisherConfirms: read.boolean('AMQP_PUBLISHER_CONFIRMS', true),
-    maxInFlight: read.integer('MAX_IN_FLIGHT', 10_000, 1, 10_000_000),
+    maxInFlight,
+    // One caller's flood leaves the other half for everybody else.
+    maxInFlightPerCaller: read.integer(
+      'MAX_IN_FLIGHT_PER_CALLER',
+      Math.max(1, Math.floor(maxInFlight / 2)),
+      1,
+      10_000_000,
+    ),
     reconnectMinMs,
     // A broker back from an outage should not wait long for the bridge: the soak saw 5.8 s at a 30 s cap.
     reconnectMaxMs: read.integer('AMQP_RECONNECT_MAX_MS', 5_000, reconnectMinMs, 3_600_000),
@@ -148,8 +161,10 @@ export function loadConfig(env: Env): Config {
     allowedQueues: read.list('ALLOWED_QUEUES'),
     allowedExchanges: read.list('ALLOWED_EXCHANGES'),
     tracing: tracingConfig(read, appId),
-    routesFile: read.optionalString('ROUTES_FILE'),
-    routesRawEnabled: read.boolean('ROUTES_RAW_ENABLED', true),
+    routesFile,
+    // With a routes file, the operator chose what callers may reach: the raw routes would go around it.
+    routesRawEnabled: read.boolean('ROUTES_RAW_ENABLED', routesFile === undefined),
+    routesRawRoles: read.list('ROUTES_RAW_ROLES'),
     amqpIdentity: read.oneOf('AMQP_IDENTITY', ['bridge', 'caller'] as const, 'bridge'),
     callerMaxUsers: read.integer('AMQP_CALLER_MAX_USERS', 100, 1, 10_000),
     callerIdleMs: read.integer('AMQP_CALLER_IDLE_MS', 60_000, 1_000, 86_400_000),
@@ -158,6 +173,16 @@ export function loadConfig(env: Env): Config {
   };
   if (!config.routesRawEnabled && config.routesFile === undefined) {
     throw new ConfigError('ROUTES_RAW_ENABLED=false needs ROUTES_FILE: without named routes nothing could be called');
+  }
+  if (config.routesRawRoles !== undefined) {
+    if (!config.routesRawEnabled) {
+      throw new ConfigError('ROUTES_RAW_ROLES limits the raw routes, which are off: set ROUTES_RAW_ENABLED=true too');
+    }
+    if (config.routesFile === undefined && config.jwt === undefined) {
+      throw new ConfigError(
+        'ROUTES_RAW_ROLES needs callers with roles: a routes file (ROUTES_FILE) whose tokens grant them, or JWTs (JWT_*)',
+      );
+    }
   }
   return Object.freeze(config);
 }

@@ -64,6 +64,12 @@ async function main(): Promise<void> {
     requestTimeoutMs: config.httpRequestTimeoutMs,
   });
   logger.info({ port: server.port, host: config.host }, 'listening');
+  if (!isLoopback(config.host) && !bridge.credentialsConfigured()) {
+    logger.warn(
+      { host: config.host },
+      'listening beyond loopback with no credential configured: anybody who reaches the port may call (set AUTH_TOKENS, a routes file with tokens, JWT_* or AMQP_IDENTITY=caller)',
+    );
+  }
 
   let signalled = false;
   const shutdown = async (signal: NodeJS.Signals): Promise<void> => {
@@ -110,6 +116,10 @@ async function main(): Promise<void> {
   });
   process.on('SIGTERM', (signal) => void shutdown(signal));
   process.on('SIGINT', (signal) => void shutdown(signal));
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\./.test(host);
 }
 
 main().catch((err: unknown) => {

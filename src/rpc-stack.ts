@@ -15,6 +15,8 @@ const CHANNEL_REOPEN_MAX_MS = 5_000;
  * channel limit, so distinct exchange names cannot exhaust the connection's channels.
  */
 const EXCHANGE_CHECKS_MAX = 32;
+/** Checks waiting for a turn: a flood of unknown names waits (~1-3 ms a probe, 32 at once) rather than refusing others at once. */
+const EXCHANGE_CHECKS_QUEUED = 1_024;
 
 /** One broker connection with its reply channels, exchange checks and the RPC core on top. */
 export interface RpcStack {
@@ -62,6 +64,7 @@ export function createRpcStack(options: RpcStackOptions): RpcStack {
       connection,
       ttlMs: config.exchangeCheckTtlMs,
       maxConcurrentChecks: EXCHANGE_CHECKS_MAX,
+      maxQueuedChecks: EXCHANGE_CHECKS_QUEUED,
       onVerdict: (verdict) => metrics.exchangeChecks.labels(verdict).inc(),
       openProbe: (model) => RpcChannel.open(model, replies, config.publisherConfirms, rpc, 'probe'),
     }),

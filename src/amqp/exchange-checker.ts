@@ -13,15 +13,24 @@ export interface ExchangeCheckerOptions {
   readonly connection: BrokerConnection;
   /** How long an answer is kept (a missing exchange: at most 1 s). */
   readonly ttlMs: number;
-  /** Probes under way at once; beyond it a request to an unchecked exchange is refused (503). */
+  /** Probes under way at once; beyond it a check waits its turn. */
   readonly maxConcurrentChecks: number;
+  /** Checks waiting for a turn at most; beyond it a request to an unchecked exchange is refused (503). */
+  readonly maxQueuedChecks: number;
   /** A reply channel of its own (role `probe`), with its reply consumer running. */
   openProbe(model: ChannelModel): Promise<RpcChannel>;
   /** Each probe's answer, for the metrics. */
   onVerdict(verdict: ExchangeVerdict): void;
 }
 
-/** Too many exchange checks under way: the request was not published. */
+interface QueuedCheck {
+  readonly question: Promise<ExchangeVerdict>;
+  readonly publishFirst: (probe: RpcChannel) => boolean;
+  resolve(verdict: ExchangeVerdict): void;
+  reject(err: unknown): void;
+}
+
+/** Too many exchange checks under way and waiting: the request was not published. */
 export class ExchangeChecksExhausted extends Error {
   override name = 'ExchangeChecksExhausted';
 }
@@ -37,6 +46,8 @@ export class ExchangeChecksExhausted extends Error {
 export class ExchangeChecker implements ConnectionListener {
   private readonly cache = new Map<string, { verdict: ExchangeVerdict; until: number }>();
   private readonly inFlight = new Map<string, Promise<ExchangeVerdict>>();
+  /** Checks waiting for a probe to finish, in arrival order (a flood of names must not starve a real one). */
+  private readonly queued = new Map<string, QueuedCheck>();
 
   constructor(private readonly options: ExchangeCheckerOptions) {
     options.connection.addListener(this);
@@ -58,15 +69,41 @@ export class ExchangeChecker implements ConnectionListener {
    * run, or with the broker's error when it cannot answer.
    */
   check(exchange: string, publishFirst: (probe: RpcChannel) => boolean): Promise<ExchangeVerdict> {
-    let question = this.inFlight.get(exchange);
-    if (question === undefined) {
-      if (this.inFlight.size >= this.options.maxConcurrentChecks) {
-        return Promise.reject(new ExchangeChecksExhausted(`${this.inFlight.size} exchange checks are under way`));
-      }
-      question = this.probe(exchange, publishFirst).finally(() => this.inFlight.delete(exchange));
-      this.inFlight.set(exchange, question);
+    const question = this.inFlight.get(exchange) ?? this.queued.get(exchange)?.question;
+    if (question !== undefined) return question;
+    if (this.inFlight.size < this.options.maxConcurrentChecks) return this.start(exchange, publishFirst);
+    if (this.queued.size >= this.options.maxQueuedChecks) {
+      return Promise.reject(
+        new ExchangeChecksExhausted(`${this.inFlight.size} exchange checks are under way and ${this.queued.size} wait`),
+      );
     }
+    // Waits its turn; the request's own deadline still runs, and a request that timed out meanwhile
+    // publishes nothing when its turn comes (publishFirst says so).
+    let resolve!: QueuedCheck['resolve'];
+    let reject!: QueuedCheck['reject'];
+    const waiting = new Promise<ExchangeVerdict>((onVerdict, onError) => {
+      resolve = onVerdict;
+      reject = onError;
+    });
+    this.queued.set(exchange, { question: waiting, publishFirst, resolve, reject });
+    return waiting;
+  }
+
+  private start(exchange: string, publishFirst: (probe: RpcChannel) => boolean): Promise<ExchangeVerdict> {
+    const question = this.probe(exchange, publishFirst).finally(() => {
+      this.inFlight.delete(exchange);
+      this.startNext();
+    });
+    this.inFlight.set(exchange, question);
     return question;
+  }
+
+  private startNext(): void {
+    const next = this.queued.entries().next();
+    if (next.done === true || this.inFlight.size >= this.options.maxConcurrentChecks) return;
+    const [exchange, check] = next.value;
+    this.queued.delete(exchange);
+    this.start(exchange, check.publishFirst).then(check.resolve, check.reject);
   }
 
   connected(): void {}
@@ -74,6 +111,10 @@ export class ExchangeChecker implements ConnectionListener {
   /** A new connection may be to another node, or to a broker that restarted: nothing known holds. */
   disconnected(): void {
     this.cache.clear();
+    // Nothing waiting can be probed on a connection that is gone; the requests answer as for a failed check.
+    const waiting = [...this.queued.values()];
+    this.queued.clear();
+    for (const check of waiting) check.reject(new Error('not connected'));
   }
 
   blockedChanged(): void {}

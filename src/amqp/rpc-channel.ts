@@ -30,8 +30,8 @@ export interface ReplyMessage {
  * owner (the RPC core) knows which calls are waiting and settles them.
  */
 export interface RpcChannelEvents {
-  /** A reply arrived; the id is whatever the worker sent (maybe none). */
-  reply(correlationId: unknown, reply: ReplyMessage): void;
+  /** A reply arrived on this channel; the id is whatever the worker sent (maybe none). */
+  reply(channel: RpcChannel, correlationId: unknown, reply: ReplyMessage): void;
   /** The broker returned a mandatory message (with confirms: once its confirm has arrived). */
   returned(correlationId: string, replyCode: number, replyText: string): void;
   /** The broker refused the message (basic.nack). */
@@ -235,7 +235,7 @@ export class RpcChannel {
       return;
     }
     const { properties } = message;
-    this.events.reply(properties.correlationId, {
+    this.events.reply(this, properties.correlationId, {
       body: message.content,
       contentType: properties.contentType,
       contentEncoding: properties.contentEncoding,

@@ -1,27 +1,13 @@
 import type { IncomingMessage, RequestListener } from 'node:http';
 import express, { type Express, type Request, type Response } from 'express';
 import { pinoHttp } from 'pino-http';
-import type { AccessPolicy } from './access/access-control.js';
 import { httpLoggerOptions } from './access-log.js';
 import { errorHandler } from './error-handler.js';
 import { operationalRoutes, type Readiness } from './operational-routes.js';
 import { HttpProblem } from './problems.js';
-import type { RouteTable } from './routes/route-table.js';
+import type { RouteSet } from './routes/route-set.js';
 import { parseRpcPath, RPC_PATHS } from './rpc-path.js';
 import { createRpcRoute, type RpcRouteDeps } from './rpc-route.js';
-
-/**
- * The routes in force and the access policy that goes with them. A routes-file reload replaces the
- * whole set at once; each request reads it once, on arrival, and keeps what it read.
- */
-export interface RouteSet {
-  readonly access: AccessPolicy;
-  /** The routes file's named routes; undefined without ROUTES_FILE. */
-  readonly table: RouteTable | undefined;
-  /** Whether POST /rpc/... and /publish/... are served (ROUTES_RAW_ENABLED). */
-  readonly rawRoutes: boolean;
-  readonly openApiYaml: string;
-}
 
 /** What the RPC route needs, and what the operational routes add to it. */
 export interface AppDeps extends RpcRouteDeps {
@@ -87,14 +73,14 @@ export function createHttpEdge(deps: AppDeps): { app: Express; handler: RequestL
     if (routes.table !== undefined) {
       const found = routes.table.match(method, url);
       if (found?.kind === 'named') {
-        rpcRoute(req, res, found, routes.access);
+        rpcRoute(req, res, found, routes);
         return;
       }
       if (found !== undefined) (req as RoutedRequest)[NAMED_ROUTE_ALLOW] = found.allow;
     }
     const path = routes.rawRoutes && method === 'POST' ? parseRpcPath(url) : undefined;
     if (path === undefined) app(req, res);
-    else rpcRoute(req, res, path, routes.access);
+    else rpcRoute(req, res, path, routes);
   };
   return { app, handler };
 }

@@ -19,6 +19,7 @@ export const PROBLEMS = {
   'request-timeout': { status: 408, title: 'Request not received in time' },
   'expectation-failed': { status: 417, title: 'Expectation not supported' },
   'headers-too-large': { status: 431, title: 'Request header fields too large' },
+  'too-many-requests': { status: 429, title: 'Too many requests in flight from this caller' },
   'request-lost': { status: 502, title: 'Request lost with its broker channel' },
   'bad-reply': { status: 502, title: 'Worker reply is unusable' },
   'broker-unavailable': { status: 503, title: 'Broker unavailable' },

@@ -26,6 +26,12 @@ export const MAX_MESSAGE_HEADERS = 64;
 /** amqplib refuses tables over 64 KiB; stay well below so a publish never throws for size. */
 export const MAX_HEADER_TABLE_BYTES = 32 * 1024;
 const HEADER_PREFIX = 'amqp-header-';
+/**
+ * Message headers only the bridge sets, so a worker can trust them: who called (x-caller) and until
+ * when the caller waits (x-deadline). A caller's Amqp-Header-* of these names is refused, not dropped:
+ * it says something the caller should know it cannot say.
+ */
+const BRIDGE_HEADERS = new Set(['x-caller', 'x-deadline']);
 /** Exchanges every broker declares; any other `amq.` exchange is the broker's own business. */
 const STANDARD_EXCHANGES = new Set(['amq.direct', 'amq.topic', 'amq.fanout', 'amq.headers', 'amq.match']);
 // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
@@ -124,6 +130,7 @@ export function messageHeaders(headers: IncomingHttpHeaders, target: string): Re
     if (!name.startsWith(HEADER_PREFIX) || value === undefined) continue;
     const key = name.slice(HEADER_PREFIX.length);
     if (key === '') throw invalid('Amqp-Header- needs a name after the prefix', target);
+    if (BRIDGE_HEADERS.has(key)) throw invalid(`Amqp-Header-${key} is set by the bridge, never by a caller`, target);
     const text = fromHeaderBytes(Array.isArray(value) ? value.join(', ') : value);
     const keyBytes = Buffer.byteLength(key);
     count += 1;

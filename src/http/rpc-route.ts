@@ -7,7 +7,8 @@ import { parseTraceparent } from '../observability/w3c-trace-context.js';
 import type { RpcOutcome } from '../rpc/outcome.js';
 import type { RpcCall } from '../rpc/rpc-call.js';
 import type { RpcClient } from '../rpc/rpc-client.js';
-import type { AccessPolicy, BrokerLogin, Caller } from './access/access-control.js';
+import type { BrokerLogin, Caller } from './access/access-control.js';
+import { type CallerQuota, quotaKey } from './access/caller-quota.js';
 import { logRpcRequest, type RpcLogFields } from './access-log.js';
 import { sendProblem } from './problem-response.js';
 import { HttpProblem } from './problems.js';
@@ -15,6 +16,7 @@ import { ClientClosedError, readRawBody } from './raw-body.js';
 import { assignRequestId } from './request-id.js';
 import { exchangeTarget, type MappingLimits, messageFields, queueTarget, type RpcTarget } from './request-mapping.js';
 import { outcomeProblem, replyToHttp } from './response-mapping.js';
+import type { RouteSet } from './routes/route-set.js';
 import { type NamedRouteMatch, resolveTarget } from './routes/route-table.js';
 import { decodeSegments, type RpcPath, timeoutParameter } from './rpc-path.js';
 
@@ -29,6 +31,8 @@ export interface RpcRouteDeps {
   readonly tracing?: Tracing | undefined;
   /** AMQP_IDENTITY=caller: the RPC core on a connection of the caller's own broker user. */
   readonly callerBrokers?: CallerBrokers | undefined;
+  /** Requests in flight per caller (MAX_IN_FLIGHT_PER_CALLER). */
+  readonly callerQuota: CallerQuota;
 }
 
 export interface CallerBrokers {
@@ -62,13 +66,8 @@ const CLIENT_CLOSED = 499;
 /** A raw route (`/rpc/...`, `/publish/...`) or a named route of the routes file. */
 export type RouteMatch = RpcPath | NamedRouteMatch;
 
-/** `access`: the policy in force when the request arrived (a reload swaps it for later requests). */
-export type RpcRouteHandler = (
-  req: IncomingMessage,
-  res: ServerResponse,
-  match: RouteMatch,
-  access: AccessPolicy,
-) => void;
+/** `routes`: the set in force when the request arrived (a reload swaps it for later requests). */
+export type RpcRouteHandler = (req: IncomingMessage, res: ServerResponse, match: RouteMatch, routes: RouteSet) => void;
 
 /**
  * POST /rpc/{queue} and POST /rpc/{exchange}/{routingKey}: validate, publish, wait for the reply,
@@ -76,8 +75,8 @@ export type RpcRouteHandler = (
  * router (which measured ~140 µs per request here); everything else the bridge serves is express.
  */
 export function createRpcRoute(deps: RpcRouteDeps): RpcRouteHandler {
-  return (req, res, match, access) => {
-    new RpcHttpCall(deps, req, res, match, access).begin();
+  return (req, res, match, routes) => {
+    new RpcHttpCall(deps, req, res, match, routes).begin();
   };
 }
 
@@ -95,13 +94,15 @@ class RpcHttpCall {
   /** The response has closed (answered, or the client went away). */
   private gone = false;
   private readonly operation: 'rpc' | 'publish';
+  /** Whom this request counts against in MAX_IN_FLIGHT_PER_CALLER, once admitted to count. */
+  private quotaKey: string | undefined;
 
   constructor(
     private readonly deps: RpcRouteDeps,
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
     private readonly match: RouteMatch,
-    private readonly access: AccessPolicy,
+    private readonly routes: RouteSet,
   ) {
     this.operation = match.kind === 'raw' ? match.operation : match.route.definition.operation;
     this.requestId = assignRequestId(req, res);
@@ -125,7 +126,7 @@ class RpcHttpCall {
     }
     let caller: Caller | Promise<Caller>;
     try {
-      caller = this.access.identify(this.req.headers);
+      caller = this.routes.access.identify(this.req.headers);
     } catch (err) {
       this.fail(err);
       return;
@@ -142,23 +143,23 @@ class RpcHttpCall {
   }
 
   private admit(caller: Caller): void {
-    const { match } = this;
+    // A caller that left while its JWT was verified holds no place and needs no answer.
+    if (this.gone) return;
+    const { match, routes } = this;
     let target: RpcTarget;
     let fields: ReturnType<typeof messageFields>;
     let maxBodyBytes = this.deps.maxBodyBytes;
     let brokerLogin: BrokerLogin | undefined;
     try {
+      this.takeQuota(caller);
       if (match.kind === 'raw') {
-        this.access.admitRaw(caller);
         target = targetOf(decodeSegments(match));
-        this.log.target = target.label;
-        this.access.authorize(target);
       } else {
-        this.access.permit(caller, match.route.definition);
         target = resolveTarget(match);
-        this.log.target = target.label;
         maxBodyBytes = match.route.maxBodyBytes;
       }
+      this.log.target = target.label;
+      routes.admission.admit({ caller, route: match.kind === 'raw' ? undefined : match.route, target });
       if (this.deps.isShuttingDown()) {
         this.record('unavailable');
         throw new HttpProblem('shutting-down', 'The bridge is shutting down; retry on another instance', {
@@ -170,7 +171,9 @@ class RpcHttpCall {
       fields = messageFields(this.req.headers, timeoutParameter(match.query), target, limits, this.operation);
       // The route's own headers win over the caller's Amqp-Header-* of the same name.
       if (match.kind === 'named') Object.assign(fields.headers, match.route.definition.headers);
-      brokerLogin = this.deps.callerBrokers === undefined ? undefined : this.access.brokerLoginOf(caller);
+      // Who called, as the bridge verified it: the one identity header a worker may trust.
+      if (caller.name !== undefined) fields.headers['x-caller'] = caller.name;
+      brokerLogin = this.deps.callerBrokers === undefined ? undefined : routes.access.brokerLoginOf(caller);
     } catch (err) {
       this.fail(err);
       return;
@@ -350,8 +353,24 @@ class RpcHttpCall {
     });
   }
 
+  /** Counts this request against its caller's share; 429 when the caller already has its share in flight. */
+  private takeQuota(caller: Caller): void {
+    const { callerQuota, metrics } = this.deps;
+    const key = quotaKey(caller, this.req.socket.remoteAddress);
+    if (!callerQuota.tryAcquire(key)) {
+      metrics.callerLimited.inc();
+      throw new HttpProblem(
+        'too-many-requests',
+        `This caller already has ${callerQuota.limit} requests in flight (MAX_IN_FLIGHT_PER_CALLER); retry when one has been answered`,
+        { retryAfterSeconds: 1 },
+      );
+    }
+    this.quotaKey = key;
+  }
+
   private closed(): void {
     this.gone = true;
+    if (this.quotaKey !== undefined) this.deps.callerQuota.release(this.quotaKey);
     this.call?.cancel();
     const answered = this.res.writableFinished;
     // Gone while its body was still arriving, before any outcome.

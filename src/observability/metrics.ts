@@ -101,6 +101,7 @@ export interface Metrics {
   readonly exchangeChecks: Counter<'verdict'>;
   /** Broker logins with a caller's own credentials (AMQP_IDENTITY=caller), by result. */
   readonly callerLogins: Counter<'result'>;
+  readonly callerLimited: Counter;
 }
 
 /** State the gauges report as it is when scraped, rather than mirroring it on every change. */
@@ -337,6 +338,11 @@ export function createMetrics(
       name: 'amqp_caller_logins_total',
       help: "Broker logins with callers' own credentials (AMQP_IDENTITY=caller), by result (accepted, refused)",
       labelNames: ['result'] as const,
+      registers,
+    }),
+    callerLimited: new Counter({
+      name: 'rpc_caller_limited_total',
+      help: 'Requests refused (429) because their caller already had MAX_IN_FLIGHT_PER_CALLER requests in flight',
       registers,
     }),
   };

@@ -119,10 +119,14 @@ export class PendingCalls {
     }
   }
 
-  /** Settles the call a reply is for; false when nobody waits for it. */
-  deliver(correlationId: unknown, reply: Reply): boolean {
+  /**
+   * Settles the call a reply is for; false when nobody waits for it on this channel. Replies come back
+   * to the channel that published the request (direct reply-to delivers nowhere else, and each callback
+   * queue is its channel's own), so a reply on another channel is not this call's, whatever its id.
+   */
+  deliver(channel: PublishChannel, correlationId: unknown, reply: Reply): boolean {
     const call = this.find(correlationId);
-    if (call === undefined) return false;
+    if (call === undefined || call.channel !== channel) return false;
     call.settle({ kind: 'reply', reply });
     return true;
   }

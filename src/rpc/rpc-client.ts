@@ -82,9 +82,11 @@ export class RpcClient implements RpcChannelEvents {
 
   // What the channels report (RpcChannelEvents): arrow properties, handed to every channel as they are.
 
-  readonly reply = (correlationId: unknown, reply: Reply): void => {
-    // Late (after a timeout or cancel), duplicate, or not ours: dropped on purpose, never thrown.
-    if (!this.calls.deliver(correlationId, reply)) this.options.onStrayReply();
+  readonly reply = (channel: PublishChannel, correlationId: unknown, reply: Reply): void => {
+    // Late (after a timeout or cancel), duplicate, not ours, or come to another channel than the one
+    // its request went out on (a worker that answered another request's reply address): dropped on
+    // purpose, never thrown.
+    if (!this.calls.deliver(channel, correlationId, reply)) this.options.onStrayReply();
   };
 
   readonly returned = (correlationId: string, replyCode: number, replyText: string): void => {

@@ -67,7 +67,12 @@ afterAll(async () => {
   await admin.deleteUser(users.bob.name).catch(() => undefined);
 });
 
-const fixture = useEchoBridge({ AMQP_IDENTITY: 'caller', AMQP_CALLER_IDLE_MS: '1500', ROUTES_FILE: routesFile });
+const fixture = useEchoBridge({
+  AMQP_IDENTITY: 'caller',
+  AMQP_CALLER_IDLE_MS: '1500',
+  ROUTES_FILE: routesFile,
+  ROUTES_RAW_ENABLED: 'true',
+});
 
 beforeAll(async () => {
   const { channel } = fixture.broker;

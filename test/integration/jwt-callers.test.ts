@@ -25,6 +25,7 @@ const fixture = useEchoBridge({
   JWT_ISSUER: ISSUER,
   JWT_AUDIENCE: AUDIENCE,
   ROUTES_FILE: routesFile,
+  ROUTES_RAW_ENABLED: 'true',
 });
 writeFileSync(
   routesFile,
@@ -61,8 +62,13 @@ describe('JWT callers', () => {
     const reader = await post('/orders', await token({ roles: ['orders.read'] }));
     expect(reader.status).toBe(403);
     expect(reader.body.detail).toBe('The route orders needs one of the roles orders.write');
-    // Any valid token opens the raw routes; none leaves them shut.
-    expect((await post(`/rpc/${fixture.echoQueue}`, await token({}))).status).toBe(200);
+    // Any valid token opens the raw routes, but not to a queue a named route guards; none leaves them shut.
+    const anyToken = await post(`/rpc/${fixture.echoQueue}`, await token({}));
+    expect(anyToken.status).toBe(403);
+    expect(anyToken.body.detail).toBe(
+      `The queue ${fixture.echoQueue} is guarded by the route orders, which needs one of the roles orders.write`,
+    );
+    expect((await post(`/rpc/${fixture.echoQueue}`, await token({ roles: ['orders.write'] }))).status).toBe(200);
     expect((await post(`/rpc/${fixture.echoQueue}`, undefined)).status).toBe(401);
   });
 

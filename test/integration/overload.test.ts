@@ -5,7 +5,8 @@ import { waitFor } from '../helpers/bridge.js';
 import { startRawWorker, uniqueName } from '../helpers/broker.js';
 import { useEchoBridge } from '../helpers/fixture.js';
 
-const fixture = useEchoBridge({ MAX_IN_FLIGHT: '3' });
+// Every request here comes from one caller: no share of its own (route-admission.test.ts tests the shares).
+const fixture = useEchoBridge({ MAX_IN_FLIGHT: '3', MAX_IN_FLIGHT_PER_CALLER: '100' });
 const { echoQueue } = fixture;
 
 describe('overload', () => {

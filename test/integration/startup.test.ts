@@ -47,4 +47,25 @@ describe('start-up configuration', () => {
       await bridge.exited;
     }
   });
+
+  it('warns when it listens beyond loopback with no credential configured, and only then', async () => {
+    const warning = (logs: ReadonlyArray<Record<string, unknown>>) =>
+      logs.some((line) => line.level === 40 && String(line.msg).startsWith('listening beyond loopback'));
+    const cases = [
+      { env: { HOST: '0.0.0.0' }, warns: true },
+      { env: { HOST: '0.0.0.0', AUTH_TOKENS: 'a-token-of-sixteen-characters' }, warns: false },
+      { env: { HOST: '127.0.0.1' }, warns: false },
+    ];
+    for (const { env, warns } of cases) {
+      const bridge = await startBridgeProcess(env);
+      try {
+        // The line follows 'listening', which startBridgeProcess waited for; give it a moment.
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        expect(warning(bridge.logs), JSON.stringify(env)).toBe(warns);
+      } finally {
+        bridge.child.kill('SIGTERM');
+        await bridge.exited;
+      }
+    }
+  });
 });

@@ -21,6 +21,14 @@ describe('loadConfig', () => {
     expect(Object.isFrozen(config)).toBe(true);
   });
 
+  it('serves the raw routes by default only without a routes file, and gives one caller half of MAX_IN_FLIGHT', () => {
+    expect(loadConfig({}).routesRawEnabled).toBe(true);
+    expect(loadConfig({ ROUTES_FILE: '/r.yaml' }).routesRawEnabled).toBe(false);
+    expect(loadConfig({ ROUTES_FILE: '/r.yaml', ROUTES_RAW_ENABLED: 'true' }).routesRawEnabled).toBe(true);
+    expect(loadConfig({}).maxInFlightPerCaller).toBe(5_000);
+    expect(loadConfig({ MAX_IN_FLIGHT: '1' }).maxInFlightPerCaller).toBe(1);
+  });
+
   it('reads every variable the README documents, each into its own field', () => {
     const tokens = mkdtempSync(join(tmpdir(), 'config-test-'));
     try {
@@ -42,6 +50,7 @@ describe('loadConfig', () => {
         RPC_REPLY_MODE: 'queue',
         AMQP_PUBLISHER_CONFIRMS: 'false',
         MAX_IN_FLIGHT: '50',
+        MAX_IN_FLIGHT_PER_CALLER: '20',
         AMQP_RECONNECT_MIN_MS: '200',
         AMQP_RECONNECT_MAX_MS: '4000',
         RPC_TIMEOUT_MS: '500',
@@ -66,7 +75,8 @@ describe('loadConfig', () => {
         OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/json',
         OTEL_SDK_DISABLED: 'false',
         ROUTES_FILE: '/etc/bridge/routes.yaml',
-        ROUTES_RAW_ENABLED: 'false',
+        ROUTES_RAW_ENABLED: 'true',
+        ROUTES_RAW_ROLES: 'ops, raw',
         AMQP_IDENTITY: 'caller',
         AMQP_CALLER_MAX_USERS: '5',
         AMQP_CALLER_IDLE_MS: '2000',
@@ -95,6 +105,7 @@ describe('loadConfig', () => {
         replyMode: 'queue',
         publisherConfirms: false,
         maxInFlight: 50,
+        maxInFlightPerCaller: 20,
         reconnectMinMs: 200,
         reconnectMaxMs: 4000,
         rpcTimeoutMs: 500,
@@ -113,7 +124,8 @@ describe('loadConfig', () => {
         allowedExchanges: ['amq.topic'],
         tracing: { exporter: 'otlp', protocol: 'http/json', serviceName: 'bridge-under-test' },
         routesFile: '/etc/bridge/routes.yaml',
-        routesRawEnabled: false,
+        routesRawEnabled: true,
+        routesRawRoles: ['ops', 'raw'],
         amqpIdentity: 'caller',
         callerMaxUsers: 5,
         callerIdleMs: 2000,
@@ -157,6 +169,9 @@ describe('loadConfig', () => {
       /HTTP_HEADERS_TIMEOUT_MS \(5000\) must not exceed HTTP_REQUEST_TIMEOUT_MS \(1000\)/,
     ],
     [{ ROUTES_RAW_ENABLED: 'false' }, /ROUTES_RAW_ENABLED=false needs ROUTES_FILE/],
+    [{ ROUTES_FILE: '/r.yaml', ROUTES_RAW_ROLES: 'ops' }, /ROUTES_RAW_ROLES limits the raw routes, which are off/],
+    [{ ROUTES_RAW_ROLES: 'ops' }, /ROUTES_RAW_ROLES needs callers with roles/],
+    [{ MAX_IN_FLIGHT_PER_CALLER: '0' }, /MAX_IN_FLIGHT_PER_CALLER must be between 1 and 10000000/],
   ])('refuses %j with a message naming the variable', (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);

@@ -99,6 +99,26 @@ describe('the routes file', () => {
       route({ headers: { traceparent: 'x' } }),
       'headers: traceparent is set by the bridge itself',
     ],
+    [
+      'x-caller as a route header',
+      route({ headers: { 'X-Caller': 'admin' } }),
+      'headers: X-Caller is set by the bridge itself',
+    ],
+    [
+      'a pattern for no parameter',
+      route({ path: '/o/:id', params: { key: '[0-9]+' } }),
+      "params: key is no parameter of the route's path",
+    ],
+    [
+      'a broken pattern',
+      route({ path: '/o/:id', params: { id: '[0-9' } }),
+      'params: id is not a valid regular expression',
+    ],
+    [
+      'a pattern matching nothing',
+      route({ path: '/o/:id', params: { id: '[0-9]*' } }),
+      'params: id must not match the empty string',
+    ],
     ['a clear-text token', { tokens: [{ name: 't', sha256: 'secret' }], ...route({}) }, 'sha256 must be the token'],
   ])('refuses %s, naming the route and the field', (_case, document, message) => {
     expect(() => parse(document)).toThrow(message);
@@ -134,16 +154,71 @@ describe('the route table', () => {
     { limits: { defaultTimeoutMs: 1000, maxTimeoutMs: 5000 }, maxBodyBytes: 100 },
   );
 
-  it('matches by method and shape, binds parameters and fills the target from them', () => {
-    const match = table.match('POST', '/orders/a%2Fb/events?timeout=5');
-    expect(match).toMatchObject({ kind: 'named', params: { id: 'a%2Fb' }, query: 'timeout=5' });
+  it('matches by method and shape, binds parameters (decoded) and fills the target from them', () => {
+    const match = table.match('POST', '/orders/A-1%5F2/events?timeout=5');
+    expect(match).toMatchObject({ kind: 'named', params: { id: 'A-1_2' }, query: 'timeout=5' });
     if (match?.kind !== 'named') throw new Error('no match');
     expect(resolveTarget(match)).toEqual({
       exchange: 'orders',
-      routingKey: 'order.a/b.event',
-      label: 'orders:order.a/b.event',
+      routingKey: 'order.A-1_2.event',
+      label: 'orders:order.A-1_2.event',
     });
     expect(table.match('POST', '/orders/1/events/')).toMatchObject({ kind: 'named' });
+  });
+
+  it.each([
+    ['a dot (a topic separator)', '7.cancelled.x'],
+    ['an encoded slash', 'a%2Fb'],
+    ['a topic wildcard', '%23'],
+    ['a star', '*'],
+    ['a control character', 'a%0Ab'],
+    ['a right-to-left override', '%E2%80%AEx'],
+    ['other non-ASCII', 'j%C3%BCrgen'],
+    ['a space', 'a%20b'],
+  ])('refuses a parameter holding %s (400, naming the parameter)', (_case, value) => {
+    const match = table.match('POST', `/orders/${value}/events`);
+    if (match?.kind !== 'named') throw new Error('no match');
+    expect(() => resolveTarget(match)).toThrow('The path parameter id must match [A-Za-z0-9_-]+ (route events)');
+  });
+
+  it("checks a value against the route's own pattern", () => {
+    const own = new RouteTable(
+      parse({
+        routes: [{ name: 'v', path: '/v/:version', queue: 'jobs.{version}', params: { version: '[0-9]+\\.[0-9]+' } }],
+      }).routes,
+      { limits: { defaultTimeoutMs: 1000, maxTimeoutMs: 5000 }, maxBodyBytes: 100 },
+    );
+    const ok = own.match('POST', '/v/1.2');
+    if (ok?.kind !== 'named') throw new Error('no match');
+    expect(resolveTarget(ok).routingKey).toBe('jobs.1.2');
+    const wrong = own.match('POST', '/v/1.2.3');
+    if (wrong?.kind !== 'named') throw new Error('no match');
+    expect(() => resolveTarget(wrong)).toThrow('The path parameter version must match [0-9]+\\.[0-9]+');
+  });
+
+  it('lets a literal segment win over a parameter whatever the file order, compared after decoding', () => {
+    const both = new RouteTable(
+      parse({
+        routes: [
+          { name: 'by-id', path: '/orders/:id', queue: 'orders.{id}' },
+          { name: 'admin', path: '/orders/admin', queue: 'orders.admin', requires: { tokens: ['ops'] } },
+          { name: 'a-then-param', path: '/a/:x/c', queue: 'q1' },
+          { name: 'literal-then-param', path: '/a/b/:y', queue: 'q2' },
+        ],
+        tokens: [{ name: 'ops', sha256: DIGEST }],
+      }).routes,
+      { limits: { defaultTimeoutMs: 1000, maxTimeoutMs: 5000 }, maxBodyBytes: 100 },
+    );
+    const name = (url: string) => {
+      const match = both.match('POST', url);
+      return match?.kind === 'named' ? match.route.definition.name : match?.kind;
+    };
+    expect(name('/orders/admin')).toBe('admin');
+    expect(name('/orders/%61dmin')).toBe('admin');
+    expect(name('/orders/%61%64%6D%69%6E/')).toBe('admin');
+    expect(name('/orders/7')).toBe('by-id');
+    expect(name('/a/b/c')).toBe('literal-then-param');
+    expect(name('/a/z/c')).toBe('a-then-param');
   });
 
   it('tells a wrong method from no route at all', () => {
@@ -152,9 +227,14 @@ describe('the route table', () => {
     expect(table.match('POST', '/orders/1')).toBeUndefined();
   });
 
-  it('checks a filled target like a raw one', () => {
-    const match = table.match('PUT', '/t/%E0%A4%A');
+  it('takes a path with a malformed percent-escape for no route, and checks a filled target like a raw one', () => {
+    expect(table.match('PUT', '/t/%E0%A4%A')).toBeUndefined();
+    const ownPattern = new RouteTable(
+      parse({ routes: [{ name: 'any', path: '/t/:x', queue: '{x}', params: { x: '.+' } }] }).routes,
+      { limits: { defaultTimeoutMs: 1000, maxTimeoutMs: 5000 }, maxBodyBytes: 100 },
+    );
+    const match = ownPattern.match('POST', '/t/amq.gen-1');
     if (match?.kind !== 'named') throw new Error('no match');
-    expect(() => resolveTarget(match)).toThrow('malformed percent-escape');
+    expect(() => resolveTarget(match)).toThrow('Queue names starting with "amq." are reserved');
   });
 });

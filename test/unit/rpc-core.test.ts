@@ -176,8 +176,8 @@ describe('the RPC core settles each call exactly once', () => {
     const { call, outcomes } = start();
     const [published] = channels[0]?.published ?? [];
     expect(published?.correlationId).toBe(call.correlationId);
-    rpc.reply(call.correlationId, reply('one'));
-    rpc.reply(call.correlationId, reply('two'));
+    rpc.reply(call.channel as PublishChannel, call.correlationId, reply('one'));
+    rpc.reply(call.channel as PublishChannel, call.correlationId, reply('two'));
     expect(outcomes).toEqual([{ kind: 'reply', reply: reply('one') }]);
     expect(stray).toHaveBeenCalledTimes(1);
     expect(rpc.inFlightCount).toBe(0);
@@ -191,7 +191,7 @@ describe('the RPC core settles each call exactly once', () => {
     vi.advanceTimersByTime(1);
     expect(outcomes).toEqual([{ kind: 'timeout' }]);
     expect(call.request).toBeUndefined();
-    rpc.reply(call.correlationId, reply('late'));
+    rpc.reply(call.channel as PublishChannel, call.correlationId, reply('late'));
     expect(outcomes).toHaveLength(1);
     expect(stray).toHaveBeenCalledTimes(1);
   });
@@ -225,11 +225,11 @@ describe('the RPC core settles each call exactly once', () => {
     const { rpc, start, stray } = core();
     const first = start();
     first.call.cancel();
-    rpc.reply(first.call.correlationId, reply('nobody listens'));
+    rpc.reply(first.call.channel as PublishChannel, first.call.correlationId, reply('nobody listens'));
     expect(first.outcomes).toEqual([{ kind: 'cancelled' }]);
     expect(stray).toHaveBeenCalledTimes(1);
     const second = start();
-    rpc.reply(second.call.correlationId, reply('in time'));
+    rpc.reply(second.call.channel as PublishChannel, second.call.correlationId, reply('in time'));
     second.call.cancel();
     expect(second.outcomes.map((outcome) => outcome.kind)).toEqual(['reply']);
   });
@@ -244,14 +244,14 @@ describe('the RPC core settles each call exactly once', () => {
     rpc.closed(channels[0] as FakeChannel, 'NOT_FOUND - no exchange', 404);
     expect(onFirst.outcomes).toEqual([{ kind: 'lost', reason: 'NOT_FOUND - no exchange' }]);
     expect(onSecond.outcomes).toEqual([]);
-    rpc.reply(onSecond.call.correlationId, reply('fine'));
+    rpc.reply(onSecond.call.channel as PublishChannel, onSecond.call.correlationId, reply('fine'));
     expect(onSecond.outcomes.map((outcome) => outcome.kind)).toEqual(['reply']);
   });
 
   it('a channel closing after a reply changes nothing for that call', () => {
     const { rpc, channels, start } = core();
     const { call, outcomes } = start();
-    rpc.reply(call.correlationId, reply('done'));
+    rpc.reply(call.channel as PublishChannel, call.correlationId, reply('done'));
     rpc.closed(channels[0] as FakeChannel, 'gone', 320);
     vi.advanceTimersByTime(5_000);
     expect(outcomes.map((outcome) => outcome.kind)).toEqual(['reply']);
@@ -332,7 +332,7 @@ describe('a probe channel for an unchecked exchange', () => {
     await vi.waitFor(() => expect(channels[0]?.published).toHaveLength(1));
     expect(channels[0]?.published[0]?.correlationId).toBe(second.call.correlationId);
     expect(probeChannel.closedByOwner).toBe(false);
-    rpc.reply(first.call.correlationId, reply('first'));
+    rpc.reply(first.call.channel as PublishChannel, first.call.correlationId, reply('first'));
     expect(probeChannel.closedByOwner).toBe(true);
   });
 

@@ -1,7 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { HttpProblem } from '../problems.js';
-import type { RpcTarget } from '../request-mapping.js';
 import type { TokenDefinition } from '../routes/routes-file.js';
 
 export interface AccessOptions {
@@ -11,8 +10,6 @@ export interface AccessOptions {
   readonly namedTokens?: readonly TokenDefinition[];
   /** JWT bearer tokens, when configured: verified, their roles claim read. */
   readonly jwt?: BearerTokenVerifier | undefined;
-  readonly allowedQueues: readonly string[] | undefined;
-  readonly allowedExchanges: readonly string[] | undefined;
   /**
    * AMQP_IDENTITY=caller: HTTP Basic credentials are the caller's broker login (the broker checks
    * them), and every RPC or publish needs a broker login (Basic, or a token mapped to a broker user).
@@ -45,16 +42,15 @@ export interface Caller {
   readonly brokerLogin?: BrokerLogin | undefined;
 }
 
-/** What a named route demands of its caller: any one of the roles, or any one of the tokens. */
-export interface RouteRequirement {
-  readonly name: string;
-  readonly roles: readonly string[];
-  readonly tokens: readonly string[];
-}
-
-/** Who may call the bridge (bearer tokens) and what they may address (queue and exchange globs). */
+/**
+ * Who is calling (bearer tokens, JWTs, broker logins). What a caller may then reach is admission.ts's
+ * decision, made once the request's target is known.
+ */
 export interface AccessPolicy {
+  /** AUTH_TOKENS is set: every route needs a credential. */
   readonly requiresToken: boolean;
+  /** Some credential is configured (tokens, JWT, broker logins): the raw routes need one. */
+  readonly credentialsConfigured: boolean;
   /** Throws 401 unless the request carries one of the AUTH_TOKENS (or none are configured). */
   authenticate(headers: IncomingHttpHeaders): void;
   /**
@@ -62,20 +58,6 @@ export interface AccessPolicy {
    * unless its bearer token is valid. Synchronous unless a JWT must be verified.
    */
   identify(headers: IncomingHttpHeaders): Caller | Promise<Caller>;
-  /**
-   * For a named route: throws 403 (401 for an anonymous caller) unless the caller meets the
-   * route's requirement. A route that requires nothing is open, unless AUTH_TOKENS is set.
-   */
-  permit(caller: Caller, route: RouteRequirement): void;
-  /**
-   * Throws 403 unless the target is on its route's allowlist. With neither list set, anything goes;
-   * once one is set, the other route is closed unless its own list is set too: an exchange can route
-   * to any queue, and the default exchange reaches every queue, so either route left open would
-   * step around the other's list.
-   */
-  authorize(target: RpcTarget): void;
-  /** For a raw route: 401 for an anonymous caller while any credential (AUTH_TOKENS, the routes file's tokens, JWT) is configured. */
-  admitRaw(caller: Caller): void;
   /** With AMQP_IDENTITY=caller, the caller's broker login; 401 when it has none. */
   brokerLoginOf(caller: Caller): BrokerLogin | undefined;
 }
@@ -102,10 +84,9 @@ export function createAccessPolicy(options: AccessOptions): AccessPolicy {
   const { jwt } = options;
   const brokerLogins = options.brokerLogins === true;
   const anyCredential = digests.length > 0 || named.length > 0 || jwt !== undefined || brokerLogins;
-  const queues = options.allowedQueues?.map(globToRegExp);
-  const exchanges = options.allowedExchanges?.map(globToRegExp);
   return {
     requiresToken: digests.length > 0,
+    credentialsConfigured: anyCredential,
     authenticate(headers) {
       if (digests.length === 0) return;
       const offered = digest(bearerToken(headers));
@@ -130,26 +111,6 @@ export function createAccessPolicy(options: AccessOptions): AccessPolicy {
       }
       throw invalidToken();
     },
-    permit(caller, route) {
-      if (route.roles.length === 0 && route.tokens.length === 0) {
-        if (digests.length > 0 && !caller.authenticated) throw missingToken();
-        return;
-      }
-      if (caller.tokenName !== undefined && route.tokens.includes(caller.tokenName)) return;
-      if (caller.roles.some((role) => route.roles.includes(role))) return;
-      if (!caller.authenticated) {
-        throw new HttpProblem('unauthorized', `The route ${route.name} needs Authorization: Bearer <token>`, {
-          challenge: BEARER_CHALLENGE,
-        });
-      }
-      const needs = [
-        ...(route.roles.length > 0 ? [`one of the roles ${route.roles.join(', ')}`] : []),
-        ...(route.tokens.length > 0 ? [`one of the tokens ${route.tokens.join(', ')}`] : []),
-      ];
-      throw new HttpProblem('forbidden', `The route ${route.name} needs ${needs.join(' or ')}`, {
-        challenge: `${BEARER_CHALLENGE}, error="insufficient_scope"`,
-      });
-    },
     brokerLoginOf(caller) {
       if (!brokerLogins) return undefined;
       if (caller.brokerLogin !== undefined) return caller.brokerLogin;
@@ -158,30 +119,6 @@ export function createAccessPolicy(options: AccessOptions): AccessPolicy {
         'This bridge calls the broker as its caller: give HTTP Basic credentials of a broker user (or a token mapped to one)',
         { challenge: BASIC_CHALLENGE },
       );
-    },
-    admitRaw(caller) {
-      if (anyCredential && !caller.authenticated) throw missingToken();
-    },
-    authorize(target) {
-      if (queues === undefined && exchanges === undefined) return;
-      const byQueue = target.exchange === '';
-      const [patterns, name, what] = byQueue
-        ? [queues, target.routingKey, 'queue']
-        : [exchanges, target.exchange, 'exchange'];
-      if (patterns === undefined) {
-        const [setting, unset] = byQueue
-          ? ['ALLOWED_EXCHANGES', 'ALLOWED_QUEUES']
-          : ['ALLOWED_QUEUES', 'ALLOWED_EXCHANGES'];
-        throw new HttpProblem(
-          'forbidden',
-          `This bridge allows only the targets on ${setting}; the ${byQueue ? 'queue' : 'exchange'} route is closed while ${unset} is unset`,
-          { target: target.label },
-        );
-      }
-      if (patterns.some((pattern) => pattern.test(name))) return;
-      throw new HttpProblem('forbidden', `This bridge does not allow calls to ${what} "${name}"`, {
-        target: target.label,
-      });
     },
   };
 }

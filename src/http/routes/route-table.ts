@@ -1,5 +1,5 @@
+import { HttpProblem } from '../problems.js';
 import { exchangeTarget, type MappingLimits, queueTarget, type RpcTarget } from '../request-mapping.js';
-import { decodeSegment } from '../rpc-path.js';
 import { ROUTE_METHODS, type RouteDefinition, type Template } from './routes-file.js';
 
 /** A named route, ready to serve: its definition plus what the edge derives from it once. */
@@ -8,6 +8,8 @@ export interface NamedRoute {
   /** The route's timeout is both its default and its ceiling: a caller may only shorten it. */
   readonly limits: MappingLimits;
   readonly maxBodyBytes: number;
+  /** Whether a path parameter fills its target: the caller then picks the target, within the patterns. */
+  readonly templated: boolean;
 }
 
 /** A request that matched a named route, with its path parameters (percent-decoded). */
@@ -30,8 +32,10 @@ interface CompiledRoute {
 }
 
 /**
- * The named routes of the routes file, by method. Matching splits the path once and compares
- * segment by segment; routes are few (tens), so a scan beats building a trie.
+ * The named routes of the routes file, by method. Matching splits the path once, decodes each segment
+ * and compares segment by segment; routes are few (tens), so a scan beats building a trie. A literal
+ * segment wins over a parameter whatever the file order: `/orders/admin` is never taken by
+ * `/orders/:id`, however it is spelt (`/orders/%61dmin` is the same path).
  */
 export class RouteTable {
   private readonly byMethod = new Map<string, CompiledRoute[]>();
@@ -52,6 +56,7 @@ export class RouteTable {
                 maxTimeoutSource: `route ${definition.name}`,
               },
         maxBodyBytes: definition.maxBodyBytes ?? defaults.maxBodyBytes,
+        templated: templates(definition).some((template) => template.some((part) => typeof part !== 'string')),
       };
       const segments = definition.path
         .slice(1)
@@ -61,6 +66,9 @@ export class RouteTable {
       list.push({ route, segments });
       this.byMethod.set(definition.method, list);
     }
+    // Most literal first: of two routes that take a request, the one with a literal where the other has
+    // a parameter (at the first place they differ) comes first. Same shapes are refused at load.
+    for (const list of this.byMethod.values()) list.sort(literalFirst);
   }
 
   /**
@@ -71,8 +79,11 @@ export class RouteTable {
     const queryAt = url.indexOf('?');
     const path = queryAt === -1 ? url : url.slice(0, queryAt);
     const query = queryAt === -1 ? '' : url.slice(queryAt + 1);
-    let segments = path.slice(1).split('/');
-    if (segments.length > 1 && segments[segments.length - 1] === '') segments = segments.slice(0, -1);
+    let raw = path.slice(1).split('/');
+    if (raw.length > 1 && raw[raw.length - 1] === '') raw = raw.slice(0, -1);
+    const segments = decodeAll(raw);
+    // A malformed escape is no path any route has.
+    if (segments === undefined) return undefined;
     const found = this.find(method, segments);
     if (found !== undefined) return { kind: 'named', route: found.route, params: bind(found, segments), query };
     const allow = ROUTE_METHODS.filter((other) => other !== method && this.find(other, segments) !== undefined);
@@ -92,6 +103,32 @@ export class RouteTable {
   }
 }
 
+function literalFirst(a: CompiledRoute, b: CompiledRoute): number {
+  const length = Math.min(a.segments.length, b.segments.length);
+  for (let index = 0; index < length; index++) {
+    const aLiteral = typeof a.segments[index] === 'string';
+    const bLiteral = typeof b.segments[index] === 'string';
+    if (aLiteral !== bLiteral) return aLiteral ? -1 : 1;
+  }
+  return 0;
+}
+
+function decodeAll(segments: readonly string[]): string[] | undefined {
+  const decoded: string[] = [];
+  for (const segment of segments) {
+    if (!segment.includes('%')) {
+      decoded.push(segment);
+      continue;
+    }
+    try {
+      decoded.push(decodeURIComponent(segment));
+    } catch {
+      return undefined;
+    }
+  }
+  return decoded;
+}
+
 function bind(route: CompiledRoute, segments: readonly string[]): Record<string, string> {
   const params: Record<string, string> = Object.create(null);
   route.segments.forEach((expected, index) => {
@@ -100,14 +137,30 @@ function bind(route: CompiledRoute, segments: readonly string[]): Record<string,
   return params;
 }
 
+function templates(definition: RouteDefinition): Template[] {
+  const { target } = definition;
+  return 'queue' in target ? [target.queue] : [target.exchange, target.routingKey];
+}
+
 /**
- * The route's target with its placeholders filled from the path. Parameters are percent-decoded
- * here, and the result is checked like a raw route's target (400 for a name the broker would refuse).
+ * The route's target with its placeholders filled from the path. Each (decoded) parameter must match
+ * its pattern whole (400 naming the parameter otherwise), and the result is checked like a raw
+ * route's target (400 for a name the broker would refuse).
  */
 export function resolveTarget(match: NamedRouteMatch): RpcTarget {
-  const { target } = match.route.definition;
+  const { definition } = match.route;
+  for (const [name, pattern] of Object.entries(definition.params)) {
+    const value = match.params[name] ?? '';
+    if (!pattern.regExp.test(value)) {
+      throw new HttpProblem(
+        'invalid-request',
+        `The path parameter ${name} must match ${pattern.source} (route ${definition.name})`,
+      );
+    }
+  }
+  const { target } = definition;
   const fill = (template: Template) =>
-    template.map((part) => (typeof part === 'string' ? part : decodeSegment(match.params[part.param] ?? ''))).join('');
+    template.map((part) => (typeof part === 'string' ? part : (match.params[part.param] ?? ''))).join('');
   return 'queue' in target
     ? queueTarget(fill(target.queue))
     : exchangeTarget(fill(target.exchange), fill(target.routingKey));

@@ -29,7 +29,24 @@ export interface RouteDefinition {
   readonly tokens: readonly string[];
   /** Message headers the route adds; they win over a caller's Amqp-Header-* of the same name. */
   readonly headers: Readonly<Record<string, string>>;
+  /** Every path parameter's pattern (the route's own, or DEFAULT_PARAM_PATTERN), matched whole against the decoded value. */
+  readonly params: Readonly<Record<string, ParamPattern>>;
 }
+
+/** What a path parameter may hold, checked after percent-decoding. */
+export interface ParamPattern {
+  /** As written in the file (or the default), for messages and the contract. */
+  readonly source: string;
+  /** Anchored: the whole value must match. */
+  readonly regExp: RegExp;
+}
+
+/**
+ * A parameter's default: no '.', '/', '#', '*' (topic and path separators, wildcards), no control, bidi
+ * or other non-ASCII characters, never empty. A value can then be a name, never a piece of another route's
+ * target or a pattern over several.
+ */
+export const DEFAULT_PARAM_PATTERN = '[A-Za-z0-9_-]+';
 
 export interface TokenDefinition {
   readonly name: string;
@@ -65,6 +82,9 @@ const LITERAL_SEGMENT = /^[A-Za-z0-9._~!$&'()*+,;=@-]+$/;
 const PLACEHOLDER = /\{([^{}]*)\}/g;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 const HEADER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+/** Message headers only the bridge sets: a route may not set them either. */
+const BRIDGE_HEADERS = new Set(['traceparent', 'tracestate', 'x-deadline', 'x-caller']);
+const DEFAULT_PATTERN = paramPattern(DEFAULT_PARAM_PATTERN, 'the default parameter pattern');
 const ROUTE_FIELDS = new Set([
   'name',
   'method',
@@ -77,6 +97,7 @@ const ROUTE_FIELDS = new Set([
   'maxBodyBytes',
   'requires',
   'headers',
+  'params',
 ]);
 
 export function loadRoutesFile(file: string, limits: RouteLimits): RoutesFile {
@@ -112,12 +133,14 @@ export function parseRoutesFile(text: string, file: string, limits: RouteLimits)
   for (const route of routes) {
     if (names.has(route.name)) throw new RoutesFileError(`${file}: route "${route.name}" is defined twice`);
     names.add(route.name);
-    // `/a/:x` and `/a/:y` take the same requests: the shape decides, not the parameter names.
+    // `/a/:x` and `/a/:y` take the same requests: the shape decides, not the parameter names (nor their
+    // patterns, whose overlap cannot be decided in general). Where shapes differ, a literal segment wins
+    // over a parameter (RouteTable), so those pairs are never ambiguous.
     const shape = `${route.method} ${route.path.replace(/:[A-Za-z0-9_]+/g, ':')}`;
     const other = seen.get(shape);
     if (other !== undefined) {
       throw new RoutesFileError(
-        `${file}: routes "${other}" and "${route.name}" both take ${route.method} ${route.path}`,
+        `${file}: routes "${other}" and "${route.name}" both take ${route.method} ${route.path} (whatever their parameters' patterns): give them paths that differ in a literal segment`,
       );
     }
     seen.set(shape, route.name);
@@ -194,7 +217,40 @@ function routeDefinition(entry: unknown, context: RouteContext): RouteDefinition
     roles: names(requires.roles, where('requires.roles')),
     tokens,
     headers: fixedHeaders(raw.headers, file, where('headers')),
+    params: paramPatterns(raw.params, params, file, where('params')),
   };
+}
+
+/** Each parameter's pattern: the route's own where it declares one, else the default. */
+function paramPatterns(
+  value: unknown,
+  params: ReadonlySet<string>,
+  file: string,
+  where: string,
+): Readonly<Record<string, ParamPattern>> {
+  const declared = value === undefined ? {} : object(value, file, where);
+  const patterns: Record<string, ParamPattern> = Object.create(null);
+  for (const [name, source] of Object.entries(declared)) {
+    if (!params.has(name)) throw new RoutesFileError(`${where}: ${name} is no parameter of the route's path`);
+    if (typeof source !== 'string' || source === '') {
+      throw new RoutesFileError(`${where}: ${name} must be a regular expression, as a non-empty string`);
+    }
+    patterns[name] = paramPattern(source, `${where}: ${name}`);
+  }
+  for (const name of params) patterns[name] ??= DEFAULT_PATTERN;
+  return Object.freeze(patterns);
+}
+
+function paramPattern(source: string, where: string): ParamPattern {
+  let regExp: RegExp;
+  try {
+    regExp = new RegExp(`^(?:${source})$`, 'u');
+  } catch (err) {
+    throw new RoutesFileError(`${where} is not a valid regular expression: ${(err as Error).message}`);
+  }
+  // An empty value would leave a target with a hole in it ("orders." for "orders.{id}").
+  if (regExp.test('')) throw new RoutesFileError(`${where} must not match the empty string`);
+  return { source, regExp };
 }
 
 function routePath(value: unknown, where: string, limits: RouteLimits): string {
@@ -285,7 +341,7 @@ function fixedHeaders(value: unknown, file: string, where: string): Readonly<Rec
   const headers: Record<string, string> = Object.create(null);
   for (const [name, text] of Object.entries(raw)) {
     if (!HEADER_NAME.test(name)) throw new RoutesFileError(`${where}: "${name}" is not a usable header name`);
-    if (name === 'traceparent' || name === 'tracestate' || name === 'x-deadline') {
+    if (BRIDGE_HEADERS.has(name.toLowerCase())) {
       throw new RoutesFileError(`${where}: ${name} is set by the bridge itself`);
     }
     if (typeof text !== 'string' && typeof text !== 'number' && typeof text !== 'boolean') {
