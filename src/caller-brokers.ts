@@ -112,7 +112,8 @@ export class CallerBrokerPools implements CallerBrokers {
     // A caller that gives up before the connection is ready leaves nobody to hear a refusal.
     ready.catch(() => undefined);
     const stack = createRpcStack({
-      urls: config.amqpUrls.map((url) => withLogin(url, login)),
+      urls: config.amqpUrls.map(withoutLogin),
+      credentials: login,
       connectionName: `${config.appId}@${hostname()} for ${login.username}`,
       channels: this.options.channels,
       config,
@@ -208,10 +209,11 @@ function loginKey(login: BrokerLogin): string {
   return createHash('sha256').update(login.username).update('\0').update(login.password).digest('base64');
 }
 
-function withLogin(url: string, login: BrokerLogin): string {
+/** The broker URL without the bridge's own user: the caller's login is given apart (see `credentials`). */
+function withoutLogin(url: string): string {
   const parsed = new URL(url);
-  parsed.username = encodeURIComponent(login.username);
-  parsed.password = encodeURIComponent(login.password);
+  parsed.username = '';
+  parsed.password = '';
   return parsed.toString();
 }
 

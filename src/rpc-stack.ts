@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { BrokerConnection } from './amqp/broker-connection.js';
+import { BrokerConnection, type BrokerConnectionOptions } from './amqp/broker-connection.js';
 import { ChannelPool } from './amqp/channel-pool.js';
 import { ExchangeChecker } from './amqp/exchange-checker.js';
 import { type ReplySource, RpcChannel } from './amqp/rpc-channel.js';
@@ -32,6 +32,8 @@ export interface RpcStackOptions {
   readonly metrics: Metrics;
   /** See BrokerConnectionOptions: a refused login ends the connection instead of being retried. */
   readonly onLoginRefused?: ((reason: string) => void) | undefined;
+  /** See BrokerConnectionOptions: a login given apart from the URLs (a caller's own). */
+  readonly credentials?: BrokerConnectionOptions['credentials'];
   /** See RpcClientOptions: probe the default exchange like any other. */
   readonly checkDefaultExchange?: boolean | undefined;
 }
@@ -51,6 +53,7 @@ export function createRpcStack(options: RpcStackOptions): RpcStack {
     heartbeatSeconds: config.amqpHeartbeatSeconds,
     logger,
     onLoginRefused: options.onLoginRefused,
+    credentials: options.credentials,
   });
   const replies: ReplySource =
     config.replyMode === 'queue' ? { mode: 'queue' } : { mode: 'direct', pseudoQueue: config.replyTo };

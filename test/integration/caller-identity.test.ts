@@ -6,7 +6,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
+import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ConsumeMessage } from 'amqplib';
@@ -14,7 +14,7 @@ import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
-import { startTestBridge, waitFor } from '../helpers/bridge.js';
+import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
 import { AMQP_URL, uniqueName } from '../helpers/broker.js';
 import { brokerAdmin } from '../helpers/broker-admin.js';
 import { useEchoBridge } from '../helpers/fixture.js';
@@ -24,7 +24,7 @@ const admin = await brokerAdmin();
 const prefix = uniqueName('perm');
 /** The two users' own exchanges; each may write to its own only, and only alice to the default one. */
 const exchanges = { alice: `${prefix}.alice`, bob: `${prefix}.bob` };
-// A password with characters a URL must escape: the bridge puts it into the broker URL.
+// A password with characters a URL would have to escape (the login goes to the broker apart from the URL).
 const users = {
   alice: { name: `${prefix}-alice`, password: `a@:/${randomBytes(6).toString('hex')}` },
   bob: { name: `${prefix}-bob`, password: randomBytes(9).toString('hex') },
@@ -203,5 +203,69 @@ describe('a caller that leaves while its broker connection is being opened', () 
       await bridge.close();
       await proxy.close();
     }
+  });
+});
+
+/** A broker user of the test's own (random suffix), deleted at the end of the file. */
+const extraUsers: string[] = [];
+async function brokerUser(name: string, password = randomBytes(9).toString('hex')) {
+  await admin.addUser(name, password, { configure: '.*', write: '.*', read: '.*' });
+  extraUsers.push(name);
+  return { name, password };
+}
+afterAll(async () => {
+  for (const name of extraUsers) await admin.deleteUser(name).catch(() => undefined);
+});
+
+interface Answer {
+  readonly status: number;
+  readonly headers: IncomingHttpHeaders;
+  readonly body: string;
+}
+
+/**
+ * POST from a loopback address of the test's choosing (127.0.0.0/8 is all local): the bridge sees
+ * each as another client. `body` is sent in two parts when `holdBody` is given: the rest only once
+ * that promise resolves.
+ */
+function post(
+  bridge: TestBridge,
+  path: string,
+  options: { authorization: string; from?: string; headers?: Record<string, string>; holdBody?: Promise<void> },
+): Promise<Answer> {
+  const body = 'hello';
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${bridge.baseUrl}${path}`, {
+      method: 'POST',
+      agent: false,
+      localAddress: options.from ?? '127.0.0.1',
+      headers: { Authorization: options.authorization, 'Content-Length': body.length, ...options.headers },
+    });
+    req.on('error', reject);
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() }),
+      );
+    });
+    if (options.holdBody === undefined) {
+      req.end(body);
+      return;
+    }
+    req.flushHeaders();
+    req.write(body.slice(0, 2));
+    void options.holdBody.then(() => req.end(body.slice(2)));
+  });
+}
+
+describe('broker users and passwords outside ASCII', () => {
+  it('log in as they are (UTF-8), never mangled through a URL', async () => {
+    const jurgen = await brokerUser(
+      `jürgen-${randomBytes(4).toString('hex')}`,
+      `pässwörd-${randomBytes(4).toString('hex')}`,
+    );
+    const res = await post(fixture.bridge, `/rpc/${fixture.echoQueue}`, { authorization: basic(jurgen) });
+    expect({ status: res.status, body: res.body }).toEqual({ status: 200, body: 'hello' });
   });
 });
