@@ -156,6 +156,13 @@ export function loadConfig(env: Env): Config {
     callerChannels: read.integer('AMQP_CALLER_CHANNELS', 1, 1, 64),
     jwt: jwtSettingsFromEnv(env),
   };
+  // Every call then needs a broker login, which an AUTH_TOKENS token does not carry: its holders would
+  // all get 401, while the README promises the credentials combine. Say so now, and what works.
+  if (config.amqpIdentity === 'caller' && config.authTokens.length > 0) {
+    throw new ConfigError(
+      "AUTH_TOKENS/AUTH_TOKENS_FILE cannot be used with AMQP_IDENTITY=caller: every call then goes over the caller's own broker user, which those tokens do not name. Give each token holder a token in ROUTES_FILE with brokerUser and brokerPasswordFile instead",
+    );
+  }
   if (!config.routesRawEnabled && config.routesFile === undefined) {
     throw new ConfigError('ROUTES_RAW_ENABLED=false needs ROUTES_FILE: without named routes nothing could be called');
   }

@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
+import { runBridgeProcessUntilExit } from '../helpers/bridge-process.js';
 import { AMQP_URL, uniqueName } from '../helpers/broker.js';
 import { brokerAdmin } from '../helpers/broker-admin.js';
 import { useEchoBridge } from '../helpers/fixture.js';
@@ -267,5 +268,17 @@ describe('broker users and passwords outside ASCII', () => {
     );
     const res = await post(fixture.bridge, `/rpc/${fixture.echoQueue}`, { authorization: basic(jurgen) });
     expect({ status: res.status, body: res.body }).toEqual({ status: 200, body: 'hello' });
+  });
+});
+
+describe('AUTH_TOKENS with AMQP_IDENTITY=caller', () => {
+  it('refuses to start (exit 78), naming both and what to use instead', async () => {
+    const { code, stdout, stderr } = await runBridgeProcessUntilExit(
+      { AMQP_IDENTITY: 'caller', AUTH_TOKENS: `token-${randomBytes(12).toString('hex')}` },
+      10_000,
+    );
+    expect(code, stdout + stderr).toBe(78);
+    expect(stderr).toMatch(/AUTH_TOKENS.*AMQP_IDENTITY=caller/);
+    expect(stderr).toContain('brokerUser');
   });
 });

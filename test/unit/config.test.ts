@@ -54,8 +54,6 @@ describe('loadConfig', () => {
         LOG_LEVEL: 'debug',
         LOG_MAX_BUFFER_BYTES: '65536',
         APP_ID: 'bridge-under-test',
-        AUTH_TOKENS: 'aaaaaaaaaaaaaaaa',
-        AUTH_TOKENS_FILE: join(tokens, 'tokens'),
         AUTH_PROTECT_METRICS: 'true',
         ALLOWED_QUEUES: 'orders.*, billing',
         ALLOWED_EXCHANGES: 'amq.topic',
@@ -78,9 +76,10 @@ describe('loadConfig', () => {
         JWT_ROLES_CLAIM: 'scope',
         JWT_CLOCK_TOLERANCE_SECONDS: '5',
       };
-      // One JWT key source at a time: the other two are read in jwt-verifier.test.ts.
-      const otherKeySources = ['JWT_JWKS_FILE', 'JWT_SECRET_FILE'];
-      expect(Object.keys(env).sort()).toEqual(documentedVariables().filter((name) => !otherKeySources.includes(name)));
+      // One JWT key source at a time: the other two are read in jwt-verifier.test.ts. AUTH_TOKENS and
+      // AUTH_TOKENS_FILE cannot go with AMQP_IDENTITY=caller: they are read below.
+      const readApart = ['JWT_JWKS_FILE', 'JWT_SECRET_FILE', 'AUTH_TOKENS', 'AUTH_TOKENS_FILE'];
+      expect(Object.keys(env).sort()).toEqual(documentedVariables().filter((name) => !readApart.includes(name)));
       expect(loadConfig(env)).toEqual({
         host: '127.0.0.2',
         port: 9000,
@@ -107,7 +106,7 @@ describe('loadConfig', () => {
         logLevel: 'debug',
         logMaxBufferBytes: 65536,
         appId: 'bridge-under-test',
-        authTokens: ['aaaaaaaaaaaaaaaa', 'bbbbbbbbbbbbbbbb'],
+        authTokens: [],
         authProtectMetrics: true,
         allowedQueues: ['orders.*', 'billing'],
         allowedExchanges: ['amq.topic'],
@@ -127,6 +126,8 @@ describe('loadConfig', () => {
           clockToleranceSeconds: 5,
         },
       });
+      const withTokens = { AUTH_TOKENS: 'aaaaaaaaaaaaaaaa', AUTH_TOKENS_FILE: join(tokens, 'tokens') };
+      expect(loadConfig(withTokens).authTokens).toEqual(['aaaaaaaaaaaaaaaa', 'bbbbbbbbbbbbbbbb']);
     } finally {
       rmSync(tokens, { recursive: true, force: true });
     }
@@ -160,6 +161,27 @@ describe('loadConfig', () => {
   ])('refuses %j with a message naming the variable', (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);
+  });
+
+  it('refuses AUTH_TOKENS with AMQP_IDENTITY=caller, naming both and what to use instead', () => {
+    const token = 'a-token-of-at-least-16-characters';
+    const dir = mkdtempSync(join(tmpdir(), 'config-test-'));
+    try {
+      writeFileSync(join(dir, 'tokens'), `${token}\n`);
+      for (const env of [
+        { AMQP_IDENTITY: 'caller', AUTH_TOKENS: token },
+        { AMQP_IDENTITY: 'caller', AUTH_TOKENS_FILE: join(dir, 'tokens') },
+      ]) {
+        expect(() => loadConfig(env)).toThrow(ConfigError);
+        expect(() => loadConfig(env)).toThrow(
+          "AUTH_TOKENS/AUTH_TOKENS_FILE cannot be used with AMQP_IDENTITY=caller: every call then goes over the caller's own broker user, which those tokens do not name. Give each token holder a token in ROUTES_FILE with brokerUser and brokerPasswordFile instead",
+        );
+        expect(() => loadConfig(env)).not.toThrow(token);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(loadConfig({ AMQP_IDENTITY: 'bridge', AUTH_TOKENS: token }).authTokens).toEqual([token]);
   });
 
   it('never puts the AMQP password in an error or a loggable view', () => {
