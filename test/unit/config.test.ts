@@ -75,10 +75,18 @@ describe('loadConfig', () => {
         JWT_ALGORITHMS: 'ES256',
         JWT_ROLES_CLAIM: 'scope',
         JWT_CLOCK_TOLERANCE_SECONDS: '5',
+        JWT_MAX_LIFETIME_SECONDS: '3600',
       };
-      // One JWT key source at a time: the other two are read in jwt-verifier.test.ts. AUTH_TOKENS and
-      // AUTH_TOKENS_FILE cannot go with AMQP_IDENTITY=caller: they are read below.
-      const readApart = ['JWT_JWKS_FILE', 'JWT_SECRET_FILE', 'AUTH_TOKENS', 'AUTH_TOKENS_FILE'];
+      // One JWT key source at a time, and JWT_ALLOW_ANY_AUDIENCE not with JWT_AUDIENCE: those are read
+      // in jwt-verifier.test.ts. AUTH_TOKENS and AUTH_TOKENS_FILE cannot go with AMQP_IDENTITY=caller:
+      // they are read below.
+      const readApart = [
+        'JWT_JWKS_FILE',
+        'JWT_SECRET_FILE',
+        'JWT_ALLOW_ANY_AUDIENCE',
+        'AUTH_TOKENS',
+        'AUTH_TOKENS_FILE',
+      ];
       expect(Object.keys(env).sort()).toEqual(documentedVariables().filter((name) => !readApart.includes(name)));
       expect(loadConfig(env)).toEqual({
         host: '127.0.0.2',
@@ -124,6 +132,7 @@ describe('loadConfig', () => {
           algorithms: ['ES256'],
           rolesClaim: 'scope',
           clockToleranceSeconds: 5,
+          maxLifetimeSeconds: 3600,
         },
       });
       const withTokens = { AUTH_TOKENS: 'aaaaaaaaaaaaaaaa', AUTH_TOKENS_FILE: join(tokens, 'tokens') };
