@@ -90,6 +90,8 @@ export interface Config {
   readonly amqpIdentity: 'bridge' | 'caller';
   readonly callerMaxUsers: number;
   readonly callerIdleMs: number;
+  /** A caller's connection takes no new calls after this long (a rotated password stops working within it). */
+  readonly callerMaxAgeMs: number;
   readonly callerChannels: number;
   /** JWT bearer tokens (JWT_* variables): verified, their roles usable by named routes; undefined: off. */
   readonly jwt: JwtSettings | undefined;
@@ -153,6 +155,7 @@ export function loadConfig(env: Env): Config {
     amqpIdentity: read.oneOf('AMQP_IDENTITY', ['bridge', 'caller'] as const, 'bridge'),
     callerMaxUsers: read.integer('AMQP_CALLER_MAX_USERS', 100, 1, 10_000),
     callerIdleMs: read.integer('AMQP_CALLER_IDLE_MS', 60_000, 1_000, 86_400_000),
+    callerMaxAgeMs: read.integer('AMQP_CALLER_MAX_AGE_MS', 900_000, 1_000, 86_400_000),
     callerChannels: read.integer('AMQP_CALLER_CHANNELS', 1, 1, 64),
     jwt: jwtSettingsFromEnv(env),
   };

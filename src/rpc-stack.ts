@@ -34,6 +34,8 @@ export interface RpcStackOptions {
   readonly onLoginRefused?: ((reason: string) => void) | undefined;
   /** See BrokerConnectionOptions: a login given apart from the URLs (a caller's own). */
   readonly credentials?: BrokerConnectionOptions['credentials'];
+  /** Connected with every reply channel open (again, after a reconnect): calls can be carried. */
+  readonly onReady?: (() => void) | undefined;
   /** See RpcClientOptions: probe the default exchange like any other. */
   readonly checkDefaultExchange?: boolean | undefined;
 }
@@ -84,6 +86,7 @@ export function createRpcStack(options: RpcStackOptions): RpcStack {
     reopenMaxMs: CHANNEL_REOPEN_MAX_MS,
     events: rpc,
     onBrokerClosedChannel: (code) => metrics.channelCloses.labels(String(code)).inc(),
+    onAllOpen: options.onReady,
   });
   connection.addListener({
     connected() {},

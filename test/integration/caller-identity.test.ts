@@ -260,6 +260,135 @@ function post(
   });
 }
 
+async function withBridge(env: Record<string, string>, test: (bridge: TestBridge) => Promise<void>): Promise<void> {
+  const bridge = await startTestBridge({ AMQP_IDENTITY: 'caller', ...env });
+  try {
+    await test(bridge);
+  } finally {
+    await bridge.close();
+  }
+}
+
+const logins = async (bridge: TestBridge) => ({
+  accepted: await bridge.metric('amqp_caller_logins_total', { result: 'accepted' }),
+  refused: await bridge.metric('amqp_caller_logins_total', { result: 'refused' }),
+  throttled: await bridge.metric('amqp_caller_logins_total', { result: 'throttled' }),
+});
+
+describe('refused logins are throttled', () => {
+  it('asks the broker at most 5 times for 20 wrong passwords of one user from 20 addresses, and still serves her open connection', async () => {
+    const dave = await brokerUser(`${prefix}-dave`);
+    await withBridge({}, async (bridge) => {
+      const queue = `/rpc/${fixture.echoQueue}`;
+      expect((await post(bridge, queue, { authorization: basic(dave) })).status).toBe(200);
+      const statuses: number[] = [];
+      for (let n = 0; n < 20; n++) {
+        const wrong = basic({ name: dave.name, password: `wrong-${n}` });
+        statuses.push((await post(bridge, queue, { authorization: wrong, from: `127.0.0.${10 + n}` })).status);
+      }
+      expect(statuses).toEqual(Array(20).fill(401));
+      expect(await logins(bridge)).toEqual({ accepted: 1, refused: 5, throttled: 15 });
+      // The right password rides the connection already open: no broker login, no throttle.
+      expect((await post(bridge, queue, { authorization: basic(dave), from: '127.0.0.40' })).status).toBe(200);
+    });
+  });
+
+  it('asks the broker at most 5 times for 20 logins from one address, and still logs in callers from another', async () => {
+    await withBridge({}, async (bridge) => {
+      const queue = `/rpc/${fixture.echoQueue}`;
+      const statuses: number[] = [];
+      for (let n = 0; n < 20; n++) {
+        const nobody = basic({ name: `${prefix}-nobody-${n}`, password: 'x' });
+        statuses.push((await post(bridge, queue, { authorization: nobody, from: '127.0.0.50' })).status);
+      }
+      expect(statuses).toEqual(Array(20).fill(401));
+      expect(await logins(bridge)).toEqual({ accepted: 0, refused: 5, throttled: 15 });
+      const throttled = await post(bridge, queue, { authorization: basic(users.alice), from: '127.0.0.50' });
+      expect(throttled.status).toBe(401);
+      expect(throttled.headers['www-authenticate']).toContain('Basic');
+      expect(throttled.headers['retry-after']).toMatch(/^\d+$/);
+      expect((await post(bridge, queue, { authorization: basic(users.alice), from: '127.0.0.51' })).status).toBe(200);
+    });
+  });
+});
+
+describe('room for callers (AMQP_CALLER_MAX_USERS)', () => {
+  it("closes nobody's connection for logins the broker refuses", async () => {
+    await withBridge({ AMQP_CALLER_MAX_USERS: '1' }, async (bridge) => {
+      const queue = `/rpc/${fixture.echoQueue}`;
+      expect((await post(bridge, queue, { authorization: basic(users.alice) })).status).toBe(200);
+      // Each from an address and as a user of its own: none of them is throttled, all reach the broker.
+      const statuses: number[] = [];
+      for (let n = 0; n < 20; n++) {
+        const bogus = basic({ name: `${prefix}-bogus-${n}`, password: 'x' });
+        statuses.push((await post(bridge, queue, { authorization: bogus, from: `127.0.1.${n + 1}` })).status);
+      }
+      expect(statuses).toEqual(Array(20).fill(401));
+      expect((await post(bridge, queue, { authorization: basic(users.alice) })).status).toBe(200);
+      // Alice logged in once: her connection was never closed to make room for a login that failed.
+      expect(await logins(bridge)).toMatchObject({ accepted: 1, refused: 20 });
+    });
+  });
+
+  it('keeps the connection of a request whose body is still arriving: the next user gets 503', async () => {
+    await withBridge({ AMQP_CALLER_MAX_USERS: '1' }, async (bridge) => {
+      const queue = `/rpc/${fixture.echoQueue}`;
+      expect((await post(bridge, queue, { authorization: basic(users.alice) })).status).toBe(200);
+      let sendRest = () => {};
+      const holdBody = new Promise<void>((resolve) => {
+        sendRest = resolve;
+      });
+      const alice = post(bridge, queue, { authorization: basic(users.alice), holdBody });
+      // Alice's connection is found at once; her body is not complete yet.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const bob = await post(bridge, `/rpc/${exchanges.bob}/k`, { authorization: basic(users.bob) });
+      sendRest();
+      expect({ alice: (await alice).status, bob: bob.status }).toEqual({ alice: 200, bob: 503 });
+    });
+  });
+});
+
+describe('connections have a maximum age (AMQP_CALLER_MAX_AGE_MS)', () => {
+  it('stops a rotated password from working once the connection made with it is past its age', async () => {
+    const erin = await brokerUser(`${prefix}-erin`);
+    const rotated = `rotated-${randomBytes(6).toString('hex')}`;
+    await withBridge({ AMQP_CALLER_MAX_AGE_MS: '2000' }, async (bridge) => {
+      const queue = `/rpc/${fixture.echoQueue}`;
+      const loggedInAt = Date.now();
+      expect((await post(bridge, queue, { authorization: basic(erin) })).status).toBe(200);
+      await admin.changePassword(erin.name, rotated);
+      // Within its age the open connection still carries the old password's calls...
+      expect((await post(bridge, queue, { authorization: basic(erin) })).status).toBe(200);
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, loggedInAt + 2_200 - Date.now())));
+      // ...past it the next request logs in again, and the broker refuses the old password.
+      const old = await post(bridge, queue, { authorization: basic(erin) });
+      expect(old.status).toBe(401);
+      expect((await post(bridge, queue, { authorization: basic({ name: erin.name, password: rotated }) })).status).toBe(
+        200,
+      );
+    });
+  });
+
+  it('lets a call under way finish on the old connection, then closes it', async () => {
+    const frank = await brokerUser(`${prefix}-frank`);
+    await withBridge({ AMQP_CALLER_MAX_AGE_MS: '1500' }, async (bridge) => {
+      const queue = `/rpc/${fixture.echoQueue}`;
+      const slow = post(bridge, queue, { authorization: basic(frank), headers: { 'Amqp-Header-delay-ms': '2500' } });
+      await new Promise((resolve) => setTimeout(resolve, 1_700));
+      // Past its age: this one gets a new connection, while the slow call is still on the old one.
+      expect((await post(bridge, queue, { authorization: basic(frank) })).status).toBe(200);
+      expect(await logins(bridge)).toMatchObject({ accepted: 2 });
+      expect(await bridge.metric('amqp_caller_connections')).toBe(2);
+      expect((await slow).status).toBe(200);
+      await waitFor(
+        async () => (await bridge.metric('amqp_caller_connections')) === 1,
+        5_000,
+        'the old connection to close once its call was answered',
+      );
+    });
+  });
+});
+
 describe('broker users and passwords outside ASCII', () => {
   it('log in as they are (UTF-8), never mangled through a URL', async () => {
     const jurgen = await brokerUser(

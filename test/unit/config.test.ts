@@ -68,6 +68,7 @@ describe('loadConfig', () => {
         AMQP_IDENTITY: 'caller',
         AMQP_CALLER_MAX_USERS: '5',
         AMQP_CALLER_IDLE_MS: '2000',
+        AMQP_CALLER_MAX_AGE_MS: '30000',
         AMQP_CALLER_CHANNELS: '2',
         JWT_PUBLIC_KEY_FILE: '/keys/jwt.pem',
         JWT_ISSUER: 'https://idp.example',
@@ -124,6 +125,7 @@ describe('loadConfig', () => {
         amqpIdentity: 'caller',
         callerMaxUsers: 5,
         callerIdleMs: 2000,
+        callerMaxAgeMs: 30000,
         callerChannels: 2,
         jwt: {
           keyFile: '/keys/jwt.pem',
