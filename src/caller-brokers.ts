@@ -5,7 +5,7 @@ import type { Config } from './config.js';
 import { BASIC_CHALLENGE, type BrokerLogin } from './http/access/access-control.js';
 import { HttpProblem } from './http/problems.js';
 import type { CallerBrokers, CallerLease } from './http/rpc-route.js';
-import { LoginThrottle, type ThrottleVerdict } from './login-throttle.js';
+import { addressKey, LoginThrottle, type ThrottleVerdict } from './login-throttle.js';
 import type { Metrics } from './observability/metrics.js';
 import type { RpcClient } from './rpc/rpc-client.js';
 import { createRpcStack, type RpcStack } from './rpc-stack.js';
@@ -46,13 +46,11 @@ const CONNECT_WAIT_MS = 10_000;
 /** One login's connection, from the moment a call asks for it until it is closed. */
 interface CallerConnection {
   readonly key: string;
-  readonly login: BrokerLogin;
-  readonly clientAddress: string;
   readonly stack: RpcStack;
   /** Resolves once connected with every reply channel open; rejects with the problem to answer. */
   readonly ready: Promise<RpcClient>;
-  /** Ends a login still under way: `ready` rejects with this problem, and the connection closes. */
-  readonly abandon: (problem: HttpProblem, reason: string) => void;
+  /** Ends a login still under way: `ready` rejects with this problem (closing it is the caller's part). */
+  readonly abandon: (problem: HttpProblem) => void;
   readonly openedAt: number;
   /** Still logging in: it cannot be closed to make room, and it counts against the login throttles. */
   connecting: boolean;
@@ -111,7 +109,7 @@ export class CallerBrokerPools implements CallerBrokers {
       user = undefined;
     }
     if (user === undefined) {
-      const address = clientAddress ?? 'unknown';
+      const address = addressKey(clientAddress);
       const refusal = this.admitLogin(login, key, address, now);
       if (refusal !== undefined) return refusedLease(refusal);
       user = this.open(login, key, address, now);
@@ -125,7 +123,7 @@ export class CallerBrokerPools implements CallerBrokers {
     clearInterval(this.sweeper);
     const users = [...this.all()];
     const stopping = new HttpProblem('shutting-down', 'The bridge is shutting down');
-    for (const user of users) if (user.connecting) user.abandon(stopping, 'the bridge is shutting down');
+    for (const user of users) user.abandon(stopping);
     this.users.clear();
     this.draining.clear();
     await Promise.all(users.map((user) => close(user, 'the bridge is shutting down')));
@@ -231,25 +229,19 @@ export class CallerBrokerPools implements CallerBrokers {
         const at = Date.now();
         this.rememberRefused(key, at);
         this.userLogins.refused(login.username, at);
-        if (user.connecting) {
-          this.addressLogins.refused(clientAddress, at);
-          user.abandon(loginRefused(login.username), 'the broker refused the login');
-          return;
-        }
         // Refused on a reconnect (a password changed since): no guess from the address that opened it.
+        if (user.connecting) this.addressLogins.refused(clientAddress, at);
+        user.abandon(loginRefused(login.username));
         this.forget(user, 'the broker refused the login');
       },
     });
     const user: CallerConnection = {
       key,
-      login,
-      clientAddress,
       stack,
       ready,
-      abandon: (problem, reason) => {
+      abandon: (problem) => {
         if (!user.connecting) return;
         loggedIn();
-        this.forget(user, reason);
         settle?.reject(problem);
       },
       openedAt: now,
@@ -264,7 +256,8 @@ export class CallerBrokerPools implements CallerBrokers {
         `No broker connection for ${login.username} could be opened in time`,
         { retryAfterSeconds: 1 },
       );
-      user.abandon(problem, 'no connection in time');
+      user.abandon(problem);
+      this.forget(user, 'no connection in time');
     }, CONNECT_WAIT_MS);
     giveUp.unref();
     stack.connection.addListener({

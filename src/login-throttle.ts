@@ -85,3 +85,23 @@ export class LoginThrottle {
     return times;
   }
 }
+
+/**
+ * The key a client address is throttled under: an IPv4 address as it is (also when IPv4-mapped,
+ * `::ffff:10.0.0.1`), an IPv6 address by its /64, since one host is commonly given a whole /64 and
+ * could otherwise try new passwords from a new address each time.
+ */
+export function addressKey(address: string | undefined): string {
+  if (address === undefined) return 'unknown';
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (mapped !== null) return mapped[1] as string;
+  if (!address.includes(':')) return address;
+  const [head = '', tail = ''] = address.toLowerCase().split('%')[0]?.split('::') ?? [];
+  const front = head === '' ? [] : head.split(':');
+  const back = address.includes('::') ? (tail === '' ? [] : tail.split(':')) : [];
+  const groups = [...front, ...Array<string>(Math.max(0, 8 - front.length - back.length)).fill('0'), ...back];
+  return `${groups
+    .slice(0, 4)
+    .map((group) => group.replace(/^0+(?=.)/, ''))
+    .join(':')}::/64`;
+}

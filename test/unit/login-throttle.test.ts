@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { LoginThrottle } from '../../src/login-throttle.js';
+import { addressKey, LoginThrottle } from '../../src/login-throttle.js';
 
 const WINDOW = 60_000;
 
@@ -45,5 +45,18 @@ describe('LoginThrottle', () => {
     expect(throttle.check('c', WINDOW + 25).verdict).toBe('throttled');
     throttle.sweep(WINDOW + 30);
     expect(throttle.rememberedKeys).toBe(0);
+  });
+});
+
+describe('addressKey', () => {
+  it('keeps IPv4 addresses (mapped or not) as they are, and takes IPv6 addresses by their /64', () => {
+    expect(addressKey('10.0.0.1')).toBe('10.0.0.1');
+    expect(addressKey('::ffff:10.0.0.1')).toBe('10.0.0.1');
+    expect(addressKey('2001:db8:0:1:aaaa:bbbb:cccc:1')).toBe('2001:db8:0:1::/64');
+    expect(addressKey('2001:0DB8:0000:0001::2')).toBe('2001:db8:0:1::/64');
+    expect(addressKey('2001:db8::1')).toBe('2001:db8:0:0::/64');
+    expect(addressKey('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
+    expect(addressKey('::1')).toBe('0:0:0:0::/64');
+    expect(addressKey(undefined)).toBe('unknown');
   });
 });
