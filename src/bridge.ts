@@ -89,6 +89,7 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
           metrics,
           maxUsers: config.callerMaxUsers,
           idleMs: config.callerIdleMs,
+          maxAgeMs: config.callerMaxAgeMs,
           channels: config.callerChannels,
         })
       : undefined;

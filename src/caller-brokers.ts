@@ -4,7 +4,8 @@ import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import { BASIC_CHALLENGE, type BrokerLogin } from './http/access/access-control.js';
 import { HttpProblem } from './http/problems.js';
-import type { CallerBrokers } from './http/rpc-route.js';
+import type { CallerBrokers, CallerLease } from './http/rpc-route.js';
+import { addressKey, LoginThrottle, type ThrottleVerdict } from './login-throttle.js';
 import type { Metrics } from './observability/metrics.js';
 import type { RpcClient } from './rpc/rpc-client.js';
 import { createRpcStack, type RpcStack } from './rpc-stack.js';
@@ -13,97 +14,184 @@ export interface CallerBrokerOptions {
   readonly config: Config;
   readonly logger: Logger;
   readonly metrics: Metrics;
-  /** Distinct broker users with a connection at once; past it, idle ones are closed first. */
+  /** Logins with a connection at once; past it, a new login closes the least recently used idle one. */
   readonly maxUsers: number;
-  /** A user's connection closes after this long without a request (and none in flight). */
+  /** A connection closes after this long with no call holding it. */
   readonly idleMs: number;
-  /** Reply channels on each user's connection. */
+  /**
+   * A connection takes no new calls after this long: the next one logs in again (so a password
+   * changed at the broker stops working), and the old one closes once its calls are over.
+   */
+  readonly maxAgeMs: number;
+  /** Reply channels on each connection. */
   readonly channels: number;
 }
 
-/** A login the broker refused is answered from memory for this long, so bad passwords cannot hammer it. */
+/** The same login refused by the broker is answered from memory for this long, whatever the throttles say. */
 const REFUSED_MEMORY_MS = 5_000;
 /** Refused logins remembered at most (callers choose them freely): the oldest are forgotten first. */
 const REFUSED_MEMORY_MAX = 10_000;
+/**
+ * Per broker user, and per client address: refused logins (plus logins under way) within the window
+ * before further new logins are answered 401 from memory, without asking the broker.
+ */
+const LOGIN_FAILURES_MAX = 5;
+const LOGIN_FAILURES_WINDOW_MS = 60_000;
+/** Users and addresses with refusals remembered, each (the stalest are forgotten first). */
+const LOGIN_FAILURES_KEYS_MAX = 10_000;
+const THROTTLE = { limit: LOGIN_FAILURES_MAX, windowMs: LOGIN_FAILURES_WINDOW_MS, maxKeys: LOGIN_FAILURES_KEYS_MAX };
 /** How long a caller's first request may wait for its connection and reply channels. */
 const CONNECT_WAIT_MS = 10_000;
-const READY_POLL_MS = 5;
 
-interface UserBroker {
-  readonly username: string;
+/** One login's connection, from the moment a call asks for it until it is closed. */
+interface CallerConnection {
+  readonly key: string;
   readonly stack: RpcStack;
   /** Resolves once connected with every reply channel open; rejects with the problem to answer. */
   readonly ready: Promise<RpcClient>;
+  /** Ends a login still under way: `ready` rejects with this problem (closing it is the caller's part). */
+  readonly abandon: (problem: HttpProblem) => void;
+  readonly openedAt: number;
+  /** Still logging in: it cannot be closed to make room, and it counts against the login throttles. */
+  connecting: boolean;
+  /** Calls holding it: from asking for their connection until their HTTP request closes. */
+  leases: number;
   lastUsedAt: number;
+  /** Taken out of the pool (past its age): closes once its last lease is released. */
+  retired: boolean;
 }
 
 /**
  * AMQP_IDENTITY=caller: each caller's requests go over a connection made with its own broker
  * credentials, so the broker's permissions (per vhost, exchange and queue) apply to that caller.
  * Connections are pooled per login (user and password: a wrong password never shares a right one's
- * connection), bounded in number and closed when idle. The default exchange is probed like any other,
- * so a publish the broker refuses costs that caller a probe channel, never a shared one.
+ * connection), bounded in number and age, and closed when idle; a connection held by a call (from the
+ * moment it asks, body still arriving included) or still logging in is never closed to make room.
+ * New logins are throttled per broker user and per client address, so the bridge cannot be used to
+ * guess passwords at the broker's speed. The default exchange is probed like any other, so a publish
+ * the broker refuses costs that caller a probe channel, never a shared one.
  */
 export class CallerBrokerPools implements CallerBrokers {
-  private readonly users = new Map<string, UserBroker>();
+  /** The connection new calls of each login get; retired ones are in `draining` until their calls end. */
+  private readonly users = new Map<string, CallerConnection>();
+  private readonly draining = new Set<CallerConnection>();
   private readonly refused = new Map<string, number>();
+  private readonly userLogins = new LoginThrottle(THROTTLE);
+  private readonly addressLogins = new LoginThrottle(THROTTLE);
   private readonly sweeper: NodeJS.Timeout;
   private stopped = false;
 
   constructor(private readonly options: CallerBrokerOptions) {
-    this.sweeper = setInterval(() => this.closeIdle(Date.now()), Math.max(1_000, options.idleMs / 4));
+    const every = Math.max(1_000, Math.min(options.idleMs, options.maxAgeMs) / 4);
+    this.sweeper = setInterval(() => this.sweep(Date.now()), every);
     this.sweeper.unref();
   }
 
   get connectionCount(): number {
     let open = 0;
-    for (const user of this.users.values()) if (user.stack.connection.isConnected) open += 1;
+    for (const user of this.all()) if (user.stack.connection.isConnected) open += 1;
     return open;
   }
 
   get inFlightCount(): number {
     let total = 0;
-    for (const user of this.users.values()) total += user.stack.rpc.inFlightCount;
+    for (const user of this.all()) total += user.stack.rpc.inFlightCount;
     return total;
   }
 
-  clientFor(login: BrokerLogin): Promise<RpcClient> {
-    if (this.stopped) return Promise.reject(new HttpProblem('shutting-down', 'The bridge is shutting down'));
+  clientFor(login: BrokerLogin, clientAddress: string | undefined): CallerLease {
+    if (this.stopped) return refusedLease(new HttpProblem('shutting-down', 'The bridge is shutting down'));
     const key = loginKey(login);
     const now = Date.now();
-    const refusedUntil = this.refused.get(key);
-    if (refusedUntil !== undefined) {
-      if (refusedUntil > now) return Promise.reject(loginRefused(login.username));
-      this.refused.delete(key);
-    }
     let user = this.users.get(key);
-    if (user === undefined) {
-      if (this.users.size >= this.options.maxUsers && !this.closeOldestIdle()) {
-        return Promise.reject(
-          new HttpProblem(
-            'overloaded',
-            `${this.users.size} broker users are connected, none idle (AMQP_CALLER_MAX_USERS); retry shortly`,
-            { retryAfterSeconds: 1 },
-          ),
-        );
-      }
-      user = this.open(login, key);
-      this.users.set(key, user);
+    if (user !== undefined && !user.connecting && now - user.openedAt >= this.options.maxAgeMs) {
+      this.retire(user);
+      user = undefined;
     }
-    user.lastUsedAt = now;
-    return user.ready;
+    if (user === undefined) {
+      const address = addressKey(clientAddress);
+      const refusal = this.admitLogin(login, key, address, now);
+      if (refusal !== undefined) return refusedLease(refusal);
+      user = this.open(login, key, address, now);
+    }
+    return this.lease(user, now);
   }
 
   /** Answers what is in flight on every caller's connection (502), then closes them. */
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.sweeper);
-    const users = [...this.users.values()];
+    const users = [...this.all()];
+    const stopping = new HttpProblem('shutting-down', 'The bridge is shutting down');
+    for (const user of users) user.abandon(stopping);
     this.users.clear();
+    this.draining.clear();
     await Promise.all(users.map((user) => close(user, 'the bridge is shutting down')));
   }
 
-  private open(login: BrokerLogin, key: string): UserBroker {
+  private *all(): Iterable<CallerConnection> {
+    yield* this.users.values();
+    yield* this.draining;
+  }
+
+  /** Why a login without a connection may not be tried at the broker now, or undefined when it may. */
+  private admitLogin(login: BrokerLogin, key: string, address: string, now: number): HttpProblem | undefined {
+    const { metrics } = this.options;
+    const refusedUntil = this.refused.get(key);
+    if (refusedUntil !== undefined && refusedUntil > now) {
+      metrics.callerLogins.labels('throttled').inc();
+      return loginRefused(login.username);
+    }
+    const verdict = worst(this.userLogins.check(login.username, now), this.addressLogins.check(address, now));
+    if (verdict.verdict === 'throttled') {
+      metrics.callerLogins.labels('throttled').inc();
+      return new HttpProblem(
+        'unauthorized',
+        `Too many refused broker logins for "${login.username}" or from this address; try again later`,
+        { challenge: BASIC_CHALLENGE, retryAfterSeconds: Math.max(1, Math.ceil(verdict.retryAfterMs / 1000)) },
+      );
+    }
+    if (verdict.verdict === 'busy') {
+      return new HttpProblem(
+        'overloaded',
+        `Broker logins for "${login.username}" or from this address are under way; retry shortly`,
+        { retryAfterSeconds: 1 },
+      );
+    }
+    let connecting = 0;
+    for (const user of this.users.values()) if (user.connecting) connecting += 1;
+    // Over the limit, a new login is tried while an idle connection stays open; that one closes only
+    // once the broker accepts the newcomer (see shrink), so refused logins never close anybody's.
+    const full = this.users.size >= this.options.maxUsers;
+    if (full && (this.leastRecentlyUsedIdle() === undefined || connecting >= this.options.maxUsers)) {
+      return new HttpProblem(
+        'overloaded',
+        `${this.users.size} broker logins have a connection, none idle (AMQP_CALLER_MAX_USERS); retry shortly`,
+        { retryAfterSeconds: 1 },
+      );
+    }
+    return undefined;
+  }
+
+  private lease(user: CallerConnection, now: number): CallerLease {
+    user.leases += 1;
+    user.lastUsedAt = now;
+    let released = false;
+    return {
+      rpc: user.ready,
+      release: () => {
+        if (released) return;
+        released = true;
+        user.leases -= 1;
+        user.lastUsedAt = Date.now();
+        if (user.leases > 0) return;
+        if (user.retired) this.closeRetired(user, 'past AMQP_CALLER_MAX_AGE_MS, its last call over');
+        else this.shrink();
+      },
+    };
+  }
+
+  private open(login: BrokerLogin, key: string, clientAddress: string, now: number): CallerConnection {
     const { config, logger, metrics } = this.options;
     let settle: { resolve(rpc: RpcClient): void; reject(problem: HttpProblem): void } | undefined;
     const ready = new Promise<RpcClient>((resolve, reject) => {
@@ -111,53 +199,98 @@ export class CallerBrokerPools implements CallerBrokers {
     });
     // A caller that gives up before the connection is ready leaves nobody to hear a refusal.
     ready.catch(() => undefined);
+    this.userLogins.started(login.username);
+    this.addressLogins.started(clientAddress);
+    const loggedIn = (): void => {
+      if (!user.connecting) return;
+      user.connecting = false;
+      clearTimeout(giveUp);
+      this.userLogins.settled(login.username);
+      this.addressLogins.settled(clientAddress);
+    };
     const stack = createRpcStack({
-      urls: config.amqpUrls.map((url) => withLogin(url, login)),
+      urls: config.amqpUrls.map(withoutLogin),
+      credentials: login,
       connectionName: `${config.appId}@${hostname()} for ${login.username}`,
       channels: this.options.channels,
       config,
-      // The user is named in its lines; the password is in no log line (URLs are redacted).
+      // The user is named in its lines; the password is in no log line (it is in no URL either).
       logger: logger.child({ brokerUser: login.username }),
       metrics,
       checkDefaultExchange: true,
+      onReady: () => {
+        if (!user.connecting) return;
+        loggedIn();
+        settle?.resolve(stack.rpc);
+        this.shrink();
+      },
       onLoginRefused: () => {
         metrics.callerLogins.labels('refused').inc();
-        this.rememberRefused(key, Date.now());
-        this.forget(key, stack);
-        settle?.reject(loginRefused(login.username));
+        const at = Date.now();
+        this.rememberRefused(key, at);
+        this.userLogins.refused(login.username, at);
+        // Refused on a reconnect (a password changed since): no guess from the address that opened it.
+        if (user.connecting) this.addressLogins.refused(clientAddress, at);
+        user.abandon(loginRefused(login.username));
+        this.forget(user, 'the broker refused the login');
       },
     });
-    const user: UserBroker = { username: login.username, stack, ready, lastUsedAt: Date.now() };
+    const user: CallerConnection = {
+      key,
+      stack,
+      ready,
+      abandon: (problem) => {
+        if (!user.connecting) return;
+        loggedIn();
+        settle?.reject(problem);
+      },
+      openedAt: now,
+      connecting: true,
+      leases: 0,
+      lastUsedAt: now,
+      retired: false,
+    };
+    const giveUp = setTimeout(() => {
+      const problem = new HttpProblem(
+        'broker-unavailable',
+        `No broker connection for ${login.username} could be opened in time`,
+        { retryAfterSeconds: 1 },
+      );
+      user.abandon(problem);
+      this.forget(user, 'no connection in time');
+    }, CONNECT_WAIT_MS);
+    giveUp.unref();
     stack.connection.addListener({
       connected: () => metrics.callerLogins.labels('accepted').inc(),
       disconnected() {},
       blockedChanged() {},
     });
+    this.users.set(key, user);
     stack.connection.start();
-    const giveUpAt = Date.now() + CONNECT_WAIT_MS;
-    const poll = setInterval(() => {
-      if (stack.connection.isConnected && stack.pool.allOpen) {
-        clearInterval(poll);
-        settle?.resolve(stack.rpc);
-      } else if (this.users.get(key) !== user || Date.now() > giveUpAt) {
-        clearInterval(poll);
-        settle?.reject(
-          new HttpProblem('broker-unavailable', `No broker connection for ${login.username} could be opened in time`, {
-            retryAfterSeconds: 1,
-          }),
-        );
-        if (this.users.get(key) === user) this.forget(key, stack);
-      }
-    }, READY_POLL_MS);
     return user;
   }
 
-  private forget(key: string, stack: RpcStack): void {
-    const user = this.users.get(key);
-    if (user?.stack === stack) {
-      this.users.delete(key);
-      void close(user, 'the broker refused the login');
+  /** Takes a connection out of the pool for good; its calls (if any) finish on it first. */
+  private retire(user: CallerConnection): void {
+    if (this.users.get(user.key) === user) this.users.delete(user.key);
+    user.retired = true;
+    if (user.leases === 0) {
+      void close(user, 'past AMQP_CALLER_MAX_AGE_MS');
+      return;
     }
+    this.draining.add(user);
+  }
+
+  private closeRetired(user: CallerConnection, reason: string): void {
+    this.draining.delete(user);
+    void close(user, reason);
+  }
+
+  /** Closes a connection at once (refused, never ready): whoever holds it hears why from `ready`. */
+  private forget(user: CallerConnection, reason: string): void {
+    if (this.users.get(user.key) === user) this.users.delete(user.key);
+    this.draining.delete(user);
+    void close(user, reason);
   }
 
   private rememberRefused(key: string, now: number): void {
@@ -169,35 +302,59 @@ export class CallerBrokerPools implements CallerBrokers {
     this.refused.set(key, now + REFUSED_MEMORY_MS);
   }
 
-  private closeIdle(now: number): void {
+  /** Back to AMQP_CALLER_MAX_USERS by closing idle connections, least recently used first. */
+  private shrink(): void {
+    while (this.users.size > this.options.maxUsers) {
+      const idle = this.leastRecentlyUsedIdle();
+      if (idle === undefined) return;
+      this.users.delete(idle.key);
+      void close(idle, 'making room for another broker login');
+    }
+  }
+
+  /** Only a connection that is up and held by no call may be closed to make room. */
+  private leastRecentlyUsedIdle(): CallerConnection | undefined {
+    let oldest: CallerConnection | undefined;
+    for (const user of this.users.values()) {
+      if (user.connecting || user.leases > 0) continue;
+      if (oldest === undefined || user.lastUsedAt < oldest.lastUsedAt) oldest = user;
+    }
+    return oldest;
+  }
+
+  private sweep(now: number): void {
     // Insertion order is expiry order: stop at the first refusal still remembered.
     for (const [key, until] of this.refused) {
       if (until > now) break;
       this.refused.delete(key);
     }
-    for (const [key, user] of this.users) {
-      if (user.stack.rpc.inFlightCount === 0 && now - user.lastUsedAt >= this.options.idleMs) {
-        this.users.delete(key);
-        void close(user, 'idle');
+    this.userLogins.sweep(now);
+    this.addressLogins.sweep(now);
+    for (const user of this.users.values()) {
+      if (user.connecting || user.leases > 0) continue;
+      const idle = now - user.lastUsedAt >= this.options.idleMs;
+      if (idle || now - user.openedAt >= this.options.maxAgeMs) {
+        this.users.delete(user.key);
+        void close(user, idle ? 'idle' : 'past AMQP_CALLER_MAX_AGE_MS');
       }
     }
   }
-
-  /** Makes room for a new user: the least recently used one with nothing in flight. */
-  private closeOldestIdle(): boolean {
-    let oldest: [string, UserBroker] | undefined;
-    for (const entry of this.users) {
-      if (entry[1].stack.rpc.inFlightCount > 0) continue;
-      if (oldest === undefined || entry[1].lastUsedAt < oldest[1].lastUsedAt) oldest = entry;
-    }
-    if (oldest === undefined) return false;
-    this.users.delete(oldest[0]);
-    void close(oldest[1], 'making room for another broker user');
-    return true;
-  }
 }
 
-async function close(user: UserBroker, reason: string): Promise<void> {
+/** Throttled wins over busy, busy over allowed. */
+function worst(a: ThrottleVerdict, b: ThrottleVerdict): ThrottleVerdict {
+  if (a.verdict === 'throttled') return b.verdict === 'throttled' && b.retryAfterMs > a.retryAfterMs ? b : a;
+  if (b.verdict === 'throttled' || b.verdict === 'busy') return b;
+  return a;
+}
+
+function refusedLease(problem: HttpProblem): CallerLease {
+  const rpc = Promise.reject(problem);
+  rpc.catch(() => undefined);
+  return { rpc, release() {} };
+}
+
+async function close(user: CallerConnection, reason: string): Promise<void> {
   user.stack.rpc.settleAll({ kind: 'lost', reason });
   await user.stack.pool.stop();
   await user.stack.connection.stop();
@@ -208,10 +365,11 @@ function loginKey(login: BrokerLogin): string {
   return createHash('sha256').update(login.username).update('\0').update(login.password).digest('base64');
 }
 
-function withLogin(url: string, login: BrokerLogin): string {
+/** The broker URL without the bridge's own user: the caller's login is given apart (see `credentials`). */
+function withoutLogin(url: string): string {
   const parsed = new URL(url);
-  parsed.username = encodeURIComponent(login.username);
-  parsed.password = encodeURIComponent(login.password);
+  parsed.username = '';
+  parsed.password = '';
   return parsed.toString();
 }
 

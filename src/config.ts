@@ -94,6 +94,8 @@ export interface Config {
   readonly amqpIdentity: 'bridge' | 'caller';
   readonly callerMaxUsers: number;
   readonly callerIdleMs: number;
+  /** A caller's connection takes no new calls after this long (a rotated password stops working within it). */
+  readonly callerMaxAgeMs: number;
   readonly callerChannels: number;
   /** JWT bearer tokens (JWT_* variables): verified, their roles usable by named routes; undefined: off. */
   readonly jwt: JwtSettings | undefined;
@@ -168,9 +170,17 @@ export function loadConfig(env: Env): Config {
     amqpIdentity: read.oneOf('AMQP_IDENTITY', ['bridge', 'caller'] as const, 'bridge'),
     callerMaxUsers: read.integer('AMQP_CALLER_MAX_USERS', 100, 1, 10_000),
     callerIdleMs: read.integer('AMQP_CALLER_IDLE_MS', 60_000, 1_000, 86_400_000),
+    callerMaxAgeMs: read.integer('AMQP_CALLER_MAX_AGE_MS', 900_000, 1_000, 86_400_000),
     callerChannels: read.integer('AMQP_CALLER_CHANNELS', 1, 1, 64),
     jwt: jwtSettingsFromEnv(env),
   };
+  // Every call then needs a broker login, which an AUTH_TOKENS token does not carry: its holders would
+  // all get 401, while the README promises the credentials combine. Say so now, and what works.
+  if (config.amqpIdentity === 'caller' && config.authTokens.length > 0) {
+    throw new ConfigError(
+      "AUTH_TOKENS/AUTH_TOKENS_FILE cannot be used with AMQP_IDENTITY=caller: every call then goes over the caller's own broker user, which those tokens do not name. Give each token holder a token in ROUTES_FILE with brokerUser and brokerPasswordFile instead",
+    );
+  }
   if (!config.routesRawEnabled && config.routesFile === undefined) {
     throw new ConfigError('ROUTES_RAW_ENABLED=false needs ROUTES_FILE: without named routes nothing could be called');
   }

@@ -1,6 +1,7 @@
 import { createBridge } from './bridge.js';
 import { ConfigError, loadConfig, loggableConfig, unknownVariables } from './config.js';
 import { toError } from './errors.js';
+import { jwtWarnings } from './http/access/jwt-settings.js';
 import { RoutesFileError } from './http/routes/routes-file.js';
 import { listen } from './http/server.js';
 import { createLogger } from './observability/logger.js';
@@ -31,6 +32,7 @@ async function main(): Promise<void> {
   for (const { name, nearest } of unknownVariables(process.env)) {
     logger.warn({ variable: name, nearest }, `unknown environment variable ${name} ignored (did you mean ${nearest}?)`);
   }
+  for (const warning of config.jwt === undefined ? [] : jwtWarnings(config.jwt)) logger.warn(warning);
 
   // The OpenTelemetry SDK is loaded only when tracing is configured.
   const tracing =

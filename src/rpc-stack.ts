@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { BrokerConnection } from './amqp/broker-connection.js';
+import { BrokerConnection, type BrokerConnectionOptions } from './amqp/broker-connection.js';
 import { ChannelPool } from './amqp/channel-pool.js';
 import { ExchangeChecker } from './amqp/exchange-checker.js';
 import { type ReplySource, RpcChannel } from './amqp/rpc-channel.js';
@@ -34,6 +34,10 @@ export interface RpcStackOptions {
   readonly metrics: Metrics;
   /** See BrokerConnectionOptions: a refused login ends the connection instead of being retried. */
   readonly onLoginRefused?: ((reason: string) => void) | undefined;
+  /** See BrokerConnectionOptions: a login given apart from the URLs (a caller's own). */
+  readonly credentials?: BrokerConnectionOptions['credentials'];
+  /** Connected with every reply channel open (again, after a reconnect): calls can be carried. */
+  readonly onReady?: (() => void) | undefined;
   /** See RpcClientOptions: probe the default exchange like any other. */
   readonly checkDefaultExchange?: boolean | undefined;
 }
@@ -53,6 +57,7 @@ export function createRpcStack(options: RpcStackOptions): RpcStack {
     heartbeatSeconds: config.amqpHeartbeatSeconds,
     logger,
     onLoginRefused: options.onLoginRefused,
+    credentials: options.credentials,
   });
   const replies: ReplySource =
     config.replyMode === 'queue' ? { mode: 'queue' } : { mode: 'direct', pseudoQueue: config.replyTo };
@@ -84,6 +89,7 @@ export function createRpcStack(options: RpcStackOptions): RpcStack {
     reopenMaxMs: CHANNEL_REOPEN_MAX_MS,
     events: rpc,
     onBrokerClosedChannel: (code) => metrics.channelCloses.labels(String(code)).inc(),
+    onAllOpen: options.onReady,
   });
   connection.addListener({
     connected() {},

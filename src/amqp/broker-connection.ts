@@ -22,6 +22,12 @@ export interface BrokerConnectionOptions {
    * caller's own credentials, which only the caller can fix). Not given: retried like any failure.
    */
   readonly onLoginRefused?: ((reason: string) => void) | undefined;
+  /**
+   * The login, given apart from the URLs (whose own user and password it replaces): amqplib decodes
+   * a URL's userinfo with `unescape`, which turns UTF-8 (`jürgen`) into Latin-1 (`jÃ¼rgen`); these
+   * go to the broker as they are, in SASL PLAIN's UTF-8. Secret: never logged.
+   */
+  readonly credentials?: { readonly username: string; readonly password: string } | undefined;
 }
 
 /** Who wants to know when the connection comes and goes (the channel pool, metrics). */
@@ -102,7 +108,7 @@ export class BrokerConnection {
 
   private async connect(): Promise<void> {
     if (this.stopped) return;
-    const { logger } = this.options;
+    const { logger, credentials } = this.options;
     let model: ChannelModel;
     try {
       model = await amqp.connect(withHeartbeat(this.url, this.options.heartbeatSeconds), {
@@ -110,6 +116,9 @@ export class BrokerConnection {
         noDelay: true,
         timeout: CONNECT_TIMEOUT_MS,
         clientProperties: { connection_name: this.options.connectionName },
+        ...(credentials === undefined
+          ? {}
+          : { credentials: amqp.credentials.plain(credentials.username, credentials.password) }),
       });
     } catch (err) {
       const reason = toError(err).message;

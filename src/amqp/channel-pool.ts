@@ -18,6 +18,8 @@ export interface ChannelPoolOptions {
   readonly events: RpcChannelEvents;
   /** A channel the broker closed while the connection stayed up, with the AMQP reply code. */
   readonly onBrokerClosedChannel: (brokerCode: number) => void;
+  /** Every channel is open with its reply consumer (again, after a reconnect): calls can be carried. */
+  readonly onAllOpen?: (() => void) | undefined;
 }
 
 /**
@@ -94,6 +96,7 @@ export class ChannelPool implements ConnectionListener {
         return;
       }
       this.channels.push(channel);
+      if (this.allOpen) this.options.onAllOpen?.();
     } catch (err) {
       if (this.isStale(model, generation)) return;
       this.options.logger.warn({ err: toError(err).message }, 'could not open reply channel');

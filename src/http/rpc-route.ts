@@ -36,8 +36,18 @@ export interface RpcRouteDeps {
 }
 
 export interface CallerBrokers {
-  /** Rejects with the HttpProblem to answer: 401 for a login the broker refused, 503 when none can be made. */
-  clientFor(login: BrokerLogin): Promise<RpcClient>;
+  /**
+   * The caller's connection, held by this call from now until `release()` (when its HTTP request
+   * closes), so that it is never closed under a call whose body is still arriving.
+   */
+  clientFor(login: BrokerLogin, clientAddress: string | undefined): CallerLease;
+}
+
+export interface CallerLease {
+  /** Rejects with the HttpProblem to answer: 401 for a login refused (or throttled), 503 when none can be made. */
+  readonly rpc: Promise<RpcClient>;
+  /** Idempotent. */
+  release(): void;
 }
 
 const OUTCOME_LABELS: Record<RpcOutcome['kind'], RpcOutcomeLabel> = {
@@ -93,6 +103,8 @@ class RpcHttpCall {
   private error: Error | undefined;
   /** The response has closed (answered, or the client went away). */
   private gone = false;
+  /** AMQP_IDENTITY=caller: the caller's connection, held until the response closes. */
+  private lease: CallerLease | undefined;
   private readonly operation: 'rpc' | 'publish';
   /** Whom this request counts against in MAX_IN_FLIGHT_PER_CALLER, once admitted to count. */
   private quotaKey: string | undefined;
@@ -186,7 +198,8 @@ class RpcHttpCall {
       return;
     }
     // The caller's own broker connection is made (or found) while its body arrives.
-    Promise.all([this.deps.callerBrokers?.clientFor(brokerLogin), readRawBody(this.req, maxBodyBytes)]).then(
+    this.lease = this.deps.callerBrokers?.clientFor(brokerLogin, this.req.socket.remoteAddress);
+    Promise.all([this.lease?.rpc, readRawBody(this.req, maxBodyBytes)]).then(
       ([rpc = this.deps.rpc, body]) => this.publish(rpc, target, fields, body),
       (err: unknown) => this.fail(err),
     );
@@ -372,6 +385,7 @@ class RpcHttpCall {
     this.gone = true;
     if (this.quotaKey !== undefined) this.deps.callerQuota.release(this.quotaKey);
     this.call?.cancel();
+    this.lease?.release();
     const answered = this.res.writableFinished;
     // Gone while its body was still arriving, before any outcome.
     if (!answered) this.record('cancelled');

@@ -336,7 +336,7 @@ export function createMetrics(
     }),
     callerLogins: new Counter({
       name: 'amqp_caller_logins_total',
-      help: "Broker logins with callers' own credentials (AMQP_IDENTITY=caller), by result (accepted, refused)",
+      help: "Broker logins with callers' own credentials (AMQP_IDENTITY=caller), by result (accepted, refused; throttled: answered 401 from memory, the broker not asked)",
       labelNames: ['result'] as const,
       registers,
     }),

@@ -35,6 +35,8 @@ export interface BrokerAdmin {
   /** A user with these permission regular expressions on the default vhost. */
   addUser(name: string, password: string, permissions: Permissions): Promise<void>;
   deleteUser(name: string): Promise<void>;
+  /** Sets a user's password (a rotation): connections already open stay open, new logins need it. */
+  changePassword(name: string, password: string): Promise<void>;
   /** How to stop and start the broker, or why it cannot be done from here. */
   readonly restart: { stop(): Promise<void>; start(): Promise<void> } | { readonly unavailable: string };
 }
@@ -116,6 +118,9 @@ function rabbitmqAdmin(): BrokerAdmin {
     async deleteUser(name) {
       await rabbitmqctl('delete_user', name);
     },
+    async changePassword(name, password) {
+      await rabbitmqctl('change_password', name, password);
+    },
     restart: {
       async stop() {
         await rabbitmqctl('stop_app');
@@ -182,6 +187,9 @@ function lavinmqAdmin(url: string): BrokerAdmin {
     },
     async deleteUser(name) {
       await ctl('delete_user', name);
+    },
+    async changePassword(name, password) {
+      await ctl('change_password', name, password);
     },
     // lavinmqctl stop_app keeps accepting connections, so a real stop is the process's: the shared kit's.
     restart: sharedKit

@@ -6,7 +6,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
+import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ConsumeMessage } from 'amqplib';
@@ -14,7 +14,8 @@ import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
-import { startTestBridge, waitFor } from '../helpers/bridge.js';
+import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
+import { runBridgeProcessUntilExit } from '../helpers/bridge-process.js';
 import { AMQP_URL, uniqueName } from '../helpers/broker.js';
 import { brokerAdmin } from '../helpers/broker-admin.js';
 import { useEchoBridge } from '../helpers/fixture.js';
@@ -24,7 +25,7 @@ const admin = await brokerAdmin();
 const prefix = uniqueName('perm');
 /** The two users' own exchanges; each may write to its own only, and only alice to the default one. */
 const exchanges = { alice: `${prefix}.alice`, bob: `${prefix}.bob` };
-// A password with characters a URL must escape: the bridge puts it into the broker URL.
+// A password with characters a URL would have to escape (the login goes to the broker apart from the URL).
 const users = {
   alice: { name: `${prefix}-alice`, password: `a@:/${randomBytes(6).toString('hex')}` },
   bob: { name: `${prefix}-bob`, password: randomBytes(9).toString('hex') },
@@ -208,5 +209,210 @@ describe('a caller that leaves while its broker connection is being opened', () 
       await bridge.close();
       await proxy.close();
     }
+  });
+});
+
+/** A broker user of the test's own (random suffix), deleted at the end of the file. */
+const extraUsers: string[] = [];
+async function brokerUser(name: string, password = randomBytes(9).toString('hex')) {
+  await admin.addUser(name, password, { configure: '.*', write: '.*', read: '.*' });
+  extraUsers.push(name);
+  return { name, password };
+}
+afterAll(async () => {
+  for (const name of extraUsers) await admin.deleteUser(name).catch(() => undefined);
+});
+
+interface Answer {
+  readonly status: number;
+  readonly headers: IncomingHttpHeaders;
+  readonly body: string;
+}
+
+/**
+ * POST from a loopback address of the test's choosing (127.0.0.0/8 is all local): the bridge sees
+ * each as another client. `body` is sent in two parts when `holdBody` is given: the rest only once
+ * that promise resolves.
+ */
+function post(
+  bridge: TestBridge,
+  path: string,
+  options: { authorization: string; from?: string; headers?: Record<string, string>; holdBody?: Promise<void> },
+): Promise<Answer> {
+  const body = 'hello';
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${bridge.baseUrl}${path}`, {
+      method: 'POST',
+      agent: false,
+      localAddress: options.from ?? '127.0.0.1',
+      headers: { Authorization: options.authorization, 'Content-Length': body.length, ...options.headers },
+    });
+    req.on('error', reject);
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() }),
+      );
+    });
+    if (options.holdBody === undefined) {
+      req.end(body);
+      return;
+    }
+    req.flushHeaders();
+    req.write(body.slice(0, 2));
+    void options.holdBody.then(() => req.end(body.slice(2)));
+  });
+}
+
+async function withBridge(env: Record<string, string>, test: (bridge: TestBridge) => Promise<void>): Promise<void> {
+  const bridge = await startTestBridge({ AMQP_IDENTITY: 'caller', ...env });
+  try {
+    await test(bridge);
+  } finally {
+    await bridge.close();
+  }
+}
+
+const logins = async (bridge: TestBridge) => ({
+  accepted: await bridge.metric('amqp_caller_logins_total', { result: 'accepted' }),
+  refused: await bridge.metric('amqp_caller_logins_total', { result: 'refused' }),
+  throttled: await bridge.metric('amqp_caller_logins_total', { result: 'throttled' }),
+});
+
+describe('refused logins are throttled', () => {
+  it('asks the broker at most 5 times for 20 wrong passwords of one user from 20 addresses, and still serves her open connection', async () => {
+    const dave = await brokerUser(`${prefix}-dave`);
+    await withBridge({}, async (bridge) => {
+      const queue = `/rpc/${fixture.echoQueue}`;
+      expect((await post(bridge, queue, { authorization: basic(dave) })).status).toBe(200);
+      const statuses: number[] = [];
+      for (let n = 0; n < 20; n++) {
+        const wrong = basic({ name: dave.name, password: `wrong-${n}` });
+        statuses.push((await post(bridge, queue, { authorization: wrong, from: `127.0.0.${10 + n}` })).status);
+      }
+      expect(statuses).toEqual(Array(20).fill(401));
+      expect(await logins(bridge)).toEqual({ accepted: 1, refused: 5, throttled: 15 });
+      // The right password rides the connection already open: no broker login, no throttle.
+      expect((await post(bridge, queue, { authorization: basic(dave), from: '127.0.0.40' })).status).toBe(200);
+    });
+  });
+
+  it('asks the broker at most 5 times for 20 logins from one address, and still logs in callers from another', async () => {
+    await withBridge({}, async (bridge) => {
+      const queue = `/rpc/${fixture.echoQueue}`;
+      const statuses: number[] = [];
+      for (let n = 0; n < 20; n++) {
+        const nobody = basic({ name: `${prefix}-nobody-${n}`, password: 'x' });
+        statuses.push((await post(bridge, queue, { authorization: nobody, from: '127.0.0.50' })).status);
+      }
+      expect(statuses).toEqual(Array(20).fill(401));
+      expect(await logins(bridge)).toEqual({ accepted: 0, refused: 5, throttled: 15 });
+      const throttled = await post(bridge, queue, { authorization: basic(users.alice), from: '127.0.0.50' });
+      expect(throttled.status).toBe(401);
+      expect(throttled.headers['www-authenticate']).toContain('Basic');
+      expect(throttled.headers['retry-after']).toMatch(/^\d+$/);
+      expect((await post(bridge, queue, { authorization: basic(users.alice), from: '127.0.0.51' })).status).toBe(200);
+    });
+  });
+});
+
+describe('room for callers (AMQP_CALLER_MAX_USERS)', () => {
+  it("closes nobody's connection for logins the broker refuses", async () => {
+    await withBridge({ AMQP_CALLER_MAX_USERS: '1' }, async (bridge) => {
+      const queue = `/rpc/${fixture.echoQueue}`;
+      expect((await post(bridge, queue, { authorization: basic(users.alice) })).status).toBe(200);
+      // Each from an address and as a user of its own: none of them is throttled, all reach the broker.
+      const statuses: number[] = [];
+      for (let n = 0; n < 20; n++) {
+        const bogus = basic({ name: `${prefix}-bogus-${n}`, password: 'x' });
+        statuses.push((await post(bridge, queue, { authorization: bogus, from: `127.0.1.${n + 1}` })).status);
+      }
+      expect(statuses).toEqual(Array(20).fill(401));
+      expect((await post(bridge, queue, { authorization: basic(users.alice) })).status).toBe(200);
+      // Alice logged in once: her connection was never closed to make room for a login that failed.
+      expect(await logins(bridge)).toMatchObject({ accepted: 1, refused: 20 });
+    });
+  });
+
+  it('keeps the connection of a request whose body is still arriving: the next user gets 503', async () => {
+    await withBridge({ AMQP_CALLER_MAX_USERS: '1' }, async (bridge) => {
+      const queue = `/rpc/${fixture.echoQueue}`;
+      expect((await post(bridge, queue, { authorization: basic(users.alice) })).status).toBe(200);
+      let sendRest = () => {};
+      const holdBody = new Promise<void>((resolve) => {
+        sendRest = resolve;
+      });
+      const alice = post(bridge, queue, { authorization: basic(users.alice), holdBody });
+      // Alice's connection is found at once; her body is not complete yet.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const bob = await post(bridge, `/rpc/${exchanges.bob}/k`, { authorization: basic(users.bob) });
+      sendRest();
+      expect({ alice: (await alice).status, bob: bob.status }).toEqual({ alice: 200, bob: 503 });
+    });
+  });
+});
+
+describe('connections have a maximum age (AMQP_CALLER_MAX_AGE_MS)', () => {
+  it('stops a rotated password from working once the connection made with it is past its age', async () => {
+    const erin = await brokerUser(`${prefix}-erin`);
+    const rotated = `rotated-${randomBytes(6).toString('hex')}`;
+    await withBridge({ AMQP_CALLER_MAX_AGE_MS: '2000' }, async (bridge) => {
+      const queue = `/rpc/${fixture.echoQueue}`;
+      const loggedInAt = Date.now();
+      expect((await post(bridge, queue, { authorization: basic(erin) })).status).toBe(200);
+      await admin.changePassword(erin.name, rotated);
+      // Within its age the open connection still carries the old password's calls...
+      expect((await post(bridge, queue, { authorization: basic(erin) })).status).toBe(200);
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, loggedInAt + 2_200 - Date.now())));
+      // ...past it the next request logs in again, and the broker refuses the old password.
+      const old = await post(bridge, queue, { authorization: basic(erin) });
+      expect(old.status).toBe(401);
+      expect((await post(bridge, queue, { authorization: basic({ name: erin.name, password: rotated }) })).status).toBe(
+        200,
+      );
+    });
+  });
+
+  it('lets a call under way finish on the old connection, then closes it', async () => {
+    const frank = await brokerUser(`${prefix}-frank`);
+    await withBridge({ AMQP_CALLER_MAX_AGE_MS: '1500' }, async (bridge) => {
+      const queue = `/rpc/${fixture.echoQueue}`;
+      const slow = post(bridge, queue, { authorization: basic(frank), headers: { 'Amqp-Header-delay-ms': '2500' } });
+      await new Promise((resolve) => setTimeout(resolve, 1_700));
+      // Past its age: this one gets a new connection, while the slow call is still on the old one.
+      expect((await post(bridge, queue, { authorization: basic(frank) })).status).toBe(200);
+      expect(await logins(bridge)).toMatchObject({ accepted: 2 });
+      expect(await bridge.metric('amqp_caller_connections')).toBe(2);
+      expect((await slow).status).toBe(200);
+      await waitFor(
+        async () => (await bridge.metric('amqp_caller_connections')) === 1,
+        5_000,
+        'the old connection to close once its call was answered',
+      );
+    });
+  });
+});
+
+describe('broker users and passwords outside ASCII', () => {
+  it('log in as they are (UTF-8), never mangled through a URL', async () => {
+    const jurgen = await brokerUser(
+      `jürgen-${randomBytes(4).toString('hex')}`,
+      `pässwörd-${randomBytes(4).toString('hex')}`,
+    );
+    const res = await post(fixture.bridge, `/rpc/${fixture.echoQueue}`, { authorization: basic(jurgen) });
+    expect({ status: res.status, body: res.body }).toEqual({ status: 200, body: 'hello' });
+  });
+});
+
+describe('AUTH_TOKENS with AMQP_IDENTITY=caller', () => {
+  it('refuses to start (exit 78), naming both and what to use instead', async () => {
+    const { code, stdout, stderr } = await runBridgeProcessUntilExit(
+      { AMQP_IDENTITY: 'caller', AUTH_TOKENS: `token-${randomBytes(12).toString('hex')}` },
+      10_000,
+    );
+    expect(code, stdout + stderr).toBe(78);
+    expect(stderr).toMatch(/AUTH_TOKENS.*AMQP_IDENTITY=caller/);
+    expect(stderr).toContain('brokerUser');
   });
 });

@@ -9,6 +9,7 @@ import { exportSPKI, generateKeyPair, SignJWT } from 'jose';
 import request from 'supertest';
 import { describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
+import { runBridgeProcessUntilExit, startBridgeProcess } from '../helpers/bridge-process.js';
 import { useEchoBridge } from '../helpers/fixture.js';
 
 const ISSUER = 'https://idp.test';
@@ -24,6 +25,7 @@ const fixture = useEchoBridge({
   JWT_PUBLIC_KEY_FILE: keyFile,
   JWT_ISSUER: ISSUER,
   JWT_AUDIENCE: AUDIENCE,
+  JWT_MAX_LIFETIME_SECONDS: '3600',
   ROUTES_FILE: routesFile,
   ROUTES_RAW_ENABLED: 'true',
 });
@@ -76,6 +78,11 @@ describe('JWT callers', () => {
     ['expired', () => token({ roles: ['orders.write'] }, { expiresIn: '-2m' }), 'expired'],
     ['for another audience', () => token({ roles: ['orders.write'] }, { aud: 'someone-else' }), 'audience'],
     ['signed by another key', () => token({ roles: ['orders.write'] }, { key: other.privateKey }), 'signature'],
+    [
+      'living ten years (JWT_MAX_LIFETIME_SECONDS)',
+      () => token({ roles: ['orders.write'] }, { expiresIn: '3650d' }),
+      'lifetime',
+    ],
   ])('refuses a token %s with 401, saying why and never echoing it', async (_case, make, reason) => {
     const jwt = await make();
     const res = await post('/orders', jwt);
@@ -83,5 +90,41 @@ describe('JWT callers', () => {
     expect(res.headers['www-authenticate']).toContain('error="invalid_token"');
     expect(`${res.headers['www-authenticate']} ${res.body.detail}`.toLowerCase()).toContain(reason);
     expect(res.text).not.toContain(jwt.split('.')[2]);
+  });
+});
+
+describe('JWT set-up at start', () => {
+  it('refuses to start without JWT_AUDIENCE (exit 78), naming it and the opt-out', async () => {
+    const { code, stdout, stderr } = await runBridgeProcessUntilExit(
+      { JWT_PUBLIC_KEY_FILE: keyFile, JWT_ISSUER: ISSUER },
+      10_000,
+    );
+    expect(code, stdout + stderr).toBe(78);
+    expect(stderr).toContain('JWT_AUDIENCE');
+    expect(stderr).toContain('JWT_ALLOW_ANY_AUDIENCE=true');
+  });
+
+  it('warns when JWT_ISSUER is unset or any audience is allowed, and then accepts a token for another application', async () => {
+    const bridge = await startBridgeProcess({
+      JWT_PUBLIC_KEY_FILE: keyFile,
+      JWT_ALLOW_ANY_AUDIENCE: 'true',
+      ROUTES_FILE: routesFile,
+    });
+    try {
+      const warnings = bridge.logs.filter((line) => line.level === 40).map((line) => String(line.msg));
+      expect(warnings).toEqual(
+        expect.arrayContaining([
+          expect.stringContaining('JWT_ISSUER'),
+          expect.stringContaining('JWT_ALLOW_ANY_AUDIENCE'),
+        ]),
+      );
+      const res = await request(bridge.baseUrl)
+        .post('/orders')
+        .set('Authorization', `Bearer ${await token({ roles: ['orders.write'] }, { aud: 'some-other-app' })}`)
+        .send('order');
+      expect(res.status).toBe(200);
+    } finally {
+      await bridge.stop();
+    }
   });
 });

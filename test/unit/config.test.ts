@@ -63,8 +63,6 @@ describe('loadConfig', () => {
         LOG_LEVEL: 'debug',
         LOG_MAX_BUFFER_BYTES: '65536',
         APP_ID: 'bridge-under-test',
-        AUTH_TOKENS: 'aaaaaaaaaaaaaaaa',
-        AUTH_TOKENS_FILE: join(tokens, 'tokens'),
         AUTH_PROTECT_METRICS: 'true',
         ALLOWED_QUEUES: 'orders.*, billing',
         ALLOWED_EXCHANGES: 'amq.topic',
@@ -80,6 +78,7 @@ describe('loadConfig', () => {
         AMQP_IDENTITY: 'caller',
         AMQP_CALLER_MAX_USERS: '5',
         AMQP_CALLER_IDLE_MS: '2000',
+        AMQP_CALLER_MAX_AGE_MS: '30000',
         AMQP_CALLER_CHANNELS: '2',
         JWT_PUBLIC_KEY_FILE: '/keys/jwt.pem',
         JWT_ISSUER: 'https://idp.example',
@@ -87,10 +86,19 @@ describe('loadConfig', () => {
         JWT_ALGORITHMS: 'ES256',
         JWT_ROLES_CLAIM: 'scope',
         JWT_CLOCK_TOLERANCE_SECONDS: '5',
+        JWT_MAX_LIFETIME_SECONDS: '3600',
       };
-      // One JWT key source at a time: the other two are read in jwt-verifier.test.ts.
-      const otherKeySources = ['JWT_JWKS_FILE', 'JWT_SECRET_FILE'];
-      expect(Object.keys(env).sort()).toEqual(documentedVariables().filter((name) => !otherKeySources.includes(name)));
+      // One JWT key source at a time, and JWT_ALLOW_ANY_AUDIENCE not with JWT_AUDIENCE: those are read
+      // in jwt-verifier.test.ts. AUTH_TOKENS and AUTH_TOKENS_FILE cannot go with AMQP_IDENTITY=caller:
+      // they are read below.
+      const readApart = [
+        'JWT_JWKS_FILE',
+        'JWT_SECRET_FILE',
+        'JWT_ALLOW_ANY_AUDIENCE',
+        'AUTH_TOKENS',
+        'AUTH_TOKENS_FILE',
+      ];
+      expect(Object.keys(env).sort()).toEqual(documentedVariables().filter((name) => !readApart.includes(name)));
       expect(loadConfig(env)).toEqual({
         host: '127.0.0.2',
         port: 9000,
@@ -118,7 +126,7 @@ describe('loadConfig', () => {
         logLevel: 'debug',
         logMaxBufferBytes: 65536,
         appId: 'bridge-under-test',
-        authTokens: ['aaaaaaaaaaaaaaaa', 'bbbbbbbbbbbbbbbb'],
+        authTokens: [],
         authProtectMetrics: true,
         allowedQueues: ['orders.*', 'billing'],
         allowedExchanges: ['amq.topic'],
@@ -129,6 +137,7 @@ describe('loadConfig', () => {
         amqpIdentity: 'caller',
         callerMaxUsers: 5,
         callerIdleMs: 2000,
+        callerMaxAgeMs: 30000,
         callerChannels: 2,
         jwt: {
           keyFile: '/keys/jwt.pem',
@@ -137,8 +146,11 @@ describe('loadConfig', () => {
           algorithms: ['ES256'],
           rolesClaim: 'scope',
           clockToleranceSeconds: 5,
+          maxLifetimeSeconds: 3600,
         },
       });
+      const withTokens = { AUTH_TOKENS: 'aaaaaaaaaaaaaaaa', AUTH_TOKENS_FILE: join(tokens, 'tokens') };
+      expect(loadConfig(withTokens).authTokens).toEqual(['aaaaaaaaaaaaaaaa', 'bbbbbbbbbbbbbbbb']);
     } finally {
       rmSync(tokens, { recursive: true, force: true });
     }
@@ -175,6 +187,27 @@ describe('loadConfig', () => {
   ])('refuses %j with a message naming the variable', (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);
+  });
+
+  it('refuses AUTH_TOKENS with AMQP_IDENTITY=caller, naming both and what to use instead', () => {
+    const token = 'a-token-of-at-least-16-characters';
+    const dir = mkdtempSync(join(tmpdir(), 'config-test-'));
+    try {
+      writeFileSync(join(dir, 'tokens'), `${token}\n`);
+      for (const env of [
+        { AMQP_IDENTITY: 'caller', AUTH_TOKENS: token },
+        { AMQP_IDENTITY: 'caller', AUTH_TOKENS_FILE: join(dir, 'tokens') },
+      ]) {
+        expect(() => loadConfig(env)).toThrow(ConfigError);
+        expect(() => loadConfig(env)).toThrow(
+          "AUTH_TOKENS/AUTH_TOKENS_FILE cannot be used with AMQP_IDENTITY=caller: every call then goes over the caller's own broker user, which those tokens do not name. Give each token holder a token in ROUTES_FILE with brokerUser and brokerPasswordFile instead",
+        );
+        expect(() => loadConfig(env)).not.toThrow(token);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(loadConfig({ AMQP_IDENTITY: 'bridge', AUTH_TOKENS: token }).authTokens).toEqual([token]);
   });
 
   it('never puts the AMQP password in an error or a loggable view', () => {

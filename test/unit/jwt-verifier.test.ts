@@ -293,9 +293,32 @@ describe('JwtVerifier.verify', () => {
   });
 
   it('refuses a token without exp', async () => {
-    const verifier = await JwtVerifier.load(settings({ issuer: undefined, audience: undefined }));
+    const verifier = await JwtVerifier.load(
+      settings({ issuer: undefined, audience: undefined, allowAnyAudience: true }),
+    );
     const forever = await sign(rsa.privateKey, { exp: undefined });
     expect((await refusal(verifier, forever)).detail).toBe('The bearer token lacks the exp claim');
+  });
+
+  it('refuses a token that lives longer than the maximum lifetime: exp - iat, or exp - now without iat', async () => {
+    const verifier = await JwtVerifier.load(settings({ maxLifetimeSeconds: 3600 }));
+    expect((await verifier.verify(await sign(rsa.privateKey, { exp: now() + 3600 }))).subject).toBe('caller-1');
+    const tenYears = await sign(rsa.privateKey, { exp: now() + 10 * 365 * 86_400 });
+    expect((await refusal(verifier, tenYears)).detail).toBe(
+      'The bearer token has too long a lifetime (exp - iat above 3600 s)',
+    );
+    // Issued long ago, still valid for a minute: its lifetime is what counts, not what is left of it.
+    const oldLongLived = await sign(rsa.privateKey, { iat: now() - 86_400, exp: now() + 60 });
+    expect((await refusal(verifier, oldLongLived)).detail).toMatch(/too long a lifetime/);
+    const noIat = await sign(rsa.privateKey, { iat: undefined, exp: now() + 7200 });
+    expect((await refusal(verifier, noIat)).detail).toBe(
+      'The bearer token has too long a lifetime (exp - now above 3600 s, no iat)',
+    );
+    expect((await verifier.verify(await sign(rsa.privateKey, { iat: undefined, exp: now() + 600 }))).subject).toBe(
+      'caller-1',
+    );
+    // Without a maximum, a long-lived token is the identity provider's business.
+    expect((await (await JwtVerifier.load(settings())).verify(tenYears)).subject).toBe('caller-1');
   });
 
   it('verifies HS256 tokens with a shared secret file, and refuses other secrets', async () => {
@@ -383,6 +406,14 @@ describe('JwtVerifier.load', () => {
     ).toBe(`JWT_SECRET_FILE (${short}) holds fewer than 32 bytes: too short a secret`);
   });
 
+  it('refuses settings without an audience unless any audience is allowed in so many words', async () => {
+    expect(await configError(JwtVerifier.load(settings({ audience: undefined })))).toBe(
+      'JWT_AUDIENCE is required with JWT verification (a token for any other application would pass); set it, or JWT_ALLOW_ANY_AUDIENCE=true to accept any audience',
+    );
+    const any = await JwtVerifier.load(settings({ audience: undefined, allowAnyAudience: true }));
+    expect((await any.verify(await sign(rsa.privateKey, { aud: 'some-other-app' }))).subject).toBe('caller-1');
+  });
+
   it('refuses settings with two key sources, or none', async () => {
     expect(await configError(JwtVerifier.load(settings({ jwksFile })))).toMatch(
       /JWT_PUBLIC_KEY_FILE and JWT_JWKS_FILE set$/,
@@ -435,6 +466,7 @@ describe('jwtSettingsFromEnv', () => {
         JWT_ALGORITHMS: 'ES256,EdDSA',
         JWT_ROLES_CLAIM: 'scope',
         JWT_CLOCK_TOLERANCE_SECONDS: '5',
+        JWT_MAX_LIFETIME_SECONDS: '3600',
       }),
     ).toEqual({
       jwksFile: '/keys/jwks.json',
@@ -443,6 +475,7 @@ describe('jwtSettingsFromEnv', () => {
       algorithms: ['ES256', 'EdDSA'],
       rolesClaim: 'scope',
       clockToleranceSeconds: 5,
+      maxLifetimeSeconds: 3600,
     });
     expect(jwtSettingsFromEnv({ JWT_PUBLIC_KEY_FILE: '/keys/key.pem', JWT_AUDIENCE: 'bridge' })).toEqual({
       keyFile: '/keys/key.pem',
@@ -451,17 +484,48 @@ describe('jwtSettingsFromEnv', () => {
       rolesClaim: 'roles',
       clockToleranceSeconds: 30,
     });
-    expect(jwtSettingsFromEnv({ JWT_SECRET_FILE: '/keys/secret' })?.algorithms).toEqual(['HS256']);
+    expect(jwtSettingsFromEnv({ JWT_SECRET_FILE: '/keys/secret', JWT_AUDIENCE: 'bridge' })?.algorithms).toEqual([
+      'HS256',
+    ]);
+    expect(jwtSettingsFromEnv({ JWT_SECRET_FILE: '/keys/secret', JWT_ALLOW_ANY_AUDIENCE: 'true' })).toEqual({
+      secretFile: '/keys/secret',
+      allowAnyAudience: true,
+      algorithms: ['HS256'],
+      rolesClaim: 'roles',
+      clockToleranceSeconds: 30,
+    });
+  });
+
+  it('needs JWT_AUDIENCE, or JWT_ALLOW_ANY_AUDIENCE=true, never both', () => {
+    expect(thrown({ JWT_PUBLIC_KEY_FILE: '/a.pem' })).toBe(
+      'JWT_AUDIENCE is required with JWT verification (a token for any other application would pass); set it, or JWT_ALLOW_ANY_AUDIENCE=true to accept any audience',
+    );
+    expect(thrown({ JWT_PUBLIC_KEY_FILE: '/a.pem', JWT_ALLOW_ANY_AUDIENCE: 'false' })).toMatch(
+      /^JWT_AUDIENCE is required/,
+    );
+    expect(thrown({ JWT_PUBLIC_KEY_FILE: '/a.pem', JWT_AUDIENCE: 'bridge', JWT_ALLOW_ANY_AUDIENCE: 'true' })).toBe(
+      'JWT_AUDIENCE and JWT_ALLOW_ANY_AUDIENCE=true contradict each other: set one of them',
+    );
+  });
+
+  it('refuses a maximum lifetime that is not a whole number of seconds from 60 to 31536000', () => {
+    const key = { JWT_PUBLIC_KEY_FILE: '/a.pem', JWT_AUDIENCE: 'bridge' };
+    expect(thrown({ ...key, JWT_MAX_LIFETIME_SECONDS: '1h' })).toBe(
+      'JWT_MAX_LIFETIME_SECONDS must be a whole number, got "1h"',
+    );
+    expect(thrown({ ...key, JWT_MAX_LIFETIME_SECONDS: '59' })).toBe(
+      'JWT_MAX_LIFETIME_SECONDS must be between 60 and 31536000, got 59',
+    );
   });
 
   it('names both variables when the public key and the JWKS are both set', () => {
-    expect(thrown({ JWT_PUBLIC_KEY_FILE: '/a.pem', JWT_JWKS_FILE: '/b.json' })).toBe(
+    expect(thrown({ JWT_PUBLIC_KEY_FILE: '/a.pem', JWT_JWKS_FILE: '/b.json', JWT_AUDIENCE: 'bridge' })).toBe(
       'Set exactly one of JWT_PUBLIC_KEY_FILE, JWT_JWKS_FILE or JWT_SECRET_FILE; JWT_PUBLIC_KEY_FILE and JWT_JWKS_FILE set',
     );
   });
 
   it('refuses algorithms off the allow-list, none and HS* without a secret among them', () => {
-    const key = { JWT_PUBLIC_KEY_FILE: '/a.pem' };
+    const key = { JWT_PUBLIC_KEY_FILE: '/a.pem', JWT_AUDIENCE: 'bridge' };
     expect(thrown({ ...key, JWT_ALGORITHMS: 'RS256,none' })).toMatch(
       /^JWT_ALGORITHMS: it must list only RS256, .*got "none"$/,
     );
@@ -469,14 +533,14 @@ describe('jwtSettingsFromEnv', () => {
     expect(thrown({ ...key, JWT_ALGORITHMS: 'HS256' })).toBe(
       'JWT_ALGORITHMS: HS256 needs a shared secret (JWT_SECRET_FILE), not a public key',
     );
-    expect(thrown({ JWT_SECRET_FILE: '/s', JWT_ALGORITHMS: 'RS256' })).toBe(
+    expect(thrown({ JWT_SECRET_FILE: '/s', JWT_AUDIENCE: 'bridge', JWT_ALGORITHMS: 'RS256' })).toBe(
       'JWT_ALGORITHMS: RS256 needs a public key, and JWT_SECRET_FILE holds a shared secret',
     );
     expect(thrown({ ...key, JWT_ALGORITHMS: ' , ' })).toBe('JWT_ALGORITHMS lists nothing');
   });
 
   it('refuses a clock tolerance that is not a whole number of seconds up to 600', () => {
-    const key = { JWT_PUBLIC_KEY_FILE: '/a.pem' };
+    const key = { JWT_PUBLIC_KEY_FILE: '/a.pem', JWT_AUDIENCE: 'bridge' };
     for (const value of ['-1', '1.5', '30s']) {
       expect(thrown({ ...key, JWT_CLOCK_TOLERANCE_SECONDS: value })).toBe(
         `JWT_CLOCK_TOLERANCE_SECONDS must be a whole number, got ${JSON.stringify(value)}`,
@@ -507,10 +571,12 @@ describe('jwtSettingsFromEnv', () => {
     expect(jwtSettingsFromEnv(recorder)).toBeUndefined();
     expect([...read].sort()).toEqual([
       'JWT_ALGORITHMS',
+      'JWT_ALLOW_ANY_AUDIENCE',
       'JWT_AUDIENCE',
       'JWT_CLOCK_TOLERANCE_SECONDS',
       'JWT_ISSUER',
       'JWT_JWKS_FILE',
+      'JWT_MAX_LIFETIME_SECONDS',
       'JWT_PUBLIC_KEY_FILE',
       'JWT_ROLES_CLAIM',
       'JWT_SECRET_FILE',

@@ -27,8 +27,15 @@ export interface JwtSettings {
   readonly secretFile?: string;
   /** The `iss` every token must carry; unset, any issuer passes. */
   readonly issuer?: string;
-  /** The `aud` a token must carry (one of them, for a list); unset, any audience passes. */
+  /** The `aud` a token must carry (one of them, for a list). Required unless `allowAnyAudience`. */
   readonly audience?: string | readonly string[];
+  /**
+   * JWT_ALLOW_ANY_AUDIENCE=true: no `aud` check, so a token the key signed for any other application
+   * passes too. Only in so many words: without it, a missing audience stops the start.
+   */
+  readonly allowAnyAudience?: boolean;
+  /** Tokens living longer than this (`exp - iat`, or `exp - now` without `iat`) are refused; unset: any. */
+  readonly maxLifetimeSeconds?: number;
   readonly algorithms: readonly JwtAlgorithm[];
   /** The claim holding the caller's roles: an array of strings, or a space-separated string for `scope`/`scp`. */
   readonly rolesClaim: string;
@@ -63,6 +70,8 @@ export function jwtSettingsFromEnv(env: Env): JwtSettings | undefined {
     JWT_ALGORITHMS: read('JWT_ALGORITHMS'),
     JWT_ROLES_CLAIM: read('JWT_ROLES_CLAIM'),
     JWT_CLOCK_TOLERANCE_SECONDS: read('JWT_CLOCK_TOLERANCE_SECONDS'),
+    JWT_ALLOW_ANY_AUDIENCE: read('JWT_ALLOW_ANY_AUDIENCE'),
+    JWT_MAX_LIFETIME_SECONDS: read('JWT_MAX_LIFETIME_SECONDS'),
   };
   const keyNames = keyVariablesSet(files);
   if (keyNames.length === 0) {
@@ -83,8 +92,46 @@ export function jwtSettingsFromEnv(env: Env): JwtSettings | undefined {
   if (others.JWT_ISSUER !== undefined) settings.issuer = others.JWT_ISSUER;
   const audience = reader.list('JWT_AUDIENCE');
   if (audience !== undefined) settings.audience = audience.length === 1 ? (audience[0] as string) : audience;
+  if (reader.boolean('JWT_ALLOW_ANY_AUDIENCE', false)) {
+    if (audience !== undefined) {
+      throw new ConfigError('JWT_AUDIENCE and JWT_ALLOW_ANY_AUDIENCE=true contradict each other: set one of them');
+    }
+    settings.allowAnyAudience = true;
+  }
+  if (others.JWT_MAX_LIFETIME_SECONDS !== undefined) {
+    settings.maxLifetimeSeconds = reader.integer('JWT_MAX_LIFETIME_SECONDS', 0, 60, 31_536_000);
+  }
   checkOneKey(settings);
+  checkAudience(settings);
   return Object.freeze(settings);
+}
+
+/**
+ * Without an audience, a token the identity provider signed for any other application (its `aud`
+ * another service's) would open this bridge: it takes JWT_AUDIENCE, or an explicit opt-out.
+ */
+export function checkAudience(settings: JwtSettings): void {
+  if (settings.audience === undefined && settings.allowAnyAudience !== true) {
+    throw new ConfigError(
+      'JWT_AUDIENCE is required with JWT verification (a token for any other application would pass); set it, or JWT_ALLOW_ANY_AUDIENCE=true to accept any audience',
+    );
+  }
+}
+
+/** What the JWT settings leave open that an operator should hear about at start (one line each). */
+export function jwtWarnings(settings: JwtSettings): string[] {
+  const warnings: string[] = [];
+  if (settings.issuer === undefined) {
+    warnings.push(
+      "JWT_ISSUER is unset: tokens from any issuer the key verifies are accepted; set it to your identity provider's issuer",
+    );
+  }
+  if (settings.allowAnyAudience === true) {
+    warnings.push(
+      "JWT_ALLOW_ANY_AUDIENCE=true: tokens meant for any application are accepted; set JWT_AUDIENCE to this bridge's",
+    );
+  }
+  return warnings;
 }
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };

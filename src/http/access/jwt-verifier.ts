@@ -11,6 +11,7 @@ import { ConfigError } from '../../config-error.js';
 import { HttpProblem } from '../problems.js';
 import { BEARER_CHALLENGE } from './access-control.js';
 import {
+  checkAudience,
   checkOneKey,
   type JwtAlgorithm,
   type JwtSettings,
@@ -51,6 +52,7 @@ export class JwtVerifier {
    */
   static async load(settings: JwtSettings, options: JwtVerifierOptions = {}): Promise<JwtVerifier> {
     checkOneKey(settings);
+    checkAudience(settings);
     const { key, algorithms } = await loadKey(settings);
     return new JwtVerifier(key, algorithms, settings, options.now);
   }
@@ -65,7 +67,8 @@ export class JwtVerifier {
   }
 
   async verify(token: string): Promise<JwtCaller> {
-    const { issuer, audience, clockToleranceSeconds, rolesClaim } = this.settings;
+    const { issuer, audience, clockToleranceSeconds, rolesClaim, maxLifetimeSeconds } = this.settings;
+    const now = this.now?.();
     let payload: JWTPayload;
     try {
       ({ payload } = await jwtVerify(token, this.key, {
@@ -74,10 +77,14 @@ export class JwtVerifier {
         clockTolerance: clockToleranceSeconds,
         ...(issuer === undefined ? {} : { issuer }),
         ...(audience === undefined ? {} : { audience: typeof audience === 'string' ? audience : [...audience] }),
-        ...(this.now === undefined ? {} : { currentDate: this.now() }),
+        ...(now === undefined ? {} : { currentDate: now }),
       }));
     } catch (err) {
-      throw refusal(err);
+      throw refusal(reasonFor(err));
+    }
+    if (maxLifetimeSeconds !== undefined) {
+      const tooLong = lifetimeExceeded(payload, maxLifetimeSeconds, clockToleranceSeconds, now ?? new Date());
+      if (tooLong !== undefined) throw refusal(tooLong);
     }
     const caller = {
       subject: typeof payload.sub === 'string' ? payload.sub : undefined,
@@ -122,9 +129,25 @@ function rolesOf(payload: JWTPayload, claim: string): readonly string[] {
   return NO_ROLES;
 }
 
+/**
+ * Why a verified token lives too long, or undefined. Its lifetime is `exp - iat`: a token issued long
+ * ago counts as long-lived however little of it is left. Without `iat` all that can be measured is
+ * what is left, `exp - now` (with the clock tolerance, for a clock that is behind).
+ */
+function lifetimeExceeded(payload: JWTPayload, maxSeconds: number, toleranceSeconds: number, now: Date) {
+  const exp = payload.exp as number; // required (requiredClaims), and a number: jose has checked both
+  if (typeof payload.iat === 'number') {
+    return exp - payload.iat > maxSeconds ? `has too long a lifetime (exp - iat above ${maxSeconds} s)` : undefined;
+  }
+  const left = exp - Math.floor(now.getTime() / 1000);
+  return left > maxSeconds + toleranceSeconds
+    ? `has too long a lifetime (exp - now above ${maxSeconds} s, no iat)`
+    : undefined;
+}
+
 /** The 401 for a refused token. The reasons are fixed texts: nothing of the token is echoed. */
-function refusal(err: unknown): HttpProblem {
-  const detail = `The bearer token ${reasonFor(err)}`;
+function refusal(reason: string): HttpProblem {
+  const detail = `The bearer token ${reason}`;
   return new HttpProblem('unauthorized', detail, {
     challenge: `${BEARER_CHALLENGE}, error="invalid_token", error_description="${detail}"`,
   });
