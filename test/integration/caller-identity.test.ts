@@ -16,7 +16,7 @@ import { stringify } from 'yaml';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
 import { runBridgeProcessUntilExit } from '../helpers/bridge-process.js';
-import { AMQP_URL, uniqueName } from '../helpers/broker.js';
+import { AMQP_URL, startRawWorker, uniqueName } from '../helpers/broker.js';
 import { brokerAdmin } from '../helpers/broker-admin.js';
 import { useEchoBridge } from '../helpers/fixture.js';
 import { startTcpProxy } from '../helpers/tcp-proxy.js';
@@ -166,6 +166,21 @@ describe('callers with their own broker users', () => {
       'idle caller connections to close',
     );
     expect((await call(`/rpc/${fixture.echoQueue}`, basic(users.alice))).status).toBe(200);
+  });
+});
+
+describe('what the worker hears of a caller with its own broker user', () => {
+  it('is the broker user as x-caller, or the name of the token mapped to one', async () => {
+    const queue = `${prefix}.heard`;
+    const heard: unknown[] = [];
+    await startRawWorker(fixture.broker, queue, (message, reply) => {
+      heard.push(message.properties.headers?.['x-caller']);
+      if (message.properties.replyTo) reply(Buffer.from('ok'), {});
+    });
+    await fixture.broker.channel.bindQueue(queue, exchanges.bob, 'k');
+    expect((await call(`/rpc/${queue}`, basic(users.alice))).status).toBe(200);
+    expect((await call('/bob/events', `Bearer ${BOB_TOKEN}`)).status).toBe(200);
+    expect(heard).toEqual([users.alice.name, 'bob-service']);
   });
 });
 

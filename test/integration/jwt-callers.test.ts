@@ -10,6 +10,7 @@ import request from 'supertest';
 import { describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { runBridgeProcessUntilExit, startBridgeProcess } from '../helpers/bridge-process.js';
+import { startRawWorker, uniqueName } from '../helpers/broker.js';
 import { useEchoBridge } from '../helpers/fixture.js';
 
 const ISSUER = 'https://idp.test';
@@ -90,6 +91,19 @@ describe('JWT callers', () => {
     expect(res.headers['www-authenticate']).toContain('error="invalid_token"');
     expect(`${res.headers['www-authenticate']} ${res.body.detail}`.toLowerCase()).toContain(reason);
     expect(res.text).not.toContain(jwt.split('.')[2]);
+  });
+});
+
+describe('what the worker hears of a JWT caller', () => {
+  it("is the token's subject as x-caller", async () => {
+    const queue = uniqueName('jwt-caller');
+    const heard: unknown[] = [];
+    await startRawWorker(fixture.broker, queue, (message, reply) => {
+      heard.push(message.properties.headers?.['x-caller']);
+      reply(Buffer.from('ok'), {});
+    });
+    expect((await post(`/rpc/${queue}`, await token({}))).status).toBe(200);
+    expect(heard).toEqual(['svc-checkout']);
   });
 });
 
