@@ -23,7 +23,7 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import amqp, { type ChannelModel, type ConsumeMessage } from 'amqplib';
-import { ConfigError } from '../src/config.js';
+import { ConfigError } from '../src/config/config-error.js';
 import { type ReplyFate, ReplyPublisher } from './reply-publisher.js';
 import { type ProcessSpan, startWorkerTracing, type WorkerTracing, type WorkOutcome } from './worker-tracing.js';
 

@@ -5,7 +5,7 @@
  * `undefined` check per request.
  */
 import type { ConsumeMessage } from 'amqplib';
-import { loadTracingConfig } from '../src/config.js';
+import { loadTracingConfig } from '../src/config/tracing-settings.js';
 
 /**
  * How the worker was done with a request: `replied` (the broker confirmed the reply), `nacked` (the

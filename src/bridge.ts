@@ -4,7 +4,7 @@ import type { Express } from 'express';
 import type { Logger } from 'pino';
 import { Registry, type RegistryContentType } from 'prom-client';
 import { CallerBrokerPools } from './caller-brokers.js';
-import type { Config } from './config.js';
+import type { Config } from './config/config.js';
 import type { BearerTokenVerifier } from './http/access/access-control.js';
 import { CallerQuota } from './http/access/caller-quota.js';
 import { createHttpEdge } from './http/app.js';

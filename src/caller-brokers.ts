@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
-import type { Config } from './config.js';
+import type { Config } from './config/config.js';
 import { BASIC_CHALLENGE, type BrokerLogin } from './http/access/access-control.js';
 import { HttpProblem } from './http/problems.js';
 import type { CallerBrokers, CallerLease } from './http/rpc-route.js';

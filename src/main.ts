@@ -1,7 +1,10 @@
 import { createBridge } from './bridge.js';
-import { ConfigError, loadConfig, loggableConfig, unknownVariables } from './config.js';
+import { loadConfig } from './config/config.js';
+import { ConfigError } from './config/config-error.js';
+import { jwtWarnings } from './config/jwt-settings.js';
+import { loggableConfig } from './config/redact.js';
+import { unknownVariables } from './config/unknown-variables.js';
 import { toError } from './errors.js';
-import { jwtWarnings } from './http/access/jwt-settings.js';
 import { RoutesFileError } from './http/routes/routes-file.js';
 import { listen } from './http/server.js';
 import { createLogger } from './observability/logger.js';

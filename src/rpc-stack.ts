@@ -3,7 +3,7 @@ import { BrokerConnection, type BrokerConnectionOptions } from './amqp/broker-co
 import { ChannelPool } from './amqp/channel-pool.js';
 import { ExchangeChecker } from './amqp/exchange-checker.js';
 import { type ReplySource, RpcChannel } from './amqp/rpc-channel.js';
-import type { Config } from './config.js';
+import type { Config } from './config/config.js';
 import type { Metrics } from './observability/metrics.js';
 import { RpcClient } from './rpc/rpc-client.js';
 

@@ -1,7 +1,7 @@
 import { randomInt } from 'node:crypto';
 import amqp, { type ChannelModel } from 'amqplib';
 import type { Logger } from 'pino';
-import { redactUrl } from '../config.js';
+import { redactUrl } from '../config/redact.js';
 import { toError } from '../errors.js';
 import { reconnectDelay } from './backoff.js';
 

@@ -1,5 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { REPLY_TO_QUEUES } from '../config.js';
+import { REPLY_TO_QUEUES } from '../config/config.js';
 import type { RpcRequest } from '../rpc/rpc-request.js';
 import { HttpProblem } from './problems.js';
 import { traceContextFor } from './trace-context.js';

@@ -4,13 +4,7 @@
  * so a bridge without OTEL_* loads no OpenTelemetry code and pays nothing for it.
  */
 
-/** How tracing is configured (config.ts decides from OTEL_*; the SDK reads its other OTEL_* itself). */
-export interface TracingConfig {
-  readonly exporter: 'otlp' | 'console';
-  readonly protocol: 'http/protobuf' | 'http/json';
-  /** service.name when OTEL_SERVICE_NAME (or OTEL_RESOURCE_ATTRIBUTES) sets none. */
-  readonly serviceName: string;
-}
+export type { TracingConfig } from '../config/tracing-settings.js';
 
 /** The caller's trace, already parsed by the edge (W3C `traceparent` and `tracestate`). */
 export interface ParentTrace {

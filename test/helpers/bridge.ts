@@ -1,7 +1,7 @@
 import type { RequestListener } from 'node:http';
 import { Writable } from 'node:stream';
 import { type Bridge, createBridge } from '../../src/bridge.js';
-import { type Config, loadConfig } from '../../src/config.js';
+import { type Config, loadConfig } from '../../src/config/config.js';
 import { JwtVerifier } from '../../src/http/access/jwt-verifier.js';
 import { listen, type RunningServer } from '../../src/http/server.js';
 import { createLogger } from '../../src/observability/logger.js';

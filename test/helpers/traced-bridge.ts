@@ -1,5 +1,5 @@
 import { type Bridge, createBridge } from '../../src/bridge.js';
-import { loadConfig } from '../../src/config.js';
+import { loadConfig } from '../../src/config/config.js';
 import type { RunningServer } from '../../src/http/server.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createOtelTracing } from '../../src/observability/otel-tracing.js';

@@ -1,7 +1,7 @@
 import request from 'supertest';
 import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { startEchoWorker } from '../../examples/echo-worker.js';
-import { redactUrl } from '../../src/config.js';
+import { redactUrl } from '../../src/config/redact.js';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { startTestBridge, waitFor } from '../helpers/bridge.js';
 import { AMQP_URL, startRawWorker, uniqueName } from '../helpers/broker.js';

@@ -144,7 +144,7 @@ function listRoutes(app: unknown): RouteInfo[] {
 /** A bridge pointed at a port where no broker listens; it serves HTTP but never becomes ready. */
 async function startOfflineBridge() {
   const { createBridge } = await import('../../src/bridge.js');
-  const { loadConfig } = await import('../../src/config.js');
+  const { loadConfig } = await import('../../src/config/config.js');
   const { createLogger } = await import('../../src/observability/logger.js');
   const config = loadConfig({
     AMQP_URL: 'amqp://guest:guest@127.0.0.1:1',

@@ -2,7 +2,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig, loggableConfig, redactUrl, unknownVariables } from '../../src/config.js';
+import { loadConfig } from '../../src/config/config.js';
+import { ConfigError } from '../../src/config/config-error.js';
+import { loggableConfig, redactUrl } from '../../src/config/redact.js';
+import { unknownVariables } from '../../src/config/unknown-variables.js';
 
 describe('loadConfig', () => {
   it('has working defaults for a local broker', () => {

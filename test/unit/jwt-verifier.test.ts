@@ -14,8 +14,8 @@ import {
   UnsecuredJWT,
 } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError } from '../../src/config.js';
-import { type JwtSettings, jwtSettingsFromEnv } from '../../src/http/access/jwt-settings.js';
+import { ConfigError } from '../../src/config/config-error.js';
+import { type JwtSettings, jwtSettingsFromEnv } from '../../src/config/jwt-settings.js';
 import { JwtVerifier, looksLikeJwt } from '../../src/http/access/jwt-verifier.js';
 import { HttpProblem } from '../../src/http/problems.js';
 

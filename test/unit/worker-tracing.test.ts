@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { startWorkerTracing } from '../../examples/worker-tracing.js';
-import { ConfigError } from '../../src/config.js';
+import { ConfigError } from '../../src/config/config-error.js';
 
 describe('the sample worker’s tracing switch', () => {
   it('is off without OTEL_*, and when OTEL_SDK_DISABLED wins over an endpoint', async () => {

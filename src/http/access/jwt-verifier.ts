@@ -7,9 +7,7 @@
 import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createLocalJWKSet, errors, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from 'jose';
-import { ConfigError } from '../../config-error.js';
-import { HttpProblem } from '../problems.js';
-import { BEARER_CHALLENGE } from './access-control.js';
+import { ConfigError } from '../../config/config-error.js';
 import {
   checkAudience,
   checkOneKey,
@@ -18,7 +16,9 @@ import {
   KEY_VARIABLES,
   SECRET_ALGORITHMS,
   SECRET_BYTES,
-} from './jwt-settings.js';
+} from '../../config/jwt-settings.js';
+import { HttpProblem } from '../problems.js';
+import { BEARER_CHALLENGE } from './access-control.js';
 
 /** Who a verified token speaks for. */
 export interface JwtCaller {

@@ -3,8 +3,8 @@
  * verifier so that reading the configuration never loads jose: only a bridge that accepts JWTs does.
  */
 
-import { ConfigError } from '../../config-error.js';
-import { type Env, EnvReader } from '../../env-reader.js';
+import { ConfigError } from './config-error.js';
+import { type Env, EnvReader } from './env-reader.js';
 
 /** What a public key may sign with. `none` is never accepted; neither is HS* with a public key. */
 export const PUBLIC_KEY_ALGORITHMS = [
