@@ -3,7 +3,8 @@ import { hostname } from 'node:os';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
 import { Registry, type RegistryContentType } from 'prom-client';
-import { CallerBrokerPools } from './caller-brokers.js';
+import { BrokerSession } from './amqp/broker-session.js';
+import type { ReplySource } from './amqp/rpc-channel.js';
 import type { Config } from './config/config.js';
 import type { BearerTokenVerifier } from './http/access/access-control.js';
 import { CallerQuota } from './http/access/caller-quota.js';
@@ -13,12 +14,10 @@ import type { Readiness } from './http/operational-routes.js';
 import { buildRouteSet, OPERATIONAL_PATHS, RAW_ROUTE_PREFIXES, type RouteSet } from './http/routes/route-set.js';
 import { loadRoutesFile } from './http/routes/routes-file.js';
 import { logBytesDropped } from './observability/logger.js';
-import { createMetrics, type Metrics } from './observability/metrics.js';
+import { createMetrics, type Metrics, registerGauges } from './observability/metrics.js';
 import type { Tracing } from './observability/tracing.js';
-import type { RpcClient } from './rpc/rpc-client.js';
-import { createRpcStack, type RpcStack } from './rpc-stack.js';
-
-const DRAIN_POLL_MS = 20;
+import { type BrokerLogin, CallerPools, type CallerSession } from './rpc/caller-pools.js';
+import { RpcClient } from './rpc/rpc-client.js';
 
 /** Everything the process runs, built from the configuration and wired together; nothing listens yet. */
 export interface Bridge {
@@ -28,8 +27,8 @@ export interface Bridge {
   readonly app: Express;
   readonly rpc: RpcClient;
   readonly metrics: Metrics;
-  readonly connection: RpcStack['connection'];
-  readonly pool: RpcStack['pool'];
+  /** The bridge's own broker session (connection, reply channels, exchange checks). */
+  readonly session: BrokerSession;
   readiness(): Readiness;
   /** Whether any credential (tokens, JWTs, broker logins) is configured: without one, anybody may call. */
   credentialsConfigured(): boolean;
@@ -66,41 +65,36 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
   // With tracing, the request-duration histograms keep exemplars (trace ids), which need OpenMetrics.
   const registry = new Registry<RegistryContentType>();
   if (tracing !== undefined) registry.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
-  const metrics = createMetrics(registry, config.metricsMaxQueues, {
-    inFlight: () => rpc.inFlightCount + (callerBrokers?.inFlightCount ?? 0),
-    connected: () => connection.isConnected,
-    blocked: () => connection.isBlocked,
-    logBytesDropped,
-    callerConnections: () => callerBrokers?.connectionCount ?? 0,
-  });
-  const { connection, pool, rpc } = createRpcStack({
-    urls: config.amqpUrls,
+  const metrics = createMetrics(registry, config.metricsMaxQueues);
+  const { session, rpc } = openSession(config, logger, metrics, {
     connectionName: `${config.appId}@${hostname()}`,
+    urls: config.amqpUrls,
     channels: config.amqpChannels,
-    config,
-    logger,
-    metrics,
   });
-  const callerBrokers =
+  let everConnected = false;
+  session.addListener({
+    connected() {
+      if (everConnected) metrics.amqpReconnects.inc();
+      everConnected = true;
+    },
+  });
+  const callerPools =
     config.amqpIdentity === 'caller'
-      ? new CallerBrokerPools({
-          config,
-          logger,
-          metrics,
+      ? new CallerPools({
+          openSession: (login) => openCallerSession(config, logger, metrics, login),
+          onLogin: (result) => metrics.callerLogins.labels(result).inc(),
           maxUsers: config.callerMaxUsers,
           idleMs: config.callerIdleMs,
           maxAgeMs: config.callerMaxAgeMs,
           channels: config.callerChannels,
         })
       : undefined;
-  let everConnected = false;
-  connection.addListener({
-    connected() {
-      if (everConnected) metrics.amqpReconnects.inc();
-      everConnected = true;
-    },
-    disconnected() {},
-    blockedChanged() {},
+  registerGauges(registry, {
+    inFlight: () => rpc.inFlightCount + (callerPools?.inFlightCount ?? 0),
+    connected: () => session.isConnected,
+    blocked: () => session.isBlocked,
+    logBytesDropped,
+    callerConnections: () => callerPools?.connectionCount ?? 0,
   });
 
   let shuttingDown = false;
@@ -108,9 +102,9 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
   let stopping: Promise<void> | undefined;
   const readiness = (): Readiness => {
     const checks = {
-      connected: connection.isConnected,
-      replyConsumers: pool.allOpen,
-      notBlocked: !connection.isBlocked,
+      connected: session.isConnected,
+      replyConsumers: session.allChannelsOpen,
+      notBlocked: !session.isBlocked,
       notShuttingDown: !shuttingDown && !outOfRotation,
     };
     return { ready: Object.values(checks).every(Boolean), checks };
@@ -157,7 +151,7 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
     readiness,
     isShuttingDown: () => shuttingDown,
     tracing,
-    callerBrokers,
+    callerPools,
     callerQuota: new CallerQuota(config.maxInFlightPerCaller),
   });
 
@@ -166,15 +160,14 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
     app,
     rpc,
     metrics,
-    connection,
-    pool,
+    session,
     readiness,
     credentialsConfigured: () => routes.current.access.credentialsConfigured,
     reloadRoutes() {
       routes.current = loadRoutes();
       return { routes: routes.current.table?.definitions.length ?? 0 };
     },
-    start: () => connection.start(),
+    start: () => session.start(),
     leaveRotation() {
       outOfRotation = true;
     },
@@ -182,23 +175,97 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
       shuttingDown = true;
     },
     async drain(graceMs) {
-      const deadline = Date.now() + graceMs;
-      const inFlight = () => rpc.inFlightCount + (callerBrokers?.inFlightCount ?? 0);
-      while (inFlight() > 0 && Date.now() < deadline) {
-        await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS));
-      }
+      let timer: NodeJS.Timeout | undefined;
+      const graceOver = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, graceMs);
+      });
+      await Promise.race([Promise.all([rpc.whenIdle(), callerPools?.whenIdle()]), graceOver]);
+      clearTimeout(timer);
     },
     stop() {
       shuttingDown = true;
       stopping ??= (async () => {
         rpc.settleAll({ kind: 'lost', reason: 'the bridge is shutting down' });
-        await callerBrokers?.stop();
-        await pool.stop();
-        await connection.stop();
+        await callerPools?.stop();
+        await session.stop();
         // The spans of the requests just answered are exported before the process exits.
         await tracing?.shutdown().catch((err: unknown) => logger.warn({ err }, 'exporting the last spans failed'));
       })();
       return stopping;
     },
   };
+}
+
+interface SessionShape {
+  readonly connectionName: string;
+  readonly urls: readonly string[];
+  readonly channels: number;
+  /** A caller's own login, given apart from the URLs. */
+  readonly credentials?: BrokerLogin;
+  /** Probe the default exchange like any other (a caller's own user may not write to it). */
+  readonly checkDefaultExchange?: boolean;
+}
+
+/** One broker session with its RPC core bound to it, counted in the metrics; not started. */
+function openSession(
+  config: Config,
+  logger: Logger,
+  metrics: Metrics,
+  shape: SessionShape,
+): CallerSession & {
+  readonly session: BrokerSession;
+} {
+  const replies: ReplySource =
+    config.replyMode === 'queue' ? { mode: 'queue' } : { mode: 'direct', pseudoQueue: config.replyTo };
+  const session = new BrokerSession({
+    connection: {
+      urls: shape.urls,
+      reconnectMinMs: config.reconnectMinMs,
+      reconnectMaxMs: config.reconnectMaxMs,
+      connectionName: shape.connectionName,
+      connectOrder: config.amqpConnectOrder,
+      heartbeatSeconds: config.amqpHeartbeatSeconds,
+      credentials: shape.credentials,
+    },
+    loginRefusedIsFinal: shape.credentials !== undefined,
+    channels: shape.channels,
+    replies,
+    confirms: config.publisherConfirms,
+    exchangeCheckTtlMs: config.exchangeCheckTtlMs,
+    logger,
+  });
+  session.addListener({
+    disconnected: (reason) => logger.warn({ reason }, 'amqp disconnected'),
+    channelClosedByBroker: (code) => metrics.channelCloses.labels(String(code)).inc(),
+    exchangeVerdict: (verdict) => metrics.exchangeChecks.labels(verdict).inc(),
+  });
+  const rpc = new RpcClient({
+    session,
+    appId: config.appId,
+    maxInFlight: config.maxInFlight,
+    onStrayReply: () => metrics.lateReplies.inc(),
+    onBackpressure: () => metrics.publishBackpressure.inc(),
+    checkDefaultExchange: shape.checkDefaultExchange,
+  });
+  return { session, rpc };
+}
+
+/** AMQP_IDENTITY=caller: a session made with the caller's own login, its user named in its log lines. */
+function openCallerSession(config: Config, logger: Logger, metrics: Metrics, login: BrokerLogin): CallerSession {
+  return openSession(config, logger.child({ brokerUser: login.username }), metrics, {
+    connectionName: `${config.appId}@${hostname()} for ${login.username}`,
+    // The caller's login is given apart (credentials); the password is in no URL and no log line.
+    urls: config.amqpUrls.map(withoutLogin),
+    channels: config.callerChannels,
+    credentials: login,
+    checkDefaultExchange: true,
+  });
+}
+
+/** The broker URL without the bridge's own user: a caller's login is given apart. */
+function withoutLogin(url: string): string {
+  const parsed = new URL(url);
+  parsed.username = '';
+  parsed.password = '';
+  return parsed.toString();
 }

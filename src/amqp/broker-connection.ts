@@ -3,6 +3,7 @@ import amqp, { type ChannelModel } from 'amqplib';
 import type { Logger } from 'pino';
 import { redactUrl } from '../config/redact.js';
 import { toError } from '../errors.js';
+import type { BrokerState } from '../rpc/ports.js';
 import { reconnectDelay } from './backoff.js';
 
 export interface BrokerConnectionOptions {
@@ -30,7 +31,7 @@ export interface BrokerConnectionOptions {
   readonly credentials?: { readonly username: string; readonly password: string } | undefined;
 }
 
-/** Who wants to know when the connection comes and goes (the channel pool, metrics). */
+/** Who wants to know when the connection comes and goes (its session). */
 export interface ConnectionListener {
   connected(model: ChannelModel): void;
   disconnected(reason: string): void;
@@ -51,7 +52,7 @@ const CONNECT_TIMEOUT_MS = 10_000;
  * backoff after any loss, and tells its listeners. It never buffers work while down; callers ask
  * `isConnected` and answer 503 themselves.
  */
-export class BrokerConnection {
+export class BrokerConnection implements BrokerState {
   private model: ChannelModel | undefined;
   private stopped = false;
   private started = false;

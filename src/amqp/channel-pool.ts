@@ -1,41 +1,40 @@
 import type { ChannelModel } from 'amqplib';
 import type { Logger } from 'pino';
 import { toError } from '../errors.js';
+import type { ChannelEvents, ChannelSource } from '../rpc/ports.js';
 import { reconnectDelay } from './backoff.js';
-import type { BrokerConnection, ConnectionListener } from './broker-connection.js';
-import { type ReplySource, RpcChannel, type RpcChannelEvents } from './rpc-channel.js';
+import { type ReplySource, RpcChannel } from './rpc-channel.js';
 
 export interface ChannelPoolOptions {
   readonly size: number;
   readonly replies: ReplySource;
   /** Open the channels in confirm mode (publisher confirms). */
   readonly confirms: boolean;
-  readonly connection: BrokerConnection;
+  /** The connection's channel model now: a channel opened for an older one is closed at once. */
+  readonly model: () => ChannelModel | undefined;
   readonly logger: Logger;
   readonly reopenMinMs: number;
   readonly reopenMaxMs: number;
   /** Who hears each channel's replies, returns, confirms and closes (the RPC core). */
-  readonly events: RpcChannelEvents;
+  readonly events: ChannelEvents;
   /** A channel the broker closed while the connection stayed up, with the AMQP reply code. */
   readonly onBrokerClosedChannel: (brokerCode: number) => void;
   /** Every channel is open with its reply consumer (again, after a reconnect): calls can be carried. */
-  readonly onAllOpen?: (() => void) | undefined;
+  readonly onAllOpen: () => void;
 }
 
 /**
  * A fixed number of reply channels on the current connection. A channel that dies is replaced (with
  * its reply consumer running before it takes traffic); a new connection gets a whole new set.
  */
-export class ChannelPool implements ConnectionListener {
+export class ChannelPool implements ChannelSource {
   private channels: RpcChannel[] = [];
   private cursor = 0;
   /** Bumped on every connect/disconnect so that slow opens from an old connection are discarded. */
   private generation = 0;
   private stopped = false;
 
-  constructor(private readonly options: ChannelPoolOptions) {
-    options.connection.addListener(this);
-  }
+  constructor(private readonly options: ChannelPoolOptions) {}
 
   /** True when every configured channel is open with its reply consumer active. */
   get allOpen(): boolean {
@@ -54,19 +53,18 @@ export class ChannelPool implements ConnectionListener {
     return this.channels[this.cursor];
   }
 
-  connected(model: ChannelModel): void {
+  /** A new connection: a whole new set of channels on it. */
+  open(model: ChannelModel): void {
     this.generation += 1;
     this.channels = [];
     for (let slot = 0; slot < this.options.size; slot++) void this.openSlot(model, this.generation, 0);
   }
 
-  disconnected(): void {
-    // Each channel's own 'close' (which amqplib emits before the connection's) was reported.
+  /** The connection is gone; each channel's own 'close' (amqplib emits it before the connection's) was reported. */
+  forgetAll(): void {
     this.generation += 1;
     this.channels = [];
   }
-
-  blockedChanged(): void {}
 
   async stop(): Promise<void> {
     this.stopped = true;
@@ -79,24 +77,16 @@ export class ChannelPool implements ConnectionListener {
   private async openSlot(model: ChannelModel, generation: number, failures: number): Promise<void> {
     if (this.isStale(model, generation)) return;
     try {
-      const { events } = this.options;
-      const channel = await RpcChannel.open(model, this.options.replies, this.options.confirms, {
-        reply: events.reply,
-        returned: events.returned,
-        nacked: events.nacked,
-        confirmed: events.confirmed,
-        backpressure: events.backpressure,
-        closed: (closedChannel, reason, brokerCode) => {
-          events.closed(closedChannel, reason, brokerCode);
-          this.onChannelClosed(closedChannel, reason, brokerCode, model, generation);
-        },
-      });
+      const { events, replies, confirms } = this.options;
+      const channel = await RpcChannel.open(model, replies, confirms, events, 'shared', (closed) =>
+        this.onChannelClosed(closed, model, generation),
+      );
       if (this.isStale(model, generation)) {
         await channel.close();
         return;
       }
       this.channels.push(channel);
-      if (this.allOpen) this.options.onAllOpen?.();
+      if (this.allOpen) this.options.onAllOpen();
     } catch (err) {
       if (this.isStale(model, generation)) return;
       this.options.logger.warn({ err: toError(err).message }, 'could not open reply channel');
@@ -104,19 +94,13 @@ export class ChannelPool implements ConnectionListener {
     }
   }
 
-  private onChannelClosed(
-    channel: RpcChannel,
-    reason: string,
-    brokerCode: number | undefined,
-    model: ChannelModel,
-    generation: number,
-  ): void {
+  private onChannelClosed(channel: RpcChannel, model: ChannelModel, generation: number): void {
     const index = this.channels.indexOf(channel);
     if (index === -1) return;
     this.channels.splice(index, 1);
-    if (brokerCode !== undefined) this.options.onBrokerClosedChannel(brokerCode);
+    if (channel.brokerCode !== undefined) this.options.onBrokerClosedChannel(channel.brokerCode);
     if (this.isStale(model, generation)) return;
-    this.options.logger.warn({ reason }, 'reply channel closed; reopening');
+    this.options.logger.warn({ reason: channel.closeReason }, 'reply channel closed; reopening');
     this.reopenLater(model, generation, 1);
   }
 
@@ -126,6 +110,6 @@ export class ChannelPool implements ConnectionListener {
   }
 
   private isStale(model: ChannelModel, generation: number): boolean {
-    return this.stopped || generation !== this.generation || this.options.connection.current !== model;
+    return this.stopped || generation !== this.generation || this.options.model() !== model;
   }
 }

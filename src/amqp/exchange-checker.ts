@@ -1,8 +1,6 @@
 import type { ChannelModel } from 'amqplib';
-import type { BrokerConnection, ConnectionListener } from './broker-connection.js';
-import type { ExchangeVerdict, RpcChannel } from './rpc-channel.js';
-
-export type { ExchangeVerdict } from './rpc-channel.js';
+import { ExchangeChecksExhausted, type ExchangeGate, type ExchangeVerdict, type PublishChannel } from '../rpc/ports.js';
+import type { RpcChannel } from './rpc-channel.js';
 
 /** Bounds memory when clients name many distinct exchanges; the oldest answers go first. */
 const MAX_CACHED = 10_000;
@@ -10,7 +8,8 @@ const MAX_CACHED = 10_000;
 const MISSING_TTL_CEILING_MS = 1_000;
 
 export interface ExchangeCheckerOptions {
-  readonly connection: BrokerConnection;
+  /** The connection's channel model now, or undefined while disconnected. */
+  readonly model: () => ChannelModel | undefined;
   /** How long an answer is kept (a missing exchange: at most 1 s). */
   readonly ttlMs: number;
   /** Probes under way at once; beyond it a check waits its turn. */
@@ -25,14 +24,9 @@ export interface ExchangeCheckerOptions {
 
 interface QueuedCheck {
   readonly question: Promise<ExchangeVerdict>;
-  readonly publishFirst: (probe: RpcChannel) => boolean;
+  readonly publishFirst: (probe: PublishChannel) => boolean;
   resolve(verdict: ExchangeVerdict): void;
   reject(err: unknown): void;
-}
-
-/** Too many exchange checks under way and waiting: the request was not published. */
-export class ExchangeChecksExhausted extends Error {
-  override name = 'ExchangeChecksExhausted';
 }
 
 /**
@@ -43,15 +37,13 @@ export class ExchangeChecksExhausted extends Error {
  * refuses?), then the request itself, then a second declare that returns only if the broker took
  * the publish. The answer is cached; later requests go on the shared channels.
  */
-export class ExchangeChecker implements ConnectionListener {
+export class ExchangeChecker implements ExchangeGate {
   private readonly cache = new Map<string, { verdict: ExchangeVerdict; until: number }>();
   private readonly inFlight = new Map<string, Promise<ExchangeVerdict>>();
   /** Checks waiting for a probe to finish, in arrival order (a flood of names must not starve a real one). */
   private readonly queued = new Map<string, QueuedCheck>();
 
-  constructor(private readonly options: ExchangeCheckerOptions) {
-    options.connection.addListener(this);
-  }
+  constructor(private readonly options: ExchangeCheckerOptions) {}
 
   /** The cached answer, or undefined when the broker must be asked. */
   cached(exchange: string, now = Date.now()): ExchangeVerdict | undefined {
@@ -68,7 +60,7 @@ export class ExchangeChecker implements ConnectionListener {
    * probe under way wait for its verdict. Rejects with ExchangeChecksExhausted when too many probes
    * run, or with the broker's error when it cannot answer.
    */
-  check(exchange: string, publishFirst: (probe: RpcChannel) => boolean): Promise<ExchangeVerdict> {
+  check(exchange: string, publishFirst: (probe: PublishChannel) => boolean): Promise<ExchangeVerdict> {
     const question = this.inFlight.get(exchange) ?? this.queued.get(exchange)?.question;
     if (question !== undefined) return question;
     if (this.inFlight.size < this.options.maxConcurrentChecks) return this.start(exchange, publishFirst);
@@ -89,7 +81,7 @@ export class ExchangeChecker implements ConnectionListener {
     return waiting;
   }
 
-  private start(exchange: string, publishFirst: (probe: RpcChannel) => boolean): Promise<ExchangeVerdict> {
+  private start(exchange: string, publishFirst: (probe: PublishChannel) => boolean): Promise<ExchangeVerdict> {
     const question = this.probe(exchange, publishFirst).finally(() => {
       this.inFlight.delete(exchange);
       this.startNext();
@@ -106,10 +98,8 @@ export class ExchangeChecker implements ConnectionListener {
     this.start(exchange, check.publishFirst).then(check.resolve, check.reject);
   }
 
-  connected(): void {}
-
   /** A new connection may be to another node, or to a broker that restarted: nothing known holds. */
-  disconnected(): void {
+  forgetAll(): void {
     this.cache.clear();
     // Nothing waiting can be probed on a connection that is gone; the requests answer as for a failed check.
     const waiting = [...this.queued.values()];
@@ -117,10 +107,8 @@ export class ExchangeChecker implements ConnectionListener {
     for (const check of waiting) check.reject(new Error('not connected'));
   }
 
-  blockedChanged(): void {}
-
-  private async probe(exchange: string, publishFirst: (probe: RpcChannel) => boolean): Promise<ExchangeVerdict> {
-    const model = this.options.connection.current;
+  private async probe(exchange: string, publishFirst: (probe: PublishChannel) => boolean): Promise<ExchangeVerdict> {
+    const model = this.options.model();
     if (model === undefined) throw new Error('not connected');
     const probe = await this.options.openProbe(model);
     // Held until the second declare returns: the request it carries may be answered (a publish's

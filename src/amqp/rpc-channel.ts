@@ -1,4 +1,5 @@
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Message, Options } from 'amqplib';
+import type { ChannelEvents, ChannelRole, ExchangeVerdict, PublishChannel } from '../rpc/ports.js';
 
 /**
  * Where replies come back. `direct`: the broker's direct reply-to pseudo-queue (no queue at all).
@@ -6,43 +7,6 @@ import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Message, Op
  * first pattern), for brokers or policies without direct reply-to.
  */
 export type ReplySource = { readonly mode: 'direct'; readonly pseudoQueue: string } | { readonly mode: 'queue' };
-
-/**
- * `shared`: one of the pool's channels, carrying many callers' requests. `probe`: a channel of its
- * own for the first request to an exchange not yet known to take the bridge's messages; if the
- * broker refuses the publish (403), it closes only this channel.
- */
-export type ChannelRole = 'shared' | 'probe';
-
-/** What a passive declare says of an exchange name (the broker closes the channel on 404 and 406). */
-export type ExchangeVerdict = 'exists' | 'missing' | 'invalid-name' | 'forbidden';
-
-/** A reply as it came back, without amqplib's types: what the layers above may see of it. */
-export interface ReplyMessage {
-  readonly body: Buffer;
-  readonly contentType: string | undefined;
-  readonly contentEncoding: string | undefined;
-  readonly headers: Readonly<Record<string, unknown>>;
-}
-
-/**
- * What the channel tells its owner, keyed by correlation id: it keeps no request of its own. The
- * owner (the RPC core) knows which calls are waiting and settles them.
- */
-export interface RpcChannelEvents {
-  /** A reply arrived on this channel; the id is whatever the worker sent (maybe none). */
-  reply(channel: RpcChannel, correlationId: unknown, reply: ReplyMessage): void;
-  /** The broker returned a mandatory message (with confirms: once its confirm has arrived). */
-  returned(correlationId: string, replyCode: number, replyText: string): void;
-  /** The broker refused the message (basic.nack). */
-  nacked(correlationId: string): void;
-  /** The broker took a message published with `reportAck` (basic.ack, and no return before it). */
-  confirmed(correlationId: string): void;
-  /** A publish filled the channel's write buffer. */
-  backpressure(): void;
-  /** The channel is gone. `brokerCode`: the AMQP reply code when the broker closed it (e.g. 403, 404). */
-  closed(channel: RpcChannel, reason: string, brokerCode: number | undefined): void;
-}
 
 /** Something waiting for a channel to drain; dropped from the list once it has settled elsewhere. */
 export interface DrainWaiter {
@@ -67,7 +31,7 @@ const PRECONDITION_FAILED = 406;
  * reply only to the channel that published the request, so a channel's replies, returns, confirms
  * and its own death are reported to the owner, who settles the calls that were on it.
  */
-export class RpcChannel {
+export class RpcChannel implements PublishChannel {
   /**
    * With confirms, a basic.return is final only once its confirm arrives: LavinMQ answers a mandatory
    * message that a full `reject-publish` queue refuses with a return *and then* a nack (RabbitMQ sends
@@ -77,11 +41,13 @@ export class RpcChannel {
   private writable = true;
   private drainWaiters: Array<{
     readonly waiter: DrainWaiter;
-    resume(waiter: DrainWaiter, channel: RpcChannel): void;
+    resume(waiter: DrainWaiter, channel: PublishChannel): void;
   }> = [];
   private compactAt = MIN_COMPACT_AT;
-  private closeReason = 'channel closed';
-  private brokerCode: number | undefined;
+  /** Why it closed (the broker's words, when the broker closed it). */
+  closeReason = 'channel closed';
+  /** The AMQP reply code, when the broker closed it. */
+  brokerCode: number | undefined;
   private closed = false;
   private holders = 0;
   /** What requests published here carry in reply_to: the pseudo-queue, or this channel's own queue. */
@@ -90,8 +56,9 @@ export class RpcChannel {
   private constructor(
     private readonly channel: Channel | ConfirmChannel,
     readonly confirms: boolean,
-    private readonly events: RpcChannelEvents,
+    private readonly events: ChannelEvents,
     readonly role: ChannelRole,
+    private readonly onClosed: ((channel: RpcChannel) => void) | undefined,
   ) {}
 
   /**
@@ -104,12 +71,14 @@ export class RpcChannel {
     model: ChannelModel,
     replies: ReplySource,
     confirms: boolean,
-    events: RpcChannelEvents,
-    role: ChannelRole = 'shared',
+    events: ChannelEvents,
+    role: ChannelRole,
+    /** The owner's own bookkeeping (the pool replaces the channel), after `events.closed`. */
+    onClosed?: (channel: RpcChannel) => void,
   ): Promise<RpcChannel> {
     const options = { highWaterMark: PUBLISH_BUFFER_FRAMES };
     const channel = confirms ? await model.createConfirmChannel(options) : await model.createChannel(options);
-    const rpcChannel = new RpcChannel(channel, confirms, events, role);
+    const rpcChannel = new RpcChannel(channel, confirms, events, role, onClosed);
     // Listeners first: an 'error' with no listener would be thrown by amqplib and crash the process.
     channel.on('error', (err: Error & { code?: unknown }) => {
       rpcChannel.closeReason = err.message;
@@ -174,7 +143,7 @@ export class RpcChannel {
    */
   waitForDrain<Waiter extends DrainWaiter>(
     waiter: Waiter,
-    resume: (waiter: Waiter, channel: RpcChannel) => void,
+    resume: (waiter: Waiter, channel: PublishChannel) => void,
   ): void {
     if (this.writable || this.closed) {
       resume(waiter, this);
@@ -184,7 +153,7 @@ export class RpcChannel {
       this.drainWaiters = this.drainWaiters.filter((entry) => !entry.waiter.isSettled);
       this.compactAt = Math.max(MIN_COMPACT_AT, this.drainWaiters.length * 2);
     }
-    this.drainWaiters.push({ waiter, resume: resume as (waiter: DrainWaiter, channel: RpcChannel) => void });
+    this.drainWaiters.push({ waiter, resume: resume as (waiter: DrainWaiter, channel: PublishChannel) => void });
   }
 
   /**
@@ -279,6 +248,7 @@ export class RpcChannel {
     this.closed = true;
     this.returnsAwaitingConfirm.clear();
     this.events.closed(this, this.closeReason, this.brokerCode);
+    this.onClosed?.(this);
     this.releaseDrainWaiters();
   }
 

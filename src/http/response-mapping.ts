@@ -1,4 +1,6 @@
+import type { CallerRefusal } from '../rpc/caller-pools.js';
 import type { Reply, RpcOutcome } from '../rpc/outcome.js';
+import { BASIC_CHALLENGE } from './access/access-control.js';
 import { HttpProblem } from './problems.js';
 
 /** What the worker's reply becomes over HTTP. */
@@ -132,5 +134,41 @@ export function outcomeProblem(
       );
     case 'cancelled':
       return new HttpProblem('request-lost', 'The client closed the connection', { target });
+  }
+}
+
+/** Why a caller's own broker connection cannot be had, as the caller is told it. */
+export function callerRefusalProblem(refusal: CallerRefusal): HttpProblem {
+  switch (refusal.kind) {
+    case 'login-refused':
+      return new HttpProblem('unauthorized', `The broker refused the login of "${refusal.username}"`, {
+        challenge: BASIC_CHALLENGE,
+      });
+    case 'login-throttled':
+      return new HttpProblem(
+        'unauthorized',
+        `Too many refused broker logins for "${refusal.username}" or from this address; try again later`,
+        { challenge: BASIC_CHALLENGE, retryAfterSeconds: Math.max(1, Math.ceil(refusal.retryAfterMs / 1000)) },
+      );
+    case 'logins-busy':
+      return new HttpProblem(
+        'overloaded',
+        `Broker logins for "${refusal.username}" or from this address are under way; retry shortly`,
+        { retryAfterSeconds: 1 },
+      );
+    case 'no-room':
+      return new HttpProblem(
+        'overloaded',
+        `${refusal.connections} broker logins have a connection, none idle (AMQP_CALLER_MAX_USERS); retry shortly`,
+        { retryAfterSeconds: 1 },
+      );
+    case 'unavailable':
+      return new HttpProblem(
+        'broker-unavailable',
+        `No broker connection for ${refusal.username} could be opened in time`,
+        { retryAfterSeconds: 1 },
+      );
+    case 'shutting-down':
+      return new HttpProblem('shutting-down', 'The bridge is shutting down');
   }
 }

@@ -4,10 +4,11 @@ import { toError } from '../errors.js';
 import type { Metrics, RpcOutcomeLabel } from '../observability/metrics.js';
 import type { RequestSpan, Tracing } from '../observability/tracing.js';
 import { parseTraceparent } from '../observability/w3c-trace-context.js';
+import { type BrokerLogin, type CallerLease, type CallerPools, CallerRefused } from '../rpc/caller-pools.js';
 import type { RpcOutcome } from '../rpc/outcome.js';
 import type { RpcCall } from '../rpc/rpc-call.js';
 import type { RpcClient } from '../rpc/rpc-client.js';
-import type { BrokerLogin, Caller } from './access/access-control.js';
+import type { Caller } from './access/access-control.js';
 import { type CallerQuota, quotaKey } from './access/caller-quota.js';
 import { logRpcRequest, type RpcLogFields } from './access-log.js';
 import { sendProblem } from './problem-response.js';
@@ -15,7 +16,7 @@ import { HttpProblem } from './problems.js';
 import { ClientClosedError, readRawBody } from './raw-body.js';
 import { assignRequestId } from './request-id.js';
 import { exchangeTarget, type MappingLimits, messageFields, queueTarget, type RpcTarget } from './request-mapping.js';
-import { outcomeProblem, replyToHttp } from './response-mapping.js';
+import { callerRefusalProblem, outcomeProblem, replyToHttp } from './response-mapping.js';
 import type { RouteSet } from './routes/route-set.js';
 import { type NamedRouteMatch, resolveTarget } from './routes/route-table.js';
 import { decodeSegments, type RpcPath, timeoutParameter } from './rpc-path.js';
@@ -30,24 +31,9 @@ export interface RpcRouteDeps {
   /** Spans for each request, when tracing is configured; undefined costs nothing per request. */
   readonly tracing?: Tracing | undefined;
   /** AMQP_IDENTITY=caller: the RPC core on a connection of the caller's own broker user. */
-  readonly callerBrokers?: CallerBrokers | undefined;
+  readonly callerPools?: Pick<CallerPools, 'clientFor'> | undefined;
   /** Requests in flight per caller (MAX_IN_FLIGHT_PER_CALLER). */
   readonly callerQuota: CallerQuota;
-}
-
-export interface CallerBrokers {
-  /**
-   * The caller's connection, held by this call from now until `release()` (when its HTTP request
-   * closes), so that it is never closed under a call whose body is still arriving.
-   */
-  clientFor(login: BrokerLogin, clientAddress: string | undefined): CallerLease;
-}
-
-export interface CallerLease {
-  /** Rejects with the HttpProblem to answer: 401 for a login refused (or throttled), 503 when none can be made. */
-  readonly rpc: Promise<RpcClient>;
-  /** Idempotent. */
-  release(): void;
 }
 
 const OUTCOME_LABELS: Record<RpcOutcome['kind'], RpcOutcomeLabel> = {
@@ -185,7 +171,7 @@ class RpcHttpCall {
       if (match.kind === 'named') Object.assign(fields.headers, match.route.definition.headers);
       // Who called, as the bridge verified it: the one identity header a worker may trust.
       if (caller.name !== undefined) fields.headers['x-caller'] = caller.name;
-      brokerLogin = this.deps.callerBrokers === undefined ? undefined : routes.access.brokerLoginOf(caller);
+      brokerLogin = this.deps.callerPools === undefined ? undefined : routes.access.brokerLoginOf(caller);
     } catch (err) {
       this.fail(err);
       return;
@@ -198,7 +184,7 @@ class RpcHttpCall {
       return;
     }
     // The caller's own broker connection is made (or found) while its body arrives.
-    this.lease = this.deps.callerBrokers?.clientFor(brokerLogin, this.req.socket.remoteAddress);
+    this.lease = this.deps.callerPools?.clientFor(brokerLogin, this.req.socket.remoteAddress);
     Promise.all([this.lease?.rpc, readRawBody(this.req, maxBodyBytes)]).then(
       ([rpc = this.deps.rpc, body]) => this.publish(rpc, target, fields, body),
       (err: unknown) => this.fail(err),
@@ -321,6 +307,8 @@ class RpcHttpCall {
     let problem: HttpProblem;
     if (err instanceof HttpProblem) {
       problem = err;
+    } else if (err instanceof CallerRefused) {
+      problem = callerRefusalProblem(err.refusal);
     } else {
       this.error = toError(err);
       problem = new HttpProblem('internal', 'The bridge failed to handle the request; see its logs');

@@ -124,43 +124,11 @@ export interface MetricSources {
 export function createMetrics(
   registry: Registry<RegistryContentType>,
   maxQueues: number,
-  sources: MetricSources,
   now: () => number = Date.now,
 ): Metrics {
   const registers = [registry];
   const enableExemplars = registry.contentType === Registry.OPENMETRICS_CONTENT_TYPE;
   collectDefaultMetrics({ register: registry });
-  const gauge = (name: string, help: string, read: () => number) =>
-    new Gauge({
-      name,
-      help,
-      registers,
-      collect() {
-        this.set(read());
-      },
-    });
-  gauge('rpc_in_flight', 'RPC requests published and not yet answered', sources.inFlight);
-  gauge('amqp_connected', '1 while connected to the broker, else 0', () => (sources.connected() ? 1 : 0));
-  gauge('amqp_connection_blocked', '1 while the broker blocks publishers (resource alarm), else 0', () =>
-    sources.blocked() ? 1 : 0,
-  );
-  gauge(
-    'amqp_caller_connections',
-    "Broker connections open with callers' own credentials (AMQP_IDENTITY=caller)",
-    sources.callerConnections,
-  );
-  let droppedReported = 0;
-  new Counter({
-    name: 'log_bytes_dropped_total',
-    help: 'Log bytes dropped because stdout did not keep up (LOG_MAX_BUFFER_BYTES were already waiting)',
-    registers,
-    collect() {
-      const dropped = sources.logBytesDropped();
-      if (dropped > droppedReported) this.inc(dropped - droppedReported);
-      droppedReported = dropped;
-    },
-  });
-
   const duration = new Histogram({
     name: 'rpc_request_duration_seconds',
     help: 'Time from receiving an RPC request to answering it, by target queue and outcome',
@@ -349,9 +317,43 @@ export function createMetrics(
 }
 
 /**
- * An exemplar's labels. prom-client's typings ask for the metric's own label names here, which is not
- * what an exemplar carries (OpenMetrics: any labels, 128 characters in all): hence the cast.
+ * The gauges, which read the bridge's state when scraped rather than mirroring it on every change:
+ * registered once the parts they read exist.
  */
+export function registerGauges(registry: Registry<RegistryContentType>, sources: MetricSources): void {
+  const registers = [registry];
+  const gauge = (name: string, help: string, read: () => number) =>
+    new Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        this.set(read());
+      },
+    });
+  gauge('rpc_in_flight', 'RPC requests published and not yet answered', sources.inFlight);
+  gauge('amqp_connected', '1 while connected to the broker, else 0', () => (sources.connected() ? 1 : 0));
+  gauge('amqp_connection_blocked', '1 while the broker blocks publishers (resource alarm), else 0', () =>
+    sources.blocked() ? 1 : 0,
+  );
+  gauge(
+    'amqp_caller_connections',
+    "Broker connections open with callers' own credentials (AMQP_IDENTITY=caller)",
+    sources.callerConnections,
+  );
+  let droppedReported = 0;
+  new Counter({
+    name: 'log_bytes_dropped_total',
+    help: 'Log bytes dropped because stdout did not keep up (LOG_MAX_BUFFER_BYTES were already waiting)',
+    registers,
+    collect() {
+      const dropped = sources.logBytesDropped();
+      if (dropped > droppedReported) this.inc(dropped - droppedReported);
+      droppedReported = dropped;
+    },
+  });
+}
+
 /** The index of the histogram bucket `seconds` falls in (the last one is +Inf). */
 function bucketOf(seconds: number): number {
   let bucket = 0;
@@ -359,6 +361,10 @@ function bucketOf(seconds: number): number {
   return bucket;
 }
 
+/**
+ * An exemplar's labels. prom-client's typings ask for the metric's own label names here, which is not
+ * what an exemplar carries (OpenMetrics: any labels, 128 characters in all): hence the cast.
+ */
 function exemplar(traceId: string): LabelValues<'queue' | 'outcome'> {
   return { trace_id: traceId } as unknown as LabelValues<'queue' | 'outcome'>;
 }

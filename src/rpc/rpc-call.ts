@@ -93,6 +93,7 @@ function expire(call: RpcCall): void {
  */
 export class PendingCalls {
   private readonly byCorrelationId = new Map<string, RpcCall>();
+  private emptyWaiters: Array<() => void> = [];
 
   get size(): number {
     return this.byCorrelationId.size;
@@ -104,6 +105,17 @@ export class PendingCalls {
 
   remove(call: RpcCall): void {
     this.byCorrelationId.delete(call.correlationId);
+    if (this.byCorrelationId.size === 0 && this.emptyWaiters.length > 0) {
+      const waiters = this.emptyWaiters;
+      this.emptyWaiters = [];
+      for (const resolve of waiters) resolve();
+    }
+  }
+
+  /** Resolves once no call is pending (at once if none is). */
+  whenEmpty(): Promise<void> {
+    if (this.byCorrelationId.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.emptyWaiters.push(resolve));
   }
 
   /** The call waiting for this id, if any: a late, duplicate or foreign id finds none. */

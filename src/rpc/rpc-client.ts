@@ -1,17 +1,20 @@
 import { randomUUID } from 'node:crypto';
 import type { Options } from 'amqplib';
-import { ExchangeChecksExhausted } from '../amqp/exchange-checker.js';
-import type { RpcChannelEvents } from '../amqp/rpc-channel.js';
 import { toError } from '../errors.js';
 import type { Reply, RpcOutcome } from './outcome.js';
-import type { BrokerState, ChannelSource, ExchangeGate, ExchangeVerdict, PublishChannel } from './ports.js';
+import {
+  ExchangeChecksExhausted,
+  type ExchangeVerdict,
+  type PublishChannel,
+  type RpcSession,
+  type SessionEvents,
+} from './ports.js';
 import { PendingCalls, RpcCall } from './rpc-call.js';
 import type { RpcRequest } from './rpc-request.js';
 
 export interface RpcClientOptions {
-  readonly connection: BrokerState;
-  readonly channels: ChannelSource;
-  readonly exchanges: ExchangeGate;
+  /** The broker session that carries the calls: the client binds to it, and hears its channels. */
+  readonly session: RpcSession;
   readonly appId: string;
   /** Calls in flight beyond which `start` refuses at once (outcome `overloaded`). */
   readonly maxInFlight: number;
@@ -27,13 +30,22 @@ export interface RpcClientOptions {
 }
 
 /**
- * The RPC core: starts calls, routes and publishes them, and settles them from what the channels
- * report (it is their RpcChannelEvents). Replies come back to the channel that published.
+ * The RPC core: starts calls, routes and publishes them, and settles them from what its session's
+ * channels report (it is the session's SessionEvents). Replies come back to the channel that published.
  */
-export class RpcClient implements RpcChannelEvents {
+export class RpcClient implements SessionEvents {
   private readonly calls = new PendingCalls();
+  private readonly session: RpcSession;
 
-  constructor(private readonly options: RpcClientOptions) {}
+  constructor(private readonly options: RpcClientOptions) {
+    this.session = options.session;
+    this.session.bind(this);
+  }
+
+  /** Resolves once no call is in flight (at once if none is): for draining on shutdown. */
+  whenIdle(): Promise<void> {
+    return this.calls.whenEmpty();
+  }
 
   /** Requests started and not yet settled, across all channels. */
   get inFlightCount(): number {
@@ -71,6 +83,10 @@ export class RpcClient implements RpcChannelEvents {
    * published is safe to retry (503); one already handed to the broker may still be worked on once
    * the alarm clears, so its caller must not take a retry as safe (502).
    */
+  readonly publishersBlocked = (): void => {
+    this.releaseAllBlocked('the broker blocks publishers (resource alarm)');
+  };
+
   releaseAllBlocked(reason: string): void {
     const retryAfterMs = this.retryAfterMs();
     this.calls.settleEach((call) =>
@@ -80,7 +96,7 @@ export class RpcClient implements RpcChannelEvents {
     );
   }
 
-  // What the channels report (RpcChannelEvents): arrow properties, handed to every channel as they are.
+  // What the channels report (SessionEvents): arrow properties, so they can be handed on as they are.
 
   readonly reply = (channel: PublishChannel, correlationId: unknown, reply: Reply): void => {
     // Late (after a timeout or cancel), duplicate, not ours, or come to another channel than the one
@@ -117,13 +133,13 @@ export class RpcClient implements RpcChannelEvents {
 
   /** Milliseconds until the broker connection is tried again, for Retry-After. */
   retryAfterMs(): number {
-    return this.options.connection.retryAfterMs();
+    return this.session.retryAfterMs();
   }
 
   private route(call: RpcCall, request: RpcRequest): void {
-    const { connection, exchanges } = this.options;
-    if (!connection.isConnected || connection.isBlocked) {
-      const reason = connection.isBlocked
+    const { session } = this;
+    if (!session.isConnected || session.isBlocked) {
+      const reason = session.isBlocked
         ? 'the broker is blocking publishers (resource alarm)'
         : 'not connected to the broker';
       this.unavailable(call, reason);
@@ -132,7 +148,7 @@ export class RpcClient implements RpcChannelEvents {
     const verdict =
       request.exchange === '' && this.options.checkDefaultExchange !== true
         ? 'exists'
-        : exchanges.cached(request.exchange);
+        : session.cached(request.exchange);
     if (verdict === 'exists') {
       this.publishWhenWritable(call);
     } else if (verdict !== undefined) {
@@ -144,7 +160,7 @@ export class RpcClient implements RpcChannelEvents {
         this.publish(call, probe);
         return call.isPublished;
       };
-      exchanges.check(request.exchange, publishFirst).then(
+      session.check(request.exchange, publishFirst).then(
         (checked) => {
           if (call.isSettled) return;
           if (checked !== 'exists') call.settle(refusal(checked));
@@ -157,7 +173,7 @@ export class RpcClient implements RpcChannelEvents {
               kind: 'overloaded',
               reason: `too many exchanges are being checked at once (${err.message})`,
             });
-          } else if (!connection.isConnected) {
+          } else if (!session.isConnected) {
             this.unavailable(call, 'not connected to the broker');
           } else if (call.isPublished) {
             call.settle({ kind: 'lost', reason: `exchange check failed: ${toError(err).message}` });
@@ -171,7 +187,7 @@ export class RpcClient implements RpcChannelEvents {
   }
 
   private publishWhenWritable(call: RpcCall): void {
-    const channel = this.options.channels.pick();
+    const channel = this.session.pick();
     if (channel === undefined) {
       this.unavailable(call, 'no reply channel is open');
     } else if (channel.isWritable) {
@@ -233,7 +249,7 @@ export class RpcClient implements RpcChannelEvents {
   }
 
   private unavailable(call: RpcCall, reason: string): void {
-    settleSoon(call, { kind: 'unavailable', reason, retryAfterMs: this.options.connection.retryAfterMs() });
+    settleSoon(call, { kind: 'unavailable', reason, retryAfterMs: this.session.retryAfterMs() });
   }
 }
 

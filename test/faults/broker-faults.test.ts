@@ -110,7 +110,7 @@ describe('the broker closes every connection (close_all_connections)', () => {
     await waitFor(() => bridge.bridge.readiness().ready, 15_000, 'the bridge to reconnect');
     const recoveredMs = Date.now() - faultAt;
     expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(200);
-    expect(bridge.bridge.pool.allOpen).toBe(true);
+    expect(bridge.bridge.session.allChannelsOpen).toBe(true);
     expect(await bridge.metric('amqp_reconnects_total')).toBe(reconnectsBefore + 1);
     await connectSideActors();
     const after = await echo('back');
@@ -185,7 +185,7 @@ describe('a memory alarm (rabbitmqctl set_vm_memory_high_watermark)', () => {
         expect(first.body.detail).toContain('already published');
         expect(first.headers['retry-after']).toBeUndefined();
         expect(Date.now() - started).toBeLessThan(5_000);
-        await waitFor(() => bridge.bridge.connection.isBlocked, 5_000, 'the connection to be blocked');
+        await waitFor(() => bridge.bridge.session.isBlocked, 5_000, 'the connection to be blocked');
         expect(await bridge.metric('amqp_connection_blocked')).toBe(1);
         expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
 
@@ -197,7 +197,7 @@ describe('a memory alarm (rabbitmqctl set_vm_memory_high_watermark)', () => {
       } finally {
         await rabbitmqctl('set_vm_memory_high_watermark', original);
       }
-      await waitFor(() => !bridge.bridge.connection.isBlocked, 10_000, 'the connection to be unblocked');
+      await waitFor(() => !bridge.bridge.session.isBlocked, 10_000, 'the connection to be unblocked');
       await connectSideActors();
       const after = await echo('after the alarm');
       expect(after.status).toBe(200);

@@ -72,7 +72,7 @@ describe('a broker that goes silent under steady load', () => {
     phase = during;
     silencedAt = Date.now();
     proxy.silence();
-    await waitFor(() => !bridge.bridge.connection.isConnected, 20_000, 'the silent broker to be detected');
+    await waitFor(() => !bridge.bridge.session.isConnected, 20_000, 'the silent broker to be detected');
     const detectedMs = Date.now() - silencedAt;
     // After detection, every new call is refused at once while the path stays dead.
     await new Promise((resolve) => setTimeout(resolve, 1_500));

@@ -91,7 +91,7 @@ describe('when the broker closes one reply channel', () => {
       expect(Date.now() - started).toBeLessThan(1_000);
       expect(await fixture.bridge.metric('amqp_channel_closes_total', { reason: '404' })).toBe(closesBefore + 1);
 
-      await waitFor(() => fixture.bridge.bridge.pool.allOpen, 5_000, 'the reply channel to be reopened');
+      await waitFor(() => fixture.bridge.bridge.session.allChannelsOpen, 5_000, 'the reply channel to be reopened');
       for (let i = 0; i < 8; i++) {
         const res = await request(fixture.bridge.baseUrl)
           .post(`/rpc/${echoQueue}`)

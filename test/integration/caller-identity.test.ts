@@ -372,14 +372,15 @@ describe('connections have a maximum age (AMQP_CALLER_MAX_AGE_MS)', () => {
   it('stops a rotated password from working once the connection made with it is past its age', async () => {
     const erin = await brokerUser(`${prefix}-erin`);
     const rotated = `rotated-${randomBytes(6).toString('hex')}`;
-    await withBridge({ AMQP_CALLER_MAX_AGE_MS: '2000' }, async (bridge) => {
+    // Long enough for rabbitmqctl to change the password on a busy CI machine (it took over 2 s once).
+    await withBridge({ AMQP_CALLER_MAX_AGE_MS: '8000' }, async (bridge) => {
       const queue = `/rpc/${fixture.echoQueue}`;
       const loggedInAt = Date.now();
       expect((await post(bridge, queue, { authorization: basic(erin) })).status).toBe(200);
       await admin.changePassword(erin.name, rotated);
       // Within its age the open connection still carries the old password's calls...
       expect((await post(bridge, queue, { authorization: basic(erin) })).status).toBe(200);
-      await new Promise((resolve) => setTimeout(resolve, Math.max(0, loggedInAt + 2_200 - Date.now())));
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, loggedInAt + 8_200 - Date.now())));
       // ...past it the next request logs in again, and the broker refuses the old password.
       const old = await post(bridge, queue, { authorization: basic(erin) });
       expect(old.status).toBe(401);

@@ -148,7 +148,7 @@ describe('thousands of distinct exchange names', () => {
     for (const status of Object.keys(statuses)) expect(['404', '503']).toContain(status);
     expect(statuses['404']).toBeGreaterThan(0);
     for (const value of retryAfter) expect(Number(value)).toBeGreaterThanOrEqual(1);
-    expect(fixture.bridge.bridge.pool.allOpen).toBe(true);
+    expect(fixture.bridge.bridge.session.allChannelsOpen).toBe(true);
     expect((await request(fixture.bridge.baseUrl).get('/readyz')).status).toBe(200);
     const after = await request(fixture.bridge.baseUrl)
       .post(`/rpc/${echoQueue}`)

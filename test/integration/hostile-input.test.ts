@@ -128,7 +128,7 @@ describe('hostile input', () => {
     for (const status of [400, 404, 405, 413, 431]) expect(statuses.get(status) ?? 0).toBeGreaterThan(0);
     const { bridge } = fixture;
     expect(await bridge.metric('amqp_channel_closes_total')).toBe(0);
-    expect(bridge.bridge.pool.allOpen).toBe(true);
+    expect(bridge.bridge.session.allChannelsOpen).toBe(true);
     const good = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send('fine');
     expect(good.status).toBe(200);
     expect(good.text).toBe('fine');

@@ -130,7 +130,7 @@ describe('invalid input is refused at the edge with a problem document, and harm
       expect(good.status).toBe(200);
       expect(good.text).toBe('ok');
       expect(await fixture.bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
-      expect(fixture.bridge.bridge.pool.allOpen).toBe(true);
+      expect(fixture.bridge.bridge.session.allChannelsOpen).toBe(true);
     });
   }
 
@@ -202,6 +202,6 @@ describe('an exchange name the broker itself refuses', () => {
       expect(res.body.detail).toContain('refuses this exchange name');
     }
     expect(await fixture.bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
-    expect(fixture.bridge.bridge.pool.allOpen).toBe(true);
+    expect(fixture.bridge.bridge.session.allChannelsOpen).toBe(true);
   });
 });

@@ -65,7 +65,7 @@ describe('misbehaving workers never disturb other requests', () => {
     });
     expect(await fixture.bridge.metric('rpc_late_replies_total')).toBe(late + 2);
     expect(await fixture.bridge.metric('amqp_channel_closes_total')).toBe(0);
-    expect(fixture.bridge.bridge.pool.allOpen).toBe(true);
+    expect(fixture.bridge.bridge.session.allChannelsOpen).toBe(true);
     expect(fixture.bridge.bridge.rpc.inFlightCount).toBe(0);
   });
 });
@@ -128,7 +128,7 @@ describe('a failure while answering one call', () => {
     const other = await slow;
     expect(other.status).toBe(200);
     expect(other.text).toBe('slow');
-    expect(fixture.bridge.bridge.connection.isConnected).toBe(true);
+    expect(fixture.bridge.bridge.session.isConnected).toBe(true);
     expect(await fixture.bridge.metric('amqp_reconnects_total')).toBe(reconnects);
     expect(await fixture.bridge.metric('amqp_channel_closes_total')).toBe(0);
     const after = await request(fixture.bridge.baseUrl)

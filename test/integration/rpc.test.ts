@@ -196,7 +196,7 @@ describe('routing through a named exchange', () => {
     expect(res.headers['content-type']).toBe('application/problem+json');
     expect(res.body.type).toBe('tag:amqp-rpc-bridge,2026:problem/exchange-not-found');
     expect(await fixture.bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
-    expect(fixture.bridge.bridge.pool.allOpen).toBe(true);
+    expect(fixture.bridge.bridge.session.allChannelsOpen).toBe(true);
     const good = await request(fixture.bridge.baseUrl).post(`/rpc/${echoQueue}`).send('still fine');
     expect(good.status).toBe(200);
   });

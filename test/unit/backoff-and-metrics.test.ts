@@ -20,13 +20,7 @@ describe('reconnectDelay', () => {
 
 describe('metrics', () => {
   it('caps the queue label at METRICS_MAX_QUEUES distinct values, then says "other"', async () => {
-    const metrics = createMetrics(new Registry(), 2, {
-      inFlight: () => 0,
-      connected: () => false,
-      blocked: () => false,
-      logBytesDropped: () => 0,
-      callerConnections: () => 0,
-    });
+    const metrics = createMetrics(new Registry(), 2);
     const observe = (target: string, outcome: RpcOutcomeLabel, requestBytes?: number) =>
       metrics.observeRpc({ target, outcome, seconds: 0.001, requestBytes, responseBytes: undefined });
     observe('a', 'ok', 10);

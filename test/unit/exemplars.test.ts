@@ -2,20 +2,13 @@ import { Registry, type RegistryContentType } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { createMetrics, EXEMPLAR_INTERVAL_MS } from '../../src/observability/metrics.js';
 
-const sources = {
-  inFlight: () => 0,
-  connected: () => true,
-  blocked: () => false,
-  logBytesDropped: () => 0,
-  callerConnections: () => 0,
-};
 const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
 
 describe('exemplars on the request-duration histograms', () => {
   it('are kept on an OpenMetrics registry and shown only to a scraper that asks for OpenMetrics', async () => {
     const registry = new Registry<RegistryContentType>();
     registry.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
-    const metrics = createMetrics(registry, 10, sources);
+    const metrics = createMetrics(registry, 10);
     const observation = { target: 'q', outcome: 'ok', requestBytes: 1, responseBytes: 1 } as const;
     metrics.observeRpc({ ...observation, seconds: 0.003, traceId: TRACE });
     metrics.observeRpc({ ...observation, seconds: 0.004 });
@@ -43,7 +36,7 @@ describe('exemplars on the request-duration histograms', () => {
   });
 
   it('cost nothing on the default (Prometheus) registry: no exemplar, whatever the scraper asks', async () => {
-    const metrics = createMetrics(new Registry(), 10, sources);
+    const metrics = createMetrics(new Registry(), 10);
     metrics.observeRpc({
       target: 'q',
       outcome: 'ok',
@@ -61,7 +54,7 @@ describe('exemplars on the request-duration histograms', () => {
     const registry = new Registry<RegistryContentType>();
     registry.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
     let clock = 1_000_000;
-    const metrics = createMetrics(registry, 10, sources, () => clock);
+    const metrics = createMetrics(registry, 10, () => clock);
     const observe = (seconds: number, traceId: string) =>
       metrics.observeRpc({ target: 'q', outcome: 'ok', seconds, requestBytes: 1, responseBytes: 1, traceId });
     const exemplarOf = async (le: string) => {

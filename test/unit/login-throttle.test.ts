@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { addressKey, LoginThrottle } from '../../src/login-throttle.js';
+import { addressKey, LoginThrottle } from '../../src/rpc/login-throttle.js';
 
 const WINDOW = 60_000;
 

@@ -7,7 +7,7 @@
 import type { Options } from 'amqplib';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Reply, RpcOutcome } from '../../src/rpc/outcome.js';
-import type { ExchangeVerdict, PublishChannel } from '../../src/rpc/ports.js';
+import type { ExchangeVerdict, PublishChannel, RpcSession } from '../../src/rpc/ports.js';
 import { RpcClient } from '../../src/rpc/rpc-client.js';
 import type { RpcRequest } from '../../src/rpc/rpc-request.js';
 
@@ -112,29 +112,36 @@ function core(
   let probeQuestion: ((probe: PublishChannel) => boolean) | undefined;
   let answerProbe: ((verdict: ExchangeVerdict) => void) | undefined;
   let question: Promise<ExchangeVerdict> | undefined;
+  // A session as the core sees it (the RpcSession port): state, channels in turn, exchange answers.
+  const session: RpcSession = {
+    get isConnected() {
+      return broker.isConnected;
+    },
+    get isBlocked() {
+      return broker.isBlocked;
+    },
+    retryAfterMs: () => broker.retryAfterMs(),
+    bind: () => undefined,
+    pick: () => {
+      const open = channels.filter((channel) => channel.isOpen);
+      if (open.length === 0) return undefined;
+      const writable = open.filter((channel) => channel.isWritable);
+      return (writable.length > 0 ? writable : open)[next++ % (writable.length || open.length)];
+    },
+    cached: () => options.cached,
+    // One question per exchange at a time, as the real gate asks: later calls wait for its answer.
+    check: (_exchange, publishFirst) => {
+      if (question === undefined) {
+        probeQuestion = publishFirst;
+        question = new Promise((resolve) => {
+          answerProbe = resolve;
+        });
+      }
+      return question;
+    },
+  };
   const rpc = new RpcClient({
-    connection: broker,
-    channels: {
-      pick: () => {
-        const open = channels.filter((channel) => channel.isOpen);
-        if (open.length === 0) return undefined;
-        const writable = open.filter((channel) => channel.isWritable);
-        return (writable.length > 0 ? writable : open)[next++ % (writable.length || open.length)];
-      },
-    },
-    exchanges: {
-      cached: () => options.cached,
-      // One question per exchange at a time, as the real gate asks: later calls wait for its answer.
-      check: (_exchange, publishFirst) => {
-        if (question === undefined) {
-          probeQuestion = publishFirst;
-          question = new Promise((resolve) => {
-            answerProbe = resolve;
-          });
-        }
-        return question;
-      },
-    },
+    session,
     appId: 'test',
     maxInFlight: options.maxInFlight ?? 100,
     onStrayReply: stray,

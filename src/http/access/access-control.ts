@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
+import type { BrokerLogin } from '../../rpc/caller-pools.js';
 import { HttpProblem } from '../problems.js';
 import type { TokenDefinition } from '../routes/routes-file.js';
 
@@ -15,12 +16,6 @@ export interface AccessOptions {
    * them), and every RPC or publish needs a broker login (Basic, or a token mapped to a broker user).
    */
   readonly brokerLogins?: boolean;
-}
-
-/** A broker user's credentials, as a caller presented them or as a token maps to them. Secret. */
-export interface BrokerLogin {
-  readonly username: string;
-  readonly password: string;
 }
 
 /** Verifies a JWT (signature, exp, nbf, iss, aud); rejects with a 401 HttpProblem. */

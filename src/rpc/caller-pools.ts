@@ -1,19 +1,55 @@
 import { createHash } from 'node:crypto';
-import { hostname } from 'node:os';
-import type { Logger } from 'pino';
-import type { Config } from './config/config.js';
-import { BASIC_CHALLENGE, type BrokerLogin } from './http/access/access-control.js';
-import { HttpProblem } from './http/problems.js';
-import type { CallerBrokers, CallerLease } from './http/rpc-route.js';
 import { addressKey, LoginThrottle, type ThrottleVerdict } from './login-throttle.js';
-import type { Metrics } from './observability/metrics.js';
-import type { RpcClient } from './rpc/rpc-client.js';
-import { createRpcStack, type RpcStack } from './rpc-stack.js';
+import type { SessionLifecycle } from './ports.js';
+import type { RpcClient } from './rpc-client.js';
 
-export interface CallerBrokerOptions {
-  readonly config: Config;
-  readonly logger: Logger;
-  readonly metrics: Metrics;
+/** A broker user's credentials, as a caller presented them or as a token maps to them. Secret. */
+export interface BrokerLogin {
+  readonly username: string;
+  readonly password: string;
+}
+
+/** One login's broker session and the RPC core bound to it, not started yet. */
+export interface CallerSession {
+  readonly session: SessionLifecycle;
+  readonly rpc: RpcClient;
+}
+
+/** Why a caller's connection cannot be had: the edge says it in HTTP terms. */
+export type CallerRefusal =
+  /** The broker refused this login (or did within the last few seconds). */
+  | { readonly kind: 'login-refused'; readonly username: string }
+  /** Too many refused logins for this user or from this address: not asked of the broker now. */
+  | { readonly kind: 'login-throttled'; readonly username: string; readonly retryAfterMs: number }
+  /** Enough logins for this user or address are under way to reach the throttle if all fail. */
+  | { readonly kind: 'logins-busy'; readonly username: string }
+  /** AMQP_CALLER_MAX_USERS connections, none idle. */
+  | { readonly kind: 'no-room'; readonly connections: number }
+  /** No connection could be opened in time. */
+  | { readonly kind: 'unavailable'; readonly username: string }
+  | { readonly kind: 'shutting-down' };
+
+/** The reason a lease's `rpc` rejects with. */
+export class CallerRefused extends Error {
+  override name = 'CallerRefused';
+  constructor(readonly refusal: CallerRefusal) {
+    super(refusal.kind);
+  }
+}
+
+/** A call's hold on its caller's connection, from asking for it until `release()`. */
+export interface CallerLease {
+  /** Rejects with CallerRefused when the connection cannot be had. */
+  readonly rpc: Promise<RpcClient>;
+  /** Idempotent. */
+  release(): void;
+}
+
+export interface CallerPoolOptions {
+  /** A session for this login (its own credentials), with its core: the composition root builds it. */
+  readonly openSession: (login: BrokerLogin) => CallerSession;
+  /** Each login's result at the broker, or from the throttles' memory. */
+  readonly onLogin: (result: 'accepted' | 'refused' | 'throttled') => void;
   /** Logins with a connection at once; past it, a new login closes the least recently used idle one. */
   readonly maxUsers: number;
   /** A connection closes after this long with no call holding it. */
@@ -46,11 +82,12 @@ const CONNECT_WAIT_MS = 10_000;
 /** One login's connection, from the moment a call asks for it until it is closed. */
 interface CallerConnection {
   readonly key: string;
-  readonly stack: RpcStack;
-  /** Resolves once connected with every reply channel open; rejects with the problem to answer. */
+  readonly session: SessionLifecycle;
+  readonly rpc: RpcClient;
+  /** Resolves once connected with every reply channel open; rejects with CallerRefused. */
   readonly ready: Promise<RpcClient>;
-  /** Ends a login still under way: `ready` rejects with this problem (closing it is the caller's part). */
-  readonly abandon: (problem: HttpProblem) => void;
+  /** Ends a login still under way: `ready` rejects with this refusal (closing it is the caller's part). */
+  readonly abandon: (refusal: CallerRefusal) => void;
   readonly openedAt: number;
   /** Still logging in: it cannot be closed to make room, and it counts against the login throttles. */
   connecting: boolean;
@@ -71,7 +108,7 @@ interface CallerConnection {
  * guess passwords at the broker's speed. The default exchange is probed like any other, so a publish
  * the broker refuses costs that caller a probe channel, never a shared one.
  */
-export class CallerBrokerPools implements CallerBrokers {
+export class CallerPools {
   /** The connection new calls of each login get; retired ones are in `draining` until their calls end. */
   private readonly users = new Map<string, CallerConnection>();
   private readonly draining = new Set<CallerConnection>();
@@ -81,7 +118,7 @@ export class CallerBrokerPools implements CallerBrokers {
   private readonly sweeper: NodeJS.Timeout;
   private stopped = false;
 
-  constructor(private readonly options: CallerBrokerOptions) {
+  constructor(private readonly options: CallerPoolOptions) {
     const every = Math.max(1_000, Math.min(options.idleMs, options.maxAgeMs) / 4);
     this.sweeper = setInterval(() => this.sweep(Date.now()), every);
     this.sweeper.unref();
@@ -89,18 +126,23 @@ export class CallerBrokerPools implements CallerBrokers {
 
   get connectionCount(): number {
     let open = 0;
-    for (const user of this.all()) if (user.stack.connection.isConnected) open += 1;
+    for (const user of this.all()) if (user.session.isConnected) open += 1;
     return open;
   }
 
   get inFlightCount(): number {
     let total = 0;
-    for (const user of this.all()) total += user.stack.rpc.inFlightCount;
+    for (const user of this.all()) total += user.rpc.inFlightCount;
     return total;
   }
 
+  /** Resolves once no call is in flight on any caller's connection. */
+  async whenIdle(): Promise<void> {
+    while (this.inFlightCount > 0) await Promise.all([...this.all()].map((user) => user.rpc.whenIdle()));
+  }
+
   clientFor(login: BrokerLogin, clientAddress: string | undefined): CallerLease {
-    if (this.stopped) return refusedLease(new HttpProblem('shutting-down', 'The bridge is shutting down'));
+    if (this.stopped) return refusedLease({ kind: 'shutting-down' });
     const key = loginKey(login);
     const now = Date.now();
     let user = this.users.get(key);
@@ -122,8 +164,7 @@ export class CallerBrokerPools implements CallerBrokers {
     this.stopped = true;
     clearInterval(this.sweeper);
     const users = [...this.all()];
-    const stopping = new HttpProblem('shutting-down', 'The bridge is shutting down');
-    for (const user of users) user.abandon(stopping);
+    for (const user of users) user.abandon({ kind: 'shutting-down' });
     this.users.clear();
     this.draining.clear();
     await Promise.all(users.map((user) => close(user, 'the bridge is shutting down')));
@@ -135,40 +176,27 @@ export class CallerBrokerPools implements CallerBrokers {
   }
 
   /** Why a login without a connection may not be tried at the broker now, or undefined when it may. */
-  private admitLogin(login: BrokerLogin, key: string, address: string, now: number): HttpProblem | undefined {
-    const { metrics } = this.options;
+  private admitLogin(login: BrokerLogin, key: string, address: string, now: number): CallerRefusal | undefined {
+    const { onLogin } = this.options;
+    const { username } = login;
     const refusedUntil = this.refused.get(key);
     if (refusedUntil !== undefined && refusedUntil > now) {
-      metrics.callerLogins.labels('throttled').inc();
-      return loginRefused(login.username);
+      onLogin('throttled');
+      return { kind: 'login-refused', username };
     }
-    const verdict = worst(this.userLogins.check(login.username, now), this.addressLogins.check(address, now));
+    const verdict = worst(this.userLogins.check(username, now), this.addressLogins.check(address, now));
     if (verdict.verdict === 'throttled') {
-      metrics.callerLogins.labels('throttled').inc();
-      return new HttpProblem(
-        'unauthorized',
-        `Too many refused broker logins for "${login.username}" or from this address; try again later`,
-        { challenge: BASIC_CHALLENGE, retryAfterSeconds: Math.max(1, Math.ceil(verdict.retryAfterMs / 1000)) },
-      );
+      onLogin('throttled');
+      return { kind: 'login-throttled', username, retryAfterMs: verdict.retryAfterMs };
     }
-    if (verdict.verdict === 'busy') {
-      return new HttpProblem(
-        'overloaded',
-        `Broker logins for "${login.username}" or from this address are under way; retry shortly`,
-        { retryAfterSeconds: 1 },
-      );
-    }
+    if (verdict.verdict === 'busy') return { kind: 'logins-busy', username };
     let connecting = 0;
     for (const user of this.users.values()) if (user.connecting) connecting += 1;
     // Over the limit, a new login is tried while an idle connection stays open; that one closes only
     // once the broker accepts the newcomer (see shrink), so refused logins never close anybody's.
     const full = this.users.size >= this.options.maxUsers;
     if (full && (this.leastRecentlyUsedIdle() === undefined || connecting >= this.options.maxUsers)) {
-      return new HttpProblem(
-        'overloaded',
-        `${this.users.size} broker logins have a connection, none idle (AMQP_CALLER_MAX_USERS); retry shortly`,
-        { retryAfterSeconds: 1 },
-      );
+      return { kind: 'no-room', connections: this.users.size };
     }
     return undefined;
   }
@@ -192,8 +220,8 @@ export class CallerBrokerPools implements CallerBrokers {
   }
 
   private open(login: BrokerLogin, key: string, clientAddress: string, now: number): CallerConnection {
-    const { config, logger, metrics } = this.options;
-    let settle: { resolve(rpc: RpcClient): void; reject(problem: HttpProblem): void } | undefined;
+    const { onLogin } = this.options;
+    let settle: { resolve(rpc: RpcClient): void; reject(refused: CallerRefused): void } | undefined;
     const ready = new Promise<RpcClient>((resolve, reject) => {
       settle = { resolve, reject };
     });
@@ -208,41 +236,16 @@ export class CallerBrokerPools implements CallerBrokers {
       this.userLogins.settled(login.username);
       this.addressLogins.settled(clientAddress);
     };
-    const stack = createRpcStack({
-      urls: config.amqpUrls.map(withoutLogin),
-      credentials: login,
-      connectionName: `${config.appId}@${hostname()} for ${login.username}`,
-      channels: this.options.channels,
-      config,
-      // The user is named in its lines; the password is in no log line (it is in no URL either).
-      logger: logger.child({ brokerUser: login.username }),
-      metrics,
-      checkDefaultExchange: true,
-      onReady: () => {
-        if (!user.connecting) return;
-        loggedIn();
-        settle?.resolve(stack.rpc);
-        this.shrink();
-      },
-      onLoginRefused: () => {
-        metrics.callerLogins.labels('refused').inc();
-        const at = Date.now();
-        this.rememberRefused(key, at);
-        this.userLogins.refused(login.username, at);
-        // Refused on a reconnect (a password changed since): no guess from the address that opened it.
-        if (user.connecting) this.addressLogins.refused(clientAddress, at);
-        user.abandon(loginRefused(login.username));
-        this.forget(user, 'the broker refused the login');
-      },
-    });
+    const { session, rpc } = this.options.openSession(login);
     const user: CallerConnection = {
       key,
-      stack,
+      session,
+      rpc,
       ready,
-      abandon: (problem) => {
+      abandon: (refusal) => {
         if (!user.connecting) return;
         loggedIn();
-        settle?.reject(problem);
+        settle?.reject(new CallerRefused(refusal));
       },
       openedAt: now,
       connecting: true,
@@ -250,23 +253,32 @@ export class CallerBrokerPools implements CallerBrokers {
       lastUsedAt: now,
       retired: false,
     };
+    session.addListener({
+      connected: () => onLogin('accepted'),
+      ready: () => {
+        if (!user.connecting) return;
+        loggedIn();
+        settle?.resolve(rpc);
+        this.shrink();
+      },
+      loginRefused: () => {
+        onLogin('refused');
+        const at = Date.now();
+        this.rememberRefused(key, at);
+        this.userLogins.refused(login.username, at);
+        // Refused on a reconnect (a password changed since): no guess from the address that opened it.
+        if (user.connecting) this.addressLogins.refused(clientAddress, at);
+        user.abandon({ kind: 'login-refused', username: login.username });
+        this.forget(user, 'the broker refused the login');
+      },
+    });
     const giveUp = setTimeout(() => {
-      const problem = new HttpProblem(
-        'broker-unavailable',
-        `No broker connection for ${login.username} could be opened in time`,
-        { retryAfterSeconds: 1 },
-      );
-      user.abandon(problem);
+      user.abandon({ kind: 'unavailable', username: login.username });
       this.forget(user, 'no connection in time');
     }, CONNECT_WAIT_MS);
     giveUp.unref();
-    stack.connection.addListener({
-      connected: () => metrics.callerLogins.labels('accepted').inc(),
-      disconnected() {},
-      blockedChanged() {},
-    });
     this.users.set(key, user);
-    stack.connection.start();
+    session.start();
     return user;
   }
 
@@ -348,33 +360,18 @@ function worst(a: ThrottleVerdict, b: ThrottleVerdict): ThrottleVerdict {
   return a;
 }
 
-function refusedLease(problem: HttpProblem): CallerLease {
-  const rpc = Promise.reject(problem);
+function refusedLease(refusal: CallerRefusal): CallerLease {
+  const rpc = Promise.reject(new CallerRefused(refusal));
   rpc.catch(() => undefined);
   return { rpc, release() {} };
 }
 
 async function close(user: CallerConnection, reason: string): Promise<void> {
-  user.stack.rpc.settleAll({ kind: 'lost', reason });
-  await user.stack.pool.stop();
-  await user.stack.connection.stop();
+  user.rpc.settleAll({ kind: 'lost', reason });
+  await user.session.stop();
 }
 
 /** The same user with another password is another login: it must never share a connection. */
 function loginKey(login: BrokerLogin): string {
   return createHash('sha256').update(login.username).update('\0').update(login.password).digest('base64');
-}
-
-/** The broker URL without the bridge's own user: the caller's login is given apart (see `credentials`). */
-function withoutLogin(url: string): string {
-  const parsed = new URL(url);
-  parsed.username = '';
-  parsed.password = '';
-  return parsed.toString();
-}
-
-function loginRefused(username: string): HttpProblem {
-  return new HttpProblem('unauthorized', `The broker refused the login of "${username}"`, {
-    challenge: BASIC_CHALLENGE,
-  });
 }
