@@ -11,6 +11,7 @@ import { execFile } from 'node:child_process';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readMetric } from '../helpers/metric-text.js';
 
 const PROJECT = 'bridge-container-test';
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -205,7 +206,7 @@ async function waitUntilInFlight(timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const metrics = await (await fetch(bridgeUrl('/metrics'))).text();
-    const inFlight = Number(/^rpc_in_flight (\d+)/m.exec(metrics)?.[1] ?? 0);
+    const inFlight = readMetric(metrics, 'rpc_in_flight');
     if (inFlight > 0) {
       // In flight on the bridge; give the broker a moment to deliver it to the worker.
       await sleep(500);

@@ -262,6 +262,8 @@ describe.skipIf(cannotStartSecondNode !== undefined)('a second broker node', () 
       const res = await request(tls.baseUrl).post(`/rpc/${queue}`).set('Content-Type', 'text/plain').send('over tls');
       expect(res.status).toBe(200);
       expect(res.text).toBe('over tls');
+      // The line the untrusting bridge below must never write (so its absence there means something).
+      await expect.poll(() => tls.logs.filter((line) => line.msg === 'amqp connected')).toHaveLength(1);
     } finally {
       tls.child.kill('SIGTERM');
       await tls.exited;

@@ -7,9 +7,10 @@ import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningWorker, startEchoWorker } from '../../examples/echo-worker.js';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
-import { readMetric, startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
+import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
 import { startBridgeProcess } from '../helpers/bridge-process.js';
 import { AMQP_URL, uniqueName } from '../helpers/broker.js';
+import { readMetric } from '../helpers/metric-text.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 
 const echoQueue = uniqueName('echo');

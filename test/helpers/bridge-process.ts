@@ -1,8 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import request from 'supertest';
-import { readMetric } from './bridge.js';
 import { AMQP_URL } from './broker.js';
+import { readMetric } from './metric-text.js';
 
 export interface BridgeProcess {
   readonly child: ChildProcess;

@@ -6,6 +6,7 @@ import { JwtVerifier } from '../../src/http/access/jwt-verifier.js';
 import { listen, type RunningServer } from '../../src/http/server.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { AMQP_URL, uniqueName } from './broker.js';
+import { type ReadMetricOptions, readMetric } from './metric-text.js';
 
 /** The reply mode this run of the suite tests: `direct` (default) or `queue`. */
 export const REPLY_MODE = process.env.RPC_REPLY_MODE ?? 'direct';
@@ -16,8 +17,12 @@ export interface TestBridge {
   readonly baseUrl: string;
   /** Every log line the bridge wrote, parsed. */
   readonly logs: Array<Record<string, unknown>>;
-  /** The current value of one metric series, from the bridge's own /metrics text. */
-  metric(name: string, labels?: Record<string, string>): Promise<number>;
+  /**
+   * The current value of one metric, from the bridge's own /metrics text: summed over the series whose
+   * labels include `labels`. Throws when the metric is not exposed at all, and when no series matches
+   * unless `{ absentIsZero: true }` (see readMetric).
+   */
+  metric(name: string, labels?: Record<string, string>, options?: ReadMetricOptions): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -56,8 +61,8 @@ export async function startTestBridge(env: Record<string, string> = {}): Promise
     server,
     baseUrl: `http://127.0.0.1:${server.port}`,
     logs,
-    async metric(name, labels = {}) {
-      return readMetric(await bridge.metrics.registry.metrics(), name, labels);
+    async metric(name, labels = {}, options = {}) {
+      return readMetric(await bridge.metrics.registry.metrics(), name, labels, options);
     },
     async close() {
       bridge.beginShutdown();
@@ -76,18 +81,6 @@ export function listenOnLoopback(handler: RequestListener, config: Config): Prom
     headersTimeoutMs: config.httpHeadersTimeoutMs,
     requestTimeoutMs: config.httpRequestTimeoutMs,
   });
-}
-
-export function readMetric(text: string, name: string, labels: Record<string, string>): number {
-  const wanted = Object.entries(labels).map(([key, value]) => `${key}="${value}"`);
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name)) continue;
-    const match = /^([^{\s]+)(?:\{([^}]*)\})?\s+(\S+)$/.exec(line);
-    if (match?.[1] !== name) continue;
-    const have = (match[2] ?? '').split(',');
-    if (wanted.every((pair) => have.includes(pair))) return Number(match[3]);
-  }
-  return 0;
 }
 
 /** Polls `condition` (which may be async, e.g. an HTTP probe) every 20 ms until it holds; throws after `timeoutMs`. */

@@ -5,7 +5,7 @@ import request from 'supertest';
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { startEchoWorker } from '../../examples/echo-worker.js';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
-import { startTestBridge } from '../helpers/bridge.js';
+import { startTestBridge, waitFor } from '../helpers/bridge.js';
 import { AMQP_URL, uniqueName } from '../helpers/broker.js';
 import { useEchoBridge } from '../helpers/fixture.js';
 
@@ -51,15 +51,21 @@ describe('bearer tokens', () => {
   });
 
   it('serves a request with a token from AUTH_TOKENS or from AUTH_TOKENS_FILE, and never logs it', async () => {
-    for (const token of [TOKEN, SECOND]) {
+    const ids = [uniqueName('token-1'), uniqueName('token-2')];
+    for (const [i, token] of [TOKEN, SECOND].entries()) {
       const res = await request(fixture.bridge.baseUrl)
         .post(`/rpc/${allowed}`)
         .set('Authorization', `Bearer ${token}`)
+        .set('X-Request-Id', String(ids[i]))
         .set('Content-Type', 'text/plain')
         .send('ok');
       expect(res.status).toBe(200);
       expect(res.text).toBe('ok');
     }
+    // Each request's own line is there (with its headers), so what follows looks at something.
+    const logged = (id: string) =>
+      fixture.bridge.logs.some((line) => (line.req as { id?: string } | undefined)?.id === id);
+    await waitFor(() => ids.every(logged), 2_000, "the requests' log lines");
     const logs = fixture.bridge.logs.map((line) => JSON.stringify(line)).join('\n');
     expect(logs).not.toContain(TOKEN);
     expect(logs).not.toContain(SECOND);

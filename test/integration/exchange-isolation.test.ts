@@ -51,7 +51,7 @@ const count = (tally: Tally, key: string | number) => {
 
 describe('a caller hammering exchanges the broker refuses', () => {
   it('gets 403 of its own while 200 good requests all succeed, no shared channel closes and /readyz stays 200', async () => {
-    const closesBefore = await fixture.bridge.metric('amqp_channel_closes_total');
+    const closesBefore = await fixture.bridge.metric('amqp_channel_closes_total', {}, { absentIsZero: true });
     const hostile: Tally = {};
     const hostileTypes = new Set<string>();
     const good: Tally = {};
@@ -97,9 +97,10 @@ describe('a caller hammering exchanges the broker refuses', () => {
     const hostileCount = Object.values(hostile).reduce((a, b) => a + b, 0);
     const probes = {
       forbidden: await fixture.bridge.metric('amqp_exchange_checks_total', { verdict: 'forbidden' }),
-      exists: await fixture.bridge.metric('amqp_exchange_checks_total', { verdict: 'exists' }),
+      exists: await fixture.bridge.metric('amqp_exchange_checks_total', { verdict: 'exists' }, { absentIsZero: true }),
     };
-    const closes = (await fixture.bridge.metric('amqp_channel_closes_total')) - closesBefore;
+    const closes =
+      (await fixture.bridge.metric('amqp_channel_closes_total', {}, { absentIsZero: true })) - closesBefore;
     console.info(
       `exchange isolation drill (${admin.product}, ${seconds.toFixed(1)} s): hostile requests ${hostileCount} ` +
         `${JSON.stringify(hostile)}, probes ${JSON.stringify(probes)}; good requests ${JSON.stringify(good)}; ` +

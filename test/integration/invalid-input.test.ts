@@ -110,7 +110,7 @@ const BAD_REQUESTS: BadRequest[] = [
 describe('invalid input is refused at the edge with a problem document, and harms nothing', () => {
   for (const bad of BAD_REQUESTS) {
     it(`answers ${bad.status} for ${bad.name}, then serves a good request`, async () => {
-      const closesBefore = await fixture.bridge.metric('amqp_channel_closes_total');
+      const closesBefore = await fixture.bridge.metric('amqp_channel_closes_total', {}, { absentIsZero: true });
       let req = request(fixture.bridge.baseUrl).post(bad.path);
       for (const [name, value] of Object.entries(bad.headers ?? {})) req = req.set(name, value);
       const res = await req.send(bad.body ?? 'x');
@@ -129,7 +129,7 @@ describe('invalid input is refused at the edge with a problem document, and harm
         .send('ok');
       expect(good.status).toBe(200);
       expect(good.text).toBe('ok');
-      expect(await fixture.bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
+      expect(await fixture.bridge.metric('amqp_channel_closes_total', {}, { absentIsZero: true })).toBe(closesBefore);
       expect(fixture.bridge.bridge.session.allChannelsOpen).toBe(true);
     });
   }
@@ -157,10 +157,14 @@ describe('invalid input is refused at the edge with a problem document, and harm
   });
 
   it('counts refused requests as rejected in the metrics', async () => {
-    const before = await fixture.bridge.metric('rpc_request_duration_seconds_count', {
-      queue: 'q',
-      outcome: 'rejected',
-    });
+    const before = await fixture.bridge.metric(
+      'rpc_request_duration_seconds_count',
+      {
+        queue: 'q',
+        outcome: 'rejected',
+      },
+      { absentIsZero: true },
+    );
     await request(fixture.bridge.baseUrl).post('/rpc/q?timeout=0').send('x');
     expect(await fixture.bridge.metric('rpc_request_duration_seconds_count', { queue: 'q', outcome: 'rejected' })).toBe(
       before + 1,
@@ -192,7 +196,7 @@ describe('an exchange name the broker itself refuses', () => {
     'exchange name refused by the broker',
     admin.product === 'lavinmq' ? undefined : 'RabbitMQ accepts every name the edge lets through',
   )('is answered 400 invalid-request (nothing was published), and closes no reply channel', async () => {
-    const closesBefore = await fixture.bridge.metric('amqp_channel_closes_total');
+    const closesBefore = await fixture.bridge.metric('amqp_channel_closes_total', {}, { absentIsZero: true });
     for (let attempt = 0; attempt < 2; attempt++) {
       // The second answer comes from the checker's cache; both must be the caller's error, not a 502.
       const res = await request(fixture.bridge.baseUrl).post('/rpc/%C2%80/k').send('x');
@@ -201,7 +205,7 @@ describe('an exchange name the broker itself refuses', () => {
       expect(res.body.type).toBe(`${PROBLEM_TYPE_PREFIX}invalid-request`);
       expect(res.body.detail).toContain('refuses this exchange name');
     }
-    expect(await fixture.bridge.metric('amqp_channel_closes_total')).toBe(closesBefore);
+    expect(await fixture.bridge.metric('amqp_channel_closes_total', {}, { absentIsZero: true })).toBe(closesBefore);
     expect(fixture.bridge.bridge.session.allChannelsOpen).toBe(true);
   });
 });

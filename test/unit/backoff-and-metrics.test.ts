@@ -2,7 +2,7 @@ import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { reconnectDelay } from '../../src/amqp/backoff.js';
 import { createMetrics, type RpcOutcomeLabel } from '../../src/observability/metrics.js';
-import { readMetric } from '../helpers/bridge.js';
+import { readMetric } from '../helpers/metric-text.js';
 
 describe('reconnectDelay', () => {
   it('doubles from the minimum and never passes the maximum', () => {

@@ -24,7 +24,8 @@ class FakeChannel implements PublishChannel {
   readonly published: Published[] = [];
   isOpen = true;
   isWritable = true;
-  closedByOwner = false;
+  /** What the core did with the channel's hold (a probe closes once every holder has released it). */
+  readonly holds = { held: 0, released: 0 };
   private waiters: Array<() => void> = [];
 
   constructor(readonly role: 'shared' | 'probe' = 'shared') {}
@@ -50,18 +51,12 @@ class FakeChannel implements PublishChannel {
     for (const resume of this.waiters.splice(0)) resume();
   }
 
-  holders = 0;
-
   hold(): void {
-    this.holders += 1;
+    this.holds.held += 1;
   }
 
   release(): void {
-    this.holders -= 1;
-    if (this.holders === 0) {
-      this.closedByOwner = true;
-      this.isOpen = false;
-    }
+    this.holds.released += 1;
   }
 
   get waiting(): number {
@@ -328,32 +323,38 @@ describe('backpressure', () => {
 });
 
 describe('a probe channel for an unchecked exchange', () => {
-  it('carries the first request, is closed once that is answered, and later requests use the shared channels', async () => {
+  it('carries the first request, holds the probe until that is answered, and later requests use the shared channels', async () => {
     const { rpc, channels, start, probe } = core();
     const first = start(request({ exchange: 'orders' }));
     const second = start(request({ exchange: 'orders' }));
     const probeChannel = new FakeChannel('probe');
     expect(probe.carry(probeChannel)).toBe(true);
     expect(probeChannel.published.map((entry) => entry.correlationId)).toEqual([first.call.correlationId]);
+    expect(probeChannel.holds).toEqual({ held: 1, released: 0 });
     probe.answer('exists');
     await vi.waitFor(() => expect(channels[0]?.published).toHaveLength(1));
     expect(channels[0]?.published[0]?.correlationId).toBe(second.call.correlationId);
-    expect(probeChannel.closedByOwner).toBe(false);
+    expect(probeChannel.holds).toEqual({ held: 1, released: 0 });
     rpc.reply(first.call.channel as PublishChannel, first.call.correlationId, reply('first'));
-    expect(probeChannel.closedByOwner).toBe(true);
+    expect(first.outcomes.map((outcome) => outcome.kind)).toEqual(['reply']);
+    expect(probeChannel.holds).toEqual({ held: 1, released: 1 });
   });
 
-  it('stays open for the exchange check when the publish it carries is acked first', async () => {
+  it('lets go of the probe once when the publish it carries is acked, whatever else happens to that call', async () => {
     const { rpc, start, probe } = core();
     const first = start(request({ exchange: 'events', mode: 'publish' }));
     const probeChannel = new FakeChannel('probe');
-    probeChannel.hold(); // as the exchange checker does until its second declare returns
     probe.carry(probeChannel);
-    rpc.confirmed(first.call.correlationId); // the ack precedes the declare-ok
+    expect(probeChannel.holds).toEqual({ held: 1, released: 0 });
+    rpc.confirmed(first.call.correlationId); // the ack may precede the exchange check's answer
     expect(first.outcomes).toEqual([{ kind: 'accepted' }]);
-    expect(probeChannel.closedByOwner).toBe(false);
-    probeChannel.release();
-    expect(probeChannel.closedByOwner).toBe(true);
+    expect(probeChannel.holds).toEqual({ held: 1, released: 1 });
+    // Its other endings come too late to release the probe a second time (the checker still holds it).
+    rpc.returned(first.call.correlationId, 312, 'NO_ROUTE');
+    rpc.closed(probeChannel, 'gone', 320);
+    vi.advanceTimersByTime(5_000);
+    expect(probeChannel.holds).toEqual({ held: 1, released: 1 });
+    expect(first.outcomes).toHaveLength(1);
   });
 
   it("probes the default exchange too for a caller's own broker user, whose permissions may exclude it", async () => {
