@@ -1,5 +1,5 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Level, Logger } from 'pino';
+import type { IncomingMessage } from 'node:http';
+import type { Bindings, Level, Logger } from 'pino';
 import type { Options } from 'pino-http';
 import { assignRequestId } from './request-id.js';
 
@@ -58,35 +58,22 @@ export function levelForStatus(status: number, failed: boolean): Level {
 }
 
 /**
- * The access-log line of an RPC request, written by the RPC route itself in the same shape as
- * pino-http's lines: pino-http builds a child logger per request, which measured ~50-100 µs per
- * request on the hot path; this is one plain log call.
+ * pino-http for every request the bridge serves, RPC or operational: one line each, written when the
+ * response ends, with the RPC's own fields (target, correlation id, outcome, bytes) when it is one.
  */
-export function logRpcRequest(
-  logger: Logger,
-  req: IncomingMessage,
-  res: ServerResponse,
-  responseTime: number,
-  rpc: RpcLogFields,
-  err?: Error,
-): void {
-  const level = levelForStatus(res.statusCode, err !== undefined);
-  if (!logger.isLevelEnabled(level)) return;
-  const line = { req: serializeRequest(req), res: { statusCode: res.statusCode }, responseTime, rpc, err };
-  logger[level](line, 'request completed');
-}
-
-type LoggedResponse = ServerResponse & { err?: unknown };
-
-/** pino-http for the routes express serves (operational endpoints, 404s): one line per request. */
 export function httpLoggerOptions(logger: Logger): Options {
   return {
     logger,
     genReqId: assignRequestId,
+    // Read when the request arrives (no fields yet: no child logger made) and again when its line is written.
+    customProps: (req) => {
+      const rpc = req.exchange?.rpc;
+      return (rpc === undefined ? undefined : { rpc }) as Bindings;
+    },
     customLogLevel: (_req, res, err) => levelForStatus(res.statusCode, err !== undefined),
     // pino-http invents an Error (with a stack) for every 5xx; only a real one (res.err) is worth logging.
     customErrorObject: (_req, res, _err, value) => {
-      if ((res as LoggedResponse).err !== undefined) return value;
+      if (res.err !== undefined) return value;
       const { err: _synthetic, ...rest } = value as Record<string, unknown>;
       return rest;
     },

@@ -2,21 +2,22 @@ import type { NextFunction, Request, Response } from 'express';
 import { toError } from '../errors.js';
 import { sendProblem } from './problem-response.js';
 import { HttpProblem } from './problems.js';
-import { idOf } from './request-id.js';
 
 /** The error middleware of the express routes: every failure leaves as application/problem+json. */
 export function errorHandler() {
   return (err: unknown, req: Request, res: Response, _next: NextFunction): void => {
     const problem = asProblem(err);
     if (problem.status === 500) {
-      // pino-http logs it with the request line.
-      (res as Response & { err?: Error }).err = toError(err);
+      // Logged with the request's line.
+      res.err = toError(err);
     }
-    if (res.headersSent) {
-      res.destroy();
+    const { exchange } = req;
+    if (exchange !== undefined) {
+      exchange.fail(problem);
       return;
     }
-    sendProblem(res, problem, idOf(req));
+    if (res.headersSent) res.destroy();
+    else sendProblem(res, problem, typeof req.id === 'string' ? req.id : '');
   };
 }
 

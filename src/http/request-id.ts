@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Request } from 'express';
 
 /** A caller's id is kept when it is short and plain enough to log and echo safely. */
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
@@ -14,8 +13,4 @@ export function assignRequestId(req: IncomingMessage, res: ServerResponse): stri
   const id = typeof offered === 'string' && SANE_REQUEST_ID.test(offered) ? offered : randomUUID();
   res.setHeader('X-Request-Id', id);
   return id;
-}
-
-export function idOf(req: Request): string {
-  return typeof req.id === 'string' ? req.id : '';
 }

@@ -60,7 +60,7 @@ export function exchangeTarget(exchange: unknown, routingKey: unknown): RpcTarge
   return { exchange: exchangeName, routingKey: key, label };
 }
 
-type MessageFields = Omit<RpcRequest, 'exchange' | 'routingKey' | 'body' | 'requestId' | 'receivedAt' | 'mode'>;
+export type MessageFields = Omit<RpcRequest, 'exchange' | 'routingKey' | 'body' | 'requestId' | 'receivedAt' | 'mode'>;
 
 /**
  * Maps the HTTP request's headers and query to the message properties that cross to AMQP. Only the

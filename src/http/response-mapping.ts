@@ -6,7 +6,7 @@ import { HttpProblem } from './problems.js';
 /** What the worker's reply becomes over HTTP. */
 export interface HttpReply {
   readonly status: number;
-  readonly headers: ReadonlyArray<readonly [string, string]>;
+  readonly headers: Array<readonly [string, string]>;
   readonly body: Buffer;
 }
 
