@@ -22,7 +22,8 @@ import {
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
 import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
-import type { MessageTrace, ParentTrace, TracingConfig } from './tracing.js';
+import type { TracingConfig } from './tracing.js';
+import { formatTraceparent, type RemoteParent, type TraceContext } from './w3c-trace-context.js';
 
 export interface OtelTracer {
   readonly tracer: Tracer;
@@ -49,7 +50,7 @@ export async function startOtelTracer(config: TracingConfig, scope: string): Pro
 }
 
 /** A context whose span is the remote parent: start a span in it to continue the trace. */
-export function remoteContext(parent: ParentTrace | undefined): Context {
+export function remoteContext(parent: RemoteParent | undefined): Context {
   if (parent === undefined) return ROOT_CONTEXT;
   return trace.setSpanContext(ROOT_CONTEXT, {
     traceId: parent.traceId,
@@ -62,10 +63,10 @@ export function remoteContext(parent: ParentTrace | undefined): Context {
 }
 
 /** The W3C headers that make the next hop's span a child of `span`. */
-export function messageTraceOf(span: Span): MessageTrace {
+export function messageTraceOf(span: Span): TraceContext {
   const own = span.spanContext();
-  const flags = own.traceFlags & TraceFlags.SAMPLED ? '01' : '00';
-  return { traceparent: `00-${own.traceId}-${own.spanId}-${flags}`, tracestate: own.traceState?.serialize() };
+  const traceparent = formatTraceparent(own.traceId, own.spanId, own.traceFlags & TraceFlags.SAMPLED);
+  return { traceparent, tracestate: own.traceState?.serialize() };
 }
 
 async function spanProcessorFor(config: TracingConfig): Promise<SpanProcessor> {
