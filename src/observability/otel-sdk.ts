@@ -36,8 +36,6 @@ export async function startOtelTracer(config: TracingConfig, scope: string): Pro
   const resource = defaultResource()
     .merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.serviceName }))
     .merge(detectResources({ detectors: [envDetector] }));
-  // The SDK's own batch processor waits for these before each export; ours encodes spans as they end.
-  await resource.waitForAsyncAttributes?.();
   const provider = new BasicTracerProvider({ resource, spanProcessors: [await spanProcessorFor(config)] });
   let stopping: Promise<void> | undefined;
   return {
@@ -72,11 +70,9 @@ export function messageTraceOf(span: Span): TraceContext {
 async function spanProcessorFor(config: TracingConfig): Promise<SpanProcessor> {
   if (config.exporter === 'console') return new BatchSpanProcessor(new ConsoleSpanExporter());
   // Each exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT, _COMPRESSION itself.
-  if (config.protocol === 'http/json') {
-    const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-http');
-    return new BatchSpanProcessor(new OTLPTraceExporter());
-  }
-  const [{ createProtobufSpanExporter }, { batchLimitsFromEnvironment, EncodingBatchSpanProcessor }] =
-    await Promise.all([import('./otlp/protobuf-span-exporter.js'), import('./otlp/encoding-batch-processor.js')]);
-  return new EncodingBatchSpanProcessor(createProtobufSpanExporter(), batchLimitsFromEnvironment());
+  const { OTLPTraceExporter } =
+    config.protocol === 'http/json'
+      ? await import('@opentelemetry/exporter-trace-otlp-http')
+      : await import('@opentelemetry/exporter-trace-otlp-proto');
+  return new BatchSpanProcessor(new OTLPTraceExporter());
 }
