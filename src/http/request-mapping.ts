@@ -1,8 +1,8 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { REPLY_TO_QUEUES } from '../config/config.js';
+import { traceContextFor } from '../observability/w3c-trace-context.js';
 import type { RpcRequest } from '../rpc/rpc-request.js';
 import { HttpProblem } from './problems.js';
-import { traceContextFor } from './trace-context.js';
 
 /** Where a request goes: the default exchange with the queue as routing key, or a named exchange. */
 export interface RpcTarget {

@@ -22,7 +22,8 @@ import {
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
 import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
-import type { MessageTrace, ParentTrace, TracingConfig } from './tracing.js';
+import type { TracingConfig } from './tracing.js';
+import { formatTraceparent, type RemoteParent, type TraceContext } from './w3c-trace-context.js';
 
 export interface OtelTracer {
   readonly tracer: Tracer;
@@ -35,8 +36,6 @@ export async function startOtelTracer(config: TracingConfig, scope: string): Pro
   const resource = defaultResource()
     .merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.serviceName }))
     .merge(detectResources({ detectors: [envDetector] }));
-  // The SDK's own batch processor waits for these before each export; ours encodes spans as they end.
-  await resource.waitForAsyncAttributes?.();
   const provider = new BasicTracerProvider({ resource, spanProcessors: [await spanProcessorFor(config)] });
   let stopping: Promise<void> | undefined;
   return {
@@ -49,7 +48,7 @@ export async function startOtelTracer(config: TracingConfig, scope: string): Pro
 }
 
 /** A context whose span is the remote parent: start a span in it to continue the trace. */
-export function remoteContext(parent: ParentTrace | undefined): Context {
+export function remoteContext(parent: RemoteParent | undefined): Context {
   if (parent === undefined) return ROOT_CONTEXT;
   return trace.setSpanContext(ROOT_CONTEXT, {
     traceId: parent.traceId,
@@ -62,20 +61,18 @@ export function remoteContext(parent: ParentTrace | undefined): Context {
 }
 
 /** The W3C headers that make the next hop's span a child of `span`. */
-export function messageTraceOf(span: Span): MessageTrace {
+export function messageTraceOf(span: Span): TraceContext {
   const own = span.spanContext();
-  const flags = own.traceFlags & TraceFlags.SAMPLED ? '01' : '00';
-  return { traceparent: `00-${own.traceId}-${own.spanId}-${flags}`, tracestate: own.traceState?.serialize() };
+  const traceparent = formatTraceparent(own.traceId, own.spanId, own.traceFlags & TraceFlags.SAMPLED);
+  return { traceparent, tracestate: own.traceState?.serialize() };
 }
 
 async function spanProcessorFor(config: TracingConfig): Promise<SpanProcessor> {
   if (config.exporter === 'console') return new BatchSpanProcessor(new ConsoleSpanExporter());
   // Each exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT, _COMPRESSION itself.
-  if (config.protocol === 'http/json') {
-    const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-http');
-    return new BatchSpanProcessor(new OTLPTraceExporter());
-  }
-  const [{ createProtobufSpanExporter }, { batchLimitsFromEnvironment, EncodingBatchSpanProcessor }] =
-    await Promise.all([import('./otlp/protobuf-span-exporter.js'), import('./otlp/encoding-batch-processor.js')]);
-  return new EncodingBatchSpanProcessor(createProtobufSpanExporter(), batchLimitsFromEnvironment());
+  const { OTLPTraceExporter } =
+    config.protocol === 'http/json'
+      ? await import('@opentelemetry/exporter-trace-otlp-http')
+      : await import('@opentelemetry/exporter-trace-otlp-proto');
+  return new BatchSpanProcessor(new OTLPTraceExporter());
 }

@@ -30,14 +30,8 @@ import {
   ATTR_OUTCOME,
 } from './messaging-conventions.js';
 import { messageTraceOf, remoteContext, startOtelTracer } from './otel-sdk.js';
-import type {
-  MessageTrace,
-  PublishSpanStart,
-  RequestSpan,
-  ServerSpanStart,
-  Tracing,
-  TracingConfig,
-} from './tracing.js';
+import type { PublishSpanStart, RequestSpan, ServerSpanStart, Tracing, TracingConfig } from './tracing.js';
+import type { TraceContext } from './w3c-trace-context.js';
 
 /** Outcomes that are no failure of the publish: the worker replied, the broker took it, the caller left. */
 const PUBLISH_OK = new Set(['reply', 'accepted', 'cancelled']);
@@ -72,7 +66,7 @@ class OtelRequestSpan implements RequestSpan {
     this.sampledTraceId = sampled ? context.traceId : undefined;
   }
 
-  startPublish(publish: PublishSpanStart): MessageTrace {
+  startPublish(publish: PublishSpanStart): TraceContext {
     this.producer = this.tracer.startSpan(
       `send ${publish.label}`,
       { kind: SpanKind.PRODUCER, attributes: publishAttributes(publish) },

@@ -3,22 +3,15 @@
  * Types only: main.ts imports the SDK behind them (./otel-tracing.ts) only when tracing is configured,
  * so a bridge without OTEL_* loads no OpenTelemetry code and pays nothing for it.
  */
+import type { RemoteParent, TraceContext } from './w3c-trace-context.js';
 
 export type { TracingConfig } from '../config/tracing-settings.js';
-
-/** The caller's trace, already parsed by the edge (W3C `traceparent` and `tracestate`). */
-export interface ParentTrace {
-  readonly traceId: string;
-  readonly spanId: string;
-  readonly flags: number;
-  readonly tracestate: string | undefined;
-}
 
 export interface ServerSpanStart {
   /** The route pattern (`/rpc/:queue`), never the raw path. */
   readonly route: string;
-  /** The caller's trace, or undefined to start a new one (the sampler decides for it). */
-  readonly parent: ParentTrace | undefined;
+  /** The caller's trace as the edge parsed it, or undefined to start a new one (the sampler decides for it). */
+  readonly parent: RemoteParent | undefined;
 }
 
 export interface PublishSpanStart {
@@ -31,17 +24,14 @@ export interface PublishSpanStart {
   readonly messageId: string | undefined;
 }
 
-/** The W3C headers for the message: the producer span's context, so the worker's span is its child. */
-export interface MessageTrace {
-  readonly traceparent: string;
-  readonly tracestate: string | undefined;
-}
-
 export interface RequestSpan {
   /** The trace id when this request is sampled (recorded and exported), else undefined. */
   readonly sampledTraceId: string | undefined;
-  /** Starts the producer span, child of the server span. At most once. */
-  startPublish(publish: PublishSpanStart): MessageTrace;
+  /**
+   * Starts the producer span, child of the server span. At most once. Returns the message's W3C headers:
+   * the producer span's context, so the worker's span is its child.
+   */
+  startPublish(publish: PublishSpanStart): TraceContext;
   /** The call's correlation id: the conversation id of the producer span. */
   conversation(correlationId: string): void;
   /** Ends the producer span with how the call ended (`reply`, `accepted`, `timeout`, `unroutable`...). */

@@ -50,7 +50,7 @@ describe('spans exported over OTLP', () => {
     expect(res.status).toBe(200);
     const { server, producer } = await receiver.waitForTrace(CALLER_TRACE, 2);
     expect(receiver.services.size).toBeGreaterThan(0);
-    // OTLP's default encoding, written by the bridge's own encoder (src/observability/otlp/).
+    // OTLP's default encoding (http/protobuf), written by the SDK's exporter.
     expect([...receiver.encodings]).toEqual(['application/x-protobuf']);
 
     expect(server).toMatchObject({ name: 'POST /rpc/:queue', kind: SERVER, parentSpanId: CALLER_SPAN });

@@ -1,7 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { traceContextFor } from '../../src/http/trace-context.js';
-import { isSampled, parseTraceparent } from '../../src/observability/w3c-trace-context.js';
+import { isSampled, parseTraceparent, traceContextFor } from '../../src/observability/w3c-trace-context.js';
 
 const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
 const SPAN = '00f067aa0ba902b7';
