@@ -1,3 +1,4 @@
+// The answer cache stays a Map in insertion order (oldest written first out, per-answer TTL): lru-cache would save ~10 lines for a 4 MB dependency on a path every exchange request takes.
 import type { ChannelModel } from 'amqplib';
 import { ExchangeChecksExhausted, type ExchangeGate, type ExchangeVerdict, type PublishChannel } from '../rpc/ports.js';
 import type { RpcChannel } from './rpc-channel.js';

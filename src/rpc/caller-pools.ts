@@ -1,3 +1,4 @@
+// The pool stays hand-written: only an idle, connected entry may be evicted, and it may run over its limit while a login is under way; an LRU cache cannot refuse an eviction.
 import { createHash } from 'node:crypto';
 import { addressKey, LoginThrottle, type ThrottleVerdict } from './login-throttle.js';
 import type { SessionLifecycle } from './ports.js';

@@ -1,3 +1,4 @@
+// Hand-written on purpose: a sliding window of refusals per key plus logins under way; lru-cache would bound only the keys, the window stays, and its clock cannot be injected without faking one (tried: a clock at 0 never expires).
 /**
  * How many broker logins a key (a broker user, or a client address) may still try: the logins the
  * broker refused within a sliding window, and those still under way, count against one limit. So

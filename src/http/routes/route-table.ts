@@ -1,3 +1,4 @@
+// Hand-written on purpose: find-my-way matches literal-first after decoding but binds an empty segment (/orders//events) and reads '*' in a literal as a wildcard; path-to-regexp lets file order decide and refuses literal '*', '(', '+', '!': either needs the guards this scan already is.
 import { HttpProblem } from '../problems.js';
 import { exchangeTarget, type MappingLimits, queueTarget, type RpcTarget } from '../request-mapping.js';
 import { ROUTE_METHODS, type RouteDefinition, type Template } from './routes-file.js';
