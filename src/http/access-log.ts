@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import type { Bindings, Level, Logger } from 'pino';
+import type { Level, Logger } from 'pino';
 import type { Options } from 'pino-http';
 import { assignRequestId } from './request-id.js';
 
@@ -57,6 +57,12 @@ export function levelForStatus(status: number, failed: boolean): Level {
   return 'info';
 }
 
+function withRpcFields(req: IncomingMessage, value: object): object {
+  const rpc = req.exchange?.rpc;
+  if (rpc !== undefined) (value as { rpc?: RpcLogFields }).rpc = rpc;
+  return value;
+}
+
 /**
  * pino-http for every request the bridge serves, RPC or operational: one line each, written when the
  * response ends, with the RPC's own fields (target, correlation id, outcome, bytes) when it is one.
@@ -65,17 +71,16 @@ export function httpLoggerOptions(logger: Logger): Options {
   return {
     logger,
     genReqId: assignRequestId,
-    // Read when the request arrives (no fields yet: no child logger made) and again when its line is written.
-    customProps: (req) => {
-      const rpc = req.exchange?.rpc;
-      return (rpc === undefined ? undefined : { rpc }) as Bindings;
-    },
     customLogLevel: (_req, res, err) => levelForStatus(res.statusCode, err !== undefined),
+    // The RPC's fields join the line's own object (pino-http's customProps would make a child logger
+    // per request for them: bench:compare at concurrency 64 read 179 -> 220 µs of CPU a request that
+    // way, 168 -> 171 µs this way, against the build before the shared pipeline).
+    customSuccessObject: (req, _res, value) => withRpcFields(req, value),
     // pino-http invents an Error (with a stack) for every 5xx; only a real one (res.err) is worth logging.
-    customErrorObject: (_req, res, _err, value) => {
-      if (res.err !== undefined) return value;
+    customErrorObject: (req, res, _err, value) => {
+      if (res.err !== undefined) return withRpcFields(req, value);
       const { err: _synthetic, ...rest } = value as Record<string, unknown>;
-      return rest;
+      return withRpcFields(req, rest);
     },
     customErrorMessage: () => 'request completed',
     serializers: {
