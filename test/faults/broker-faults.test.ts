@@ -11,20 +11,13 @@ import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
 import { startBridgeProcess } from '../helpers/bridge-process.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
-import { brokerAdmin, drillIt, rabbitmqctl } from '../helpers/broker-admin.js';
-import {
-  memoryWatermark,
-  SECOND_NODE,
-  secondNodeCaFile,
-  secondNodeUnavailable,
-  secondNodeUrl,
-  startSecondNodeOf,
-  stopSecondNodeOf,
-} from '../helpers/second-node.js';
+import { brokerAdmin, drillIt } from '../helpers/broker-admin.js';
+import { secondNodeOf } from '../helpers/second-node.js';
 
 const admin = await brokerAdmin();
 const restart = 'unavailable' in admin.restart ? undefined : admin.restart;
 const cannotRestart = 'unavailable' in admin.restart ? admin.restart.unavailable : undefined;
+const memoryAlarm = 'unavailable' in admin.memoryAlarm ? undefined : admin.memoryAlarm;
 
 let bridge: TestBridge;
 let broker: TestBroker | undefined;
@@ -167,14 +160,14 @@ describe('a memory alarm (rabbitmqctl set_vm_memory_high_watermark)', () => {
   drillIt(
     admin,
     'memory alarm',
-    admin.product === 'rabbitmq' ? undefined : 'LavinMQ has no memory watermark to set from the command line',
+    'unavailable' in admin.memoryAlarm ? admin.memoryAlarm.unavailable : undefined,
   )(
     'answers 503 while the broker blocks publishers (502 for a request it already took), and serves again once the alarm clears',
     async () => {
-      const original = await memoryWatermark();
+      if (memoryAlarm === undefined) return;
       const pending = request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Amqp-Timeout', '20000');
+      const clear = await memoryAlarm.raise();
       try {
-        await rabbitmqctl('set_vm_memory_high_watermark', '0.00001');
         // RabbitMQ tells a connection it is blocked when it next publishes: this request is that publish.
         // It was handed to the broker, which may still deliver it once the alarm clears: not safe to
         // retry, so 502 (a 503 with Retry-After would invite a duplicate).
@@ -195,7 +188,7 @@ describe('a memory alarm (rabbitmqctl set_vm_memory_high_watermark)', () => {
         expect(whileBlocked.headers['retry-after']).toBeDefined();
         expectNothingPending();
       } finally {
-        await rabbitmqctl('set_vm_memory_high_watermark', original);
+        await clear();
       }
       await waitFor(() => !bridge.bridge.connection.isBlocked, 10_000, 'the connection to be unblocked');
       await connectSideActors();
@@ -233,31 +226,29 @@ describe('twenty faults in a row', () => {
   });
 });
 
-const cannotStartSecondNode = secondNodeUnavailable(admin.product);
-if (cannotStartSecondNode !== undefined)
-  console.warn(`SKIPPED on ${admin.product}: second node: ${cannotStartSecondNode}`);
+const secondNode = secondNodeOf(admin);
+const second = 'unavailable' in secondNode ? undefined : secondNode;
+if ('unavailable' in secondNode) console.warn(`SKIPPED on ${admin.product}: second node: ${secondNode.unavailable}`);
+const secondTls = second === undefined || 'unavailable' in second.tls ? undefined : second.tls;
 
-describe.skipIf(cannotStartSecondNode !== undefined)('a second broker node', () => {
+describe.skipIf(second === undefined)('a second broker node', () => {
   beforeAll(async () => {
-    await startSecondNodeOf(admin.product);
-  }, 90_000);
+    await second?.start();
+  }, 180_000);
   afterAll(async () => {
-    await stopSecondNodeOf(admin.product);
-  });
+    await second?.stop();
+  }, 60_000);
 
   drillIt(
     admin,
     'TLS to a second node',
-    admin.product === 'rabbitmq' ? undefined : 'the TLS drill configures a RabbitMQ node with its own test CA',
+    second !== undefined && 'unavailable' in second.tls ? second.tls.unavailable : undefined,
   )('speaks TLS: amqps:// works end to end, with the server certificate verified', async () => {
-    const plainUrl = `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`;
+    if (second === undefined || secondTls === undefined) return;
     const queue = uniqueName('over-tls');
-    const tlsWorker = await startEchoWorker({ url: plainUrl, queue, durable: false });
+    const tlsWorker = await startEchoWorker({ url: second.url, queue, durable: false });
     // The bridge trusts the test CA the way an operator would: NODE_EXTRA_CA_CERTS.
-    const tls = await startBridgeProcess({
-      AMQP_URL: `amqps://guest:guest@localhost:${SECOND_NODE.tlsPort}`,
-      NODE_EXTRA_CA_CERTS: secondNodeCaFile,
-    });
+    const tls = await startBridgeProcess({ AMQP_URL: secondTls.url, NODE_EXTRA_CA_CERTS: secondTls.caFile() });
     try {
       const res = await request(tls.baseUrl).post(`/rpc/${queue}`).set('Content-Type', 'text/plain').send('over tls');
       expect(res.status).toBe(200);
@@ -268,10 +259,7 @@ describe.skipIf(cannotStartSecondNode !== undefined)('a second broker node', () 
       await tlsWorker.close();
     }
     // Without the CA the certificate is refused: the bridge never becomes ready.
-    const untrusting = await startBridgeProcess(
-      { AMQP_URL: `amqps://guest:guest@localhost:${SECOND_NODE.tlsPort}` },
-      { waitForReady: false },
-    );
+    const untrusting = await startBridgeProcess({ AMQP_URL: secondTls.url }, { waitForReady: false });
     try {
       // Not ready for a stated reason: its connection attempts fail on the certificate (in Node's words,
       // e.g. "self-signed certificate in certificate chain"), not on anything else.
@@ -295,8 +283,8 @@ describe.skipIf(cannotStartSecondNode !== undefined)('a second broker node', () 
     'failover to a second node',
     cannotRestart,
   )('takes over when the first node stops under load, with every request answered', async () => {
-    if (restart === undefined) return;
-    const secondUrl = secondNodeUrl(admin.product);
+    if (restart === undefined || second === undefined) return;
+    const secondUrl = second.url;
     // The two nodes are independent brokers: the queue and a worker exist on each.
     const secondWorker = await startEchoWorker({ url: secondUrl, queue: echoQueue, durable: false });
     // A primary and its standby: the first URL first.
