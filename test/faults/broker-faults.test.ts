@@ -61,6 +61,8 @@ function expectNothingPending(): void {
 }
 
 beforeAll(async () => {
+  // The admin tool's first use checks which broker it drives: not inside a timed drill.
+  await admin.checked();
   // A first reconnect slow enough to observe the bridge while the broker is away.
   bridge = await startTestBridge({ AMQP_RECONNECT_MIN_MS: '1500', AMQP_RECONNECT_MAX_MS: '3000' });
 });
@@ -121,37 +123,58 @@ describe('the broker stops and starts again', () => {
     'broker stop and start',
     cannotRestart,
   )(
-    'answers in-flight requests at once, answers 503 while the broker is down, and reconnects when it is back',
+    'answers in-flight requests at once, answers 503 while the broker is down, and reconnects when it is back, replies in both modes',
     async () => {
       if (restart === undefined) return;
-      const { answers } = await fiveInFlight();
-      const faultAt = Date.now();
-      const stopped = restart.stop();
+      // The suite's bridge uses direct reply-to; this one reply queues, which die with the broker.
+      const queueMode = await startTestBridge({
+        RPC_REPLY_MODE: 'queue',
+        AMQP_RECONNECT_MIN_MS: '1500',
+        AMQP_RECONNECT_MAX_MS: '3000',
+      });
       try {
-        const answered = await answers;
-        for (const { res } of answered) expect([502, 503]).toContain(res.status);
-        const lastAnswerMs = Math.max(...answered.map(({ at }) => at)) - faultAt;
-        await stopped;
+        const { answers } = await fiveInFlight();
+        const faultAt = Date.now();
+        const stopped = restart.stop();
+        try {
+          const answered = await answers;
+          for (const { res } of answered) expect([502, 503]).toContain(res.status);
+          const lastAnswerMs = Math.max(...answered.map(({ at }) => at)) - faultAt;
+          await stopped;
 
-        const started = Date.now();
-        const whileDown = await echo('x');
-        expect(whileDown.status).toBe(503);
-        expect(whileDown.body.type).toBe(`${PROBLEM_TYPE_PREFIX}broker-unavailable`);
-        expect(Number(whileDown.headers['retry-after'])).toBeGreaterThanOrEqual(1);
-        expect(Date.now() - started).toBeLessThan(200);
-        expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
-        expect(await bridge.metric('amqp_connected')).toBe(0);
-        console.info(`broker stop: in-flight answered ${lastAnswerMs} ms after the fault`);
+          const started = Date.now();
+          const whileDown = await echo('x');
+          expect(whileDown.status).toBe(503);
+          expect(whileDown.body.type).toBe(`${PROBLEM_TYPE_PREFIX}broker-unavailable`);
+          expect(Number(whileDown.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+          expect(Date.now() - started).toBeLessThan(200);
+          expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
+          expect(await bridge.metric('amqp_connected')).toBe(0);
+          console.info(`broker stop: in-flight answered ${lastAnswerMs} ms after the fault`);
+        } finally {
+          await stopped.catch(() => undefined);
+          await restart.start();
+        }
+        const backAt = Date.now();
+        await waitFor(() => bridge.bridge.readiness().ready, 20_000, 'the bridge to reconnect');
+        const directReadyMs = Date.now() - backAt;
+        await waitFor(() => queueMode.bridge.readiness().ready, 20_000, 'the queue-mode bridge to reconnect');
+        await connectSideActors();
+        const after = await echo('back');
+        expect(after.status).toBe(200);
+        expect(after.text).toBe('back');
+        const afterQueueMode = await request(queueMode.baseUrl)
+          .post(`/rpc/${echoQueue}`)
+          .set('Content-Type', 'text/plain')
+          .send('back, queue mode');
+        expect(afterQueueMode.status).toBe(200);
+        expect(afterQueueMode.text).toBe('back, queue mode');
+        console.info(
+          `broker start: ready again ${directReadyMs} ms after the broker was back; replies in direct and queue mode`,
+        );
       } finally {
-        await stopped.catch(() => undefined);
-        await restart.start();
+        await queueMode.close();
       }
-      const backAt = Date.now();
-      await waitFor(() => bridge.bridge.readiness().ready, 20_000, 'the bridge to reconnect');
-      await connectSideActors();
-      const after = await echo('back');
-      expect(after.status).toBe(200);
-      console.info(`broker start: ready again ${Date.now() - backAt} ms after the broker was back`);
     },
   );
 });
@@ -190,11 +213,17 @@ describe('a memory alarm (rabbitmqctl set_vm_memory_high_watermark)', () => {
       } finally {
         await clear();
       }
+      const clearedAt = Date.now();
       await waitFor(() => !bridge.bridge.connection.isBlocked, 10_000, 'the connection to be unblocked');
+      const unblockedMs = Date.now() - clearedAt;
       await connectSideActors();
       const after = await echo('after the alarm');
       expect(after.status).toBe(200);
       expect(after.text).toBe('after the alarm');
+      console.info(
+        'memory alarm: connection.blocked came after the first publish (answered 502), then 503 until it cleared; ' +
+          `unblocked ${unblockedMs} ms after the watermark was restored`,
+      );
     },
   );
 });

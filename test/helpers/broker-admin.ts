@@ -48,6 +48,11 @@ export interface BrokerAdmin {
    * more nodes of the same kind (second-node.ts).
    */
   readonly ctlCommand: readonly string[];
+  /**
+   * Resolves once the tool is known to administer the broker at AMQP_URL (every other method checks
+   * that on first use): call it before timing what a method does.
+   */
+  checked(): Promise<void>;
 }
 
 /** The shared LavinMQ kit of this workplace, when present (a user's machine does not have it). */
@@ -121,7 +126,10 @@ export function versionAtLeast(version: string, atLeast: string): boolean {
   return true;
 }
 
-function checkedOnFirstUse(admin: BrokerAdmin, url: string): BrokerAdmin {
+/** An admin as each broker's tool makes it, before brokerAdmin() adds the check of which broker it drives. */
+type UncheckedAdmin = Omit<BrokerAdmin, 'checked'>;
+
+function checkedOnFirstUse(admin: UncheckedAdmin, url: string): BrokerAdmin {
   let checked: Promise<void> | undefined;
   const check = (): Promise<void> => {
     checked ??= administers(admin, url);
@@ -137,6 +145,7 @@ function checkedOnFirstUse(admin: BrokerAdmin, url: string): BrokerAdmin {
   const memoryAlarm = admin.memoryAlarm;
   return {
     ...admin,
+    checked: check,
     closeConnectionsNamed: guard(admin.closeConnectionsNamed),
     closeAllConnections: guard(admin.closeAllConnections),
     addVhost: guard(admin.addVhost),
@@ -149,7 +158,7 @@ function checkedOnFirstUse(admin: BrokerAdmin, url: string): BrokerAdmin {
 }
 
 /** Fails, saying what to set, unless the admin tool sees (and closes) a connection of ours to `url`. */
-async function administers(admin: BrokerAdmin, url: string): Promise<void> {
+async function administers(admin: UncheckedAdmin, url: string): Promise<void> {
   const marker = `admin-check.${randomBytes(6).toString('hex')}`;
   const connection = await amqp.connect(url, { clientProperties: { connection_name: marker } });
   connection.on('error', () => undefined);
@@ -232,7 +241,7 @@ async function memoryWatermark(ctl: (...args: string[]) => Promise<string>): Pro
   return match[1];
 }
 
-function rabbitmqAdmin(): BrokerAdmin {
+function rabbitmqAdmin(): UncheckedAdmin {
   const [command = 'rabbitmqctl', ...prefix] = rabbitmqctlCommand();
   const ctl = async (...args: string[]): Promise<string> => {
     const { stdout } = await run(command, [...prefix, ...args], { timeout: 60_000 });
@@ -306,7 +315,7 @@ export function amqpPort(url = AMQP_URL): number {
   return Number(parsed.port || (parsed.protocol === 'amqps:' ? 5671 : 5672));
 }
 
-function lavinmqAdmin(url: string): BrokerAdmin {
+function lavinmqAdmin(url: string): UncheckedAdmin {
   const port = amqpPort(url);
   const [command = 'lavinmqctl', ...prefix] = lavinmqctlCommand(port);
   const ctl = async (...args: string[]): Promise<string> => {
