@@ -275,7 +275,7 @@ describe.skipIf(second === undefined)('a second broker node', () => {
   )('speaks TLS: amqps:// works end to end, with the server certificate verified', async () => {
     if (second === undefined || secondTls === undefined) return;
     const queue = uniqueName('over-tls');
-    const tlsWorker = await startEchoWorker({ url: second.url, queue, durable: false });
+    const tlsWorker = await startEchoWorker({ url: secondTls.plainUrl, queue, durable: false });
     // The bridge trusts the test CA the way an operator would: NODE_EXTRA_CA_CERTS.
     const tls = await startBridgeProcess({ AMQP_URL: secondTls.url, NODE_EXTRA_CA_CERTS: secondTls.caFile() });
     try {

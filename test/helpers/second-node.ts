@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
 import { promisify } from 'node:util';
 import { type BrokerAdmin, rabbitmqctl, rabbitmqKitOf, SHARED_LAVINMQ } from './broker-admin.js';
 
@@ -27,8 +27,13 @@ export const SECOND_KIT_PORT = 5773;
 /** A second, independent node of the broker under test (same product and kind), for failover. */
 export interface SecondNode {
   readonly url: string;
-  /** Its TLS listener, with the CA file to trust (valid once started), or why it has none. */
-  readonly tls: { readonly url: string; caFile(): string } | { readonly unavailable: string };
+  /**
+   * A TLS listener (amqps `url`; `plainUrl` reaches the same node without TLS), with the CA file to
+   * trust (valid once started), or why there is none.
+   */
+  readonly tls:
+    | { readonly url: string; readonly plainUrl: string; caFile(): string }
+    | { readonly unavailable: string };
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -54,16 +59,27 @@ export function secondNodeOf(admin: BrokerAdmin): SecondNode | { readonly unavai
   }
   const kit = rabbitmqKitOf(admin.ctlCommand);
   if (kit !== undefined) {
+    // The kit's nodes take no TLS listener (rabbitmq.sh writes their rabbitmq.conf): the TLS drill, which
+    // checks the bridge's side of TLS, uses the machine's second node when there is a rabbitmq-server.
+    const machineTls = onPath('rabbitmq-server');
     return {
       url: `amqp://guest:guest@127.0.0.1:${SECOND_KIT_PORT}`,
-      tls: { unavailable: "the RabbitMQ kit's nodes take no TLS listener (rabbitmq.sh writes their rabbitmq.conf)" },
+      tls: machineTls
+        ? {
+            url: `amqps://guest:guest@localhost:${SECOND_NODE.tlsPort}`,
+            plainUrl: `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`,
+            caFile: () => secondNodeCaFile,
+          }
+        : { unavailable: "the RabbitMQ kit's nodes take no TLS listener, and there is no rabbitmq-server here" },
       async start() {
         // A fresh node each time: nothing left from an earlier run.
         await run(kit, ['wipe', String(SECOND_KIT_PORT)], { timeout: 60_000 });
         await run(kit, ['start', String(SECOND_KIT_PORT)], { timeout: 180_000 });
+        if (machineTls) await startSecondNode();
       },
       async stop() {
         await run(kit, ['wipe', String(SECOND_KIT_PORT)], { timeout: 60_000 }).catch(() => undefined);
+        if (machineTls) await stopSecondNode();
       },
     };
   }
@@ -76,7 +92,11 @@ export function secondNodeOf(admin: BrokerAdmin): SecondNode | { readonly unavai
   }
   return {
     url: `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`,
-    tls: { url: `amqps://guest:guest@localhost:${SECOND_NODE.tlsPort}`, caFile: () => secondNodeCaFile },
+    tls: {
+      url: `amqps://guest:guest@localhost:${SECOND_NODE.tlsPort}`,
+      plainUrl: `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`,
+      caFile: () => secondNodeCaFile,
+    },
     async start() {
       await startSecondNode();
     },
@@ -84,6 +104,10 @@ export function secondNodeOf(admin: BrokerAdmin): SecondNode | { readonly unavai
       await stopSecondNode();
     },
   };
+}
+
+function onPath(command: string): boolean {
+  return (process.env.PATH ?? '').split(delimiter).some((dir) => dir !== '' && existsSync(join(dir, command)));
 }
 
 /** Where startSecondNode left the CA that signed its TLS certificate (for NODE_EXTRA_CA_CERTS). */
