@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { basename, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -361,7 +362,9 @@ function lavinmqAdmin(url: string): UncheckedAdmin {
             await run(SHARED_LAVINMQ, ['stop', String(port)], { timeout: 60_000 });
           },
           async start() {
-            await run(SHARED_LAVINMQ, ['start', String(port)], { timeout: 60_000 });
+            // From a folder that outlives this checkout: LavinMQ needs its working directory to stay (it
+            // fails add_vhost with "Error getting current directory" once a deleted clone was its cwd).
+            await run(SHARED_LAVINMQ, ['start', String(port)], { timeout: 60_000, cwd: tmpdir() });
             await waitForPort(port, 30_000);
           },
         }

@@ -50,7 +50,8 @@ export function secondNodeOf(admin: BrokerAdmin): SecondNode | { readonly unavai
       url: `amqp://guest:guest@127.0.0.1:${SECOND_LAVINMQ_PORT}`,
       tls: { unavailable: 'the TLS drill configures a RabbitMQ node with its own test CA' },
       async start() {
-        await run(SHARED_LAVINMQ, ['start', String(SECOND_LAVINMQ_PORT)], { timeout: 60_000 });
+        // From a folder that outlives this checkout (LavinMQ needs its working directory to stay).
+        await run(SHARED_LAVINMQ, ['start', String(SECOND_LAVINMQ_PORT)], { timeout: 60_000, cwd: tmpdir() });
       },
       async stop() {
         await run(SHARED_LAVINMQ, ['stop', String(SECOND_LAVINMQ_PORT)]).catch(() => undefined);
