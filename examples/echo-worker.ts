@@ -7,7 +7,8 @@
  *   - `reply-status`: the status to answer with (e.g. 201, 422);
  *   - `delay-ms`: wait this long before answering (to try timeouts).
  * Replies go out on connections of their own (reply-publisher.ts), and a request is acked once its
- * reply is confirmed or found undeliverable, so that a dead reply address cannot take the worker down.
+ * reply is confirmed or found undeliverable, so that a dead reply address cannot take the worker down
+ * (needed on RabbitMQ 3.10 only; see reply-publisher.ts).
  *
  * Run: AMQP_URL=amqp://guest:guest@127.0.0.1:5672 RPC_QUEUE=echo node dist/examples/echo-worker.js
  * (also PREFETCH, default 32; QUEUE_TYPE, `classic` (default) or `quorum`, a queue replicated over a

@@ -1,6 +1,11 @@
 /**
  * How the sample worker publishes its replies: on connections of their own, in confirm mode, so that
- * a reply to a dead address cannot take the worker down.
+ * a reply to a dead address cannot take the worker down. Needed on RabbitMQ 3.10 only, of the brokers
+ * tested: RabbitMQ 4.3 (which reimplemented direct reply-to in 4.2) and LavinMQ 2.9 drop such a reply,
+ * or return it when it is mandatory, and the worker keeps its connection (test/integration/
+ * broker-behaviour.test.ts and, on a real cluster, test/cluster/dead-reply-address.test.ts). It stays
+ * because the sample runs on 3.10 too; a worker for 4.x or LavinMQ alone may reply on the channel it
+ * consumes on.
  *
  * On RabbitMQ 3.10 a reply to a direct reply-to address whose requester was connected to a node that
  * has since stopped crashes the publishing channel (`{case_clause,error}` in

@@ -3,12 +3,15 @@
  * 3.10.8 publishing it crashes the publishing channel ({case_clause,error} in
  * rabbit_channel:deliver_reply) and the broker closes that whole connection (541): a worker that
  * replies on its consuming connection loses it, and its unacked requests go to the next worker, which
- * crashes the same way. The sample worker replies on a connection of its own and survives.
+ * crashes the same way. The sample worker replies on a connection of its own and survives. RabbitMQ
+ * 4.2 reimplemented direct reply-to: on 4.3 (RABBITMQ_KIT) the reply is dropped and both workers keep
+ * their connections.
  */
 import amqp, { type ChannelModel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor } from '../helpers/bridge.js';
 import { uniqueName } from '../helpers/broker.js';
+import { brokerVersion, versionAtLeast } from '../helpers/broker-admin.js';
 import {
   closeWorkers,
   type NodeWorker,
@@ -48,7 +51,10 @@ async function requester(node: ClusterNode) {
 }
 
 /** A worker as a first draft would write it: the reply on the consuming channel, then the ack. */
-async function replyOnConsumingChannel(node: ClusterNode, queue: string): Promise<{ lostWith: Promise<string> }> {
+async function replyOnConsumingChannel(
+  node: ClusterNode,
+  queue: string,
+): Promise<{ lostWith: Promise<string>; close(): Promise<void> }> {
   const connection: ChannelModel = await amqp.connect(node.url);
   connection.on('error', () => undefined);
   const lostWith = new Promise<string>((resolve) =>
@@ -67,7 +73,7 @@ async function replyOnConsumingChannel(node: ClusterNode, queue: string): Promis
       // the channel is already gone
     }
   });
-  return { lostWith };
+  return { lostWith, close: () => connection.close().catch(() => undefined) };
 }
 
 describe.skipIf(unavailable !== undefined)('replies to a requester whose node has stopped', () => {
@@ -84,8 +90,11 @@ describe.skipIf(unavailable !== undefined)('replies to a requester whose node ha
     if (stopped) await cluster.start(requesterNode);
   });
 
-  it('take down a worker that replies on its consuming connection, but not the sample worker, which answers everyone else', async () => {
+  it('take down a worker that replies on its consuming connection on RabbitMQ 3.10 (not on 4.2+), never the sample worker, which answers everyone else', async () => {
     const [, workerNode, liveNode] = cluster.nodes as [ClusterNode, ClusterNode, ClusterNode];
+    const version = await brokerVersion(workerNode.url);
+    // Before 4.2 the reply crashes the channel that publishes it; from 4.2 on it is dropped.
+    const crashes = !versionAtLeast(version, '4.2');
     const queue = uniqueName('dead-reply');
     const rawQueue = uniqueName('dead-reply-raw');
     // Declared with leaders away from the node that will stop; nobody consumes yet.
@@ -113,11 +122,16 @@ describe.skipIf(unavailable !== undefined)('replies to a requester whose node ha
       // Both workers get requests from the stopped node, in among the live ones.
       workers.push(await startNodeWorker(workerNode, queue), await startNodeWorker(liveNode, queue));
       await waitFor(() => live.replies.length === 3, 10_000, 'the live requester to get its three replies');
+      const total = (stat: 'received' | 'repliesDropped') =>
+        workers.reduce((sum, { worker }) => sum + worker.stats[stat], 0);
+      if (crashes) await waitFor(() => total('repliesDropped') === 3, 10_000, 'the three dead replies to be dropped');
+      else await waitFor(() => total('received') === 6, 10_000, 'the workers to take all six requests');
       await waitFor(
-        () => workers.reduce((sum, { worker }) => sum + worker.stats.repliesDropped, 0) === 3,
+        async () => (await adminChannel.checkQueue(queue)).messageCount === 0,
         10_000,
-        'the three dead replies to be dropped',
+        'every request acked',
       );
+      expect(total('repliesDropped')).toBe(crashes ? 3 : 0);
       expect(live.replies.sort()).toEqual(['live-1', 'live-2', 'live-3']);
       for (const { worker, lostAt } of workers) {
         expect(lostAt()).toBeUndefined();
@@ -128,12 +142,26 @@ describe.skipIf(unavailable !== undefined)('replies to a requester whose node ha
       // Every request was acked: none went back to the queue when the workers closed.
       expect((await adminChannel.checkQueue(queue)).messageCount).toBe(0);
 
+      if (!crashes) expect(lost).toBe(0);
       const raw = await replyOnConsumingChannel(workerNode, rawQueue);
-      const reason = await raw.lostWith;
-      expect(reason).toMatch(/541/);
+      let reason: string;
+      if (crashes) {
+        reason = await raw.lostWith;
+        expect(reason).toMatch(/541/);
+      } else {
+        // All three replies published and their requests acked, and the connection still up a second later.
+        await waitFor(async () => (await adminChannel.checkQueue(rawQueue)).messageCount === 0, 10_000, 'the raw acks');
+        reason = await Promise.race([
+          raw.lostWith,
+          new Promise<string>((resolve) => setTimeout(() => resolve('kept'), 1_000)),
+        ]);
+        expect(reason).toBe('kept');
+        await raw.close();
+      }
       console.info(
-        `dead reply addresses: the sample workers dropped 3 replies, reopened their reply connection ${lost} time(s), ` +
-          `answered all 3 live requests and kept consuming; a worker replying on its consuming connection lost it: ${reason}`,
+        `dead reply addresses on RabbitMQ ${version}: the sample workers dropped ${total('repliesDropped')} replies, ` +
+          `reopened their reply connection ${lost} time(s), answered all 3 live requests and kept consuming; ` +
+          `a worker replying on its consuming connection: ${crashes ? `lost it: ${reason}` : 'kept it'}`,
       );
     } finally {
       await closeWorkers(workers);

@@ -3,7 +3,8 @@
  * stops the node the first bridge is on now, and starts it again afterwards). Before the sample
  * worker replied on a connection of its own, about one run in three had its first 200 5.5 s after
  * the fault instead of 0.5 s: replies to the stopped node's requesters killed one worker connection
- * after another, each handing its unacked requests to the next.
+ * after another, each handing its unacked requests to the next. (That is RabbitMQ 3.10; on 4.2+,
+ * RABBITMQ_KIT, such replies harm nobody and none is dropped.)
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -15,6 +16,7 @@ import {
   startDrillBridges,
   stopDrillBridges,
 } from '../helpers/bridge-node-loss.js';
+import { brokerVersion, versionAtLeast } from '../helpers/broker-admin.js';
 import { providedCluster, seconds } from '../helpers/cluster-drill.js';
 import { type ClusterInfo, RabbitCluster } from '../helpers/rabbitmq-cluster.js';
 import { statusCounts } from '../helpers/steady-load.js';
@@ -72,8 +74,20 @@ describe.skipIf(unavailable !== undefined)("losing the requesters' node, ten tim
       );
     }
     for (const result of results) expectBridgeNodeLoss(result, { firstSuccessWithinMs: 1_000 });
-    // The runs did put replies to dead addresses in the workers' way (or this proved nothing).
-    expect(results.reduce((sum, result) => sum + result.workers.repliesDropped, 0)).toBeGreaterThan(0);
+    const dropped = results.reduce((sum, result) => sum + result.workers.repliesDropped, 0);
+    if (!versionAtLeast(await brokerVersion(cluster.urls[0]), '4.2')) {
+      // The runs did put replies to dead addresses in the workers' way (or this proved nothing).
+      expect(dropped).toBeGreaterThan(0);
+    } else {
+      // 4.2+ takes a reply to a dead address without harm, so the sample worker has none to drop. The
+      // runs still put such replies in the workers' way: requests in flight on a stopped node's bridge
+      // (answered 502) had their replies sent to that node's addresses.
+      expect(dropped).toBe(0);
+      const lostInFlight = results.flatMap((result) =>
+        result.hit.flatMap((hit) => hit.outcomes.filter((outcome) => outcome.status === 502)),
+      );
+      expect(lostInFlight.length).toBeGreaterThan(0);
+    }
   }, 480_000);
 });
 

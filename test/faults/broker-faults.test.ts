@@ -11,20 +11,13 @@ import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
 import { startTestBridge, type TestBridge, waitFor } from '../helpers/bridge.js';
 import { startBridgeProcess } from '../helpers/bridge-process.js';
 import { AMQP_URL, connectTestBroker, startRawWorker, type TestBroker, uniqueName } from '../helpers/broker.js';
-import { brokerAdmin, drillIt, rabbitmqctl } from '../helpers/broker-admin.js';
-import {
-  memoryWatermark,
-  SECOND_NODE,
-  secondNodeCaFile,
-  secondNodeUnavailable,
-  secondNodeUrl,
-  startSecondNodeOf,
-  stopSecondNodeOf,
-} from '../helpers/second-node.js';
+import { brokerAdmin, drillIt } from '../helpers/broker-admin.js';
+import { secondNodeOf } from '../helpers/second-node.js';
 
 const admin = await brokerAdmin();
 const restart = 'unavailable' in admin.restart ? undefined : admin.restart;
 const cannotRestart = 'unavailable' in admin.restart ? admin.restart.unavailable : undefined;
+const memoryAlarm = 'unavailable' in admin.memoryAlarm ? undefined : admin.memoryAlarm;
 
 let bridge: TestBridge;
 let broker: TestBroker | undefined;
@@ -68,6 +61,8 @@ function expectNothingPending(): void {
 }
 
 beforeAll(async () => {
+  // The admin tool's first use checks which broker it drives: not inside a timed drill.
+  await admin.checked();
   // A first reconnect slow enough to observe the bridge while the broker is away.
   bridge = await startTestBridge({ AMQP_RECONNECT_MIN_MS: '1500', AMQP_RECONNECT_MAX_MS: '3000' });
 });
@@ -128,37 +123,58 @@ describe('the broker stops and starts again', () => {
     'broker stop and start',
     cannotRestart,
   )(
-    'answers in-flight requests at once, answers 503 while the broker is down, and reconnects when it is back',
+    'answers in-flight requests at once, answers 503 while the broker is down, and reconnects when it is back, replies in both modes',
     async () => {
       if (restart === undefined) return;
-      const { answers } = await fiveInFlight();
-      const faultAt = Date.now();
-      const stopped = restart.stop();
+      // The suite's bridge uses direct reply-to; this one reply queues, which die with the broker.
+      const queueMode = await startTestBridge({
+        RPC_REPLY_MODE: 'queue',
+        AMQP_RECONNECT_MIN_MS: '1500',
+        AMQP_RECONNECT_MAX_MS: '3000',
+      });
       try {
-        const answered = await answers;
-        for (const { res } of answered) expect([502, 503]).toContain(res.status);
-        const lastAnswerMs = Math.max(...answered.map(({ at }) => at)) - faultAt;
-        await stopped;
+        const { answers } = await fiveInFlight();
+        const faultAt = Date.now();
+        const stopped = restart.stop();
+        try {
+          const answered = await answers;
+          for (const { res } of answered) expect([502, 503]).toContain(res.status);
+          const lastAnswerMs = Math.max(...answered.map(({ at }) => at)) - faultAt;
+          await stopped;
 
-        const started = Date.now();
-        const whileDown = await echo('x');
-        expect(whileDown.status).toBe(503);
-        expect(whileDown.body.type).toBe(`${PROBLEM_TYPE_PREFIX}broker-unavailable`);
-        expect(Number(whileDown.headers['retry-after'])).toBeGreaterThanOrEqual(1);
-        expect(Date.now() - started).toBeLessThan(200);
-        expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
-        expect(await bridge.metric('amqp_connected')).toBe(0);
-        console.info(`broker stop: in-flight answered ${lastAnswerMs} ms after the fault`);
+          const started = Date.now();
+          const whileDown = await echo('x');
+          expect(whileDown.status).toBe(503);
+          expect(whileDown.body.type).toBe(`${PROBLEM_TYPE_PREFIX}broker-unavailable`);
+          expect(Number(whileDown.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+          expect(Date.now() - started).toBeLessThan(200);
+          expect((await request(bridge.baseUrl).get('/readyz')).status).toBe(503);
+          expect(await bridge.metric('amqp_connected')).toBe(0);
+          console.info(`broker stop: in-flight answered ${lastAnswerMs} ms after the fault`);
+        } finally {
+          await stopped.catch(() => undefined);
+          await restart.start();
+        }
+        const backAt = Date.now();
+        await waitFor(() => bridge.bridge.readiness().ready, 20_000, 'the bridge to reconnect');
+        const directReadyMs = Date.now() - backAt;
+        await waitFor(() => queueMode.bridge.readiness().ready, 20_000, 'the queue-mode bridge to reconnect');
+        await connectSideActors();
+        const after = await echo('back');
+        expect(after.status).toBe(200);
+        expect(after.text).toBe('back');
+        const afterQueueMode = await request(queueMode.baseUrl)
+          .post(`/rpc/${echoQueue}`)
+          .set('Content-Type', 'text/plain')
+          .send('back, queue mode');
+        expect(afterQueueMode.status).toBe(200);
+        expect(afterQueueMode.text).toBe('back, queue mode');
+        console.info(
+          `broker start: ready again ${directReadyMs} ms after the broker was back; replies in direct and queue mode`,
+        );
       } finally {
-        await stopped.catch(() => undefined);
-        await restart.start();
+        await queueMode.close();
       }
-      const backAt = Date.now();
-      await waitFor(() => bridge.bridge.readiness().ready, 20_000, 'the bridge to reconnect');
-      await connectSideActors();
-      const after = await echo('back');
-      expect(after.status).toBe(200);
-      console.info(`broker start: ready again ${Date.now() - backAt} ms after the broker was back`);
     },
   );
 });
@@ -167,14 +183,14 @@ describe('a memory alarm (rabbitmqctl set_vm_memory_high_watermark)', () => {
   drillIt(
     admin,
     'memory alarm',
-    admin.product === 'rabbitmq' ? undefined : 'LavinMQ has no memory watermark to set from the command line',
+    'unavailable' in admin.memoryAlarm ? admin.memoryAlarm.unavailable : undefined,
   )(
     'answers 503 while the broker blocks publishers (502 for a request it already took), and serves again once the alarm clears',
     async () => {
-      const original = await memoryWatermark();
+      if (memoryAlarm === undefined) return;
       const pending = request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Amqp-Timeout', '20000');
+      const clear = await memoryAlarm.raise();
       try {
-        await rabbitmqctl('set_vm_memory_high_watermark', '0.00001');
         // RabbitMQ tells a connection it is blocked when it next publishes: this request is that publish.
         // It was handed to the broker, which may still deliver it once the alarm clears: not safe to
         // retry, so 502 (a 503 with Retry-After would invite a duplicate).
@@ -195,13 +211,19 @@ describe('a memory alarm (rabbitmqctl set_vm_memory_high_watermark)', () => {
         expect(whileBlocked.headers['retry-after']).toBeDefined();
         expectNothingPending();
       } finally {
-        await rabbitmqctl('set_vm_memory_high_watermark', original);
+        await clear();
       }
+      const clearedAt = Date.now();
       await waitFor(() => !bridge.bridge.session.isBlocked, 10_000, 'the connection to be unblocked');
+      const unblockedMs = Date.now() - clearedAt;
       await connectSideActors();
       const after = await echo('after the alarm');
       expect(after.status).toBe(200);
       expect(after.text).toBe('after the alarm');
+      console.info(
+        'memory alarm: connection.blocked came after the first publish (answered 502), then 503 until it cleared; ' +
+          `unblocked ${unblockedMs} ms after the watermark was restored`,
+      );
     },
   );
 });
@@ -233,31 +255,29 @@ describe('twenty faults in a row', () => {
   });
 });
 
-const cannotStartSecondNode = secondNodeUnavailable(admin.product);
-if (cannotStartSecondNode !== undefined)
-  console.warn(`SKIPPED on ${admin.product}: second node: ${cannotStartSecondNode}`);
+const secondNode = secondNodeOf(admin);
+const second = 'unavailable' in secondNode ? undefined : secondNode;
+if ('unavailable' in secondNode) console.warn(`SKIPPED on ${admin.product}: second node: ${secondNode.unavailable}`);
+const secondTls = second === undefined || 'unavailable' in second.tls ? undefined : second.tls;
 
-describe.skipIf(cannotStartSecondNode !== undefined)('a second broker node', () => {
+describe.skipIf(second === undefined)('a second broker node', () => {
   beforeAll(async () => {
-    await startSecondNodeOf(admin.product);
-  }, 90_000);
+    await second?.start();
+  }, 180_000);
   afterAll(async () => {
-    await stopSecondNodeOf(admin.product);
-  });
+    await second?.stop();
+  }, 60_000);
 
   drillIt(
     admin,
     'TLS to a second node',
-    admin.product === 'rabbitmq' ? undefined : 'the TLS drill configures a RabbitMQ node with its own test CA',
+    second !== undefined && 'unavailable' in second.tls ? second.tls.unavailable : undefined,
   )('speaks TLS: amqps:// works end to end, with the server certificate verified', async () => {
-    const plainUrl = `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`;
+    if (second === undefined || secondTls === undefined) return;
     const queue = uniqueName('over-tls');
-    const tlsWorker = await startEchoWorker({ url: plainUrl, queue, durable: false });
+    const tlsWorker = await startEchoWorker({ url: secondTls.plainUrl, queue, durable: false });
     // The bridge trusts the test CA the way an operator would: NODE_EXTRA_CA_CERTS.
-    const tls = await startBridgeProcess({
-      AMQP_URL: `amqps://guest:guest@localhost:${SECOND_NODE.tlsPort}`,
-      NODE_EXTRA_CA_CERTS: secondNodeCaFile,
-    });
+    const tls = await startBridgeProcess({ AMQP_URL: secondTls.url, NODE_EXTRA_CA_CERTS: secondTls.caFile() });
     try {
       const res = await request(tls.baseUrl).post(`/rpc/${queue}`).set('Content-Type', 'text/plain').send('over tls');
       expect(res.status).toBe(200);
@@ -270,10 +290,7 @@ describe.skipIf(cannotStartSecondNode !== undefined)('a second broker node', () 
       await tlsWorker.close();
     }
     // Without the CA the certificate is refused: the bridge never becomes ready.
-    const untrusting = await startBridgeProcess(
-      { AMQP_URL: `amqps://guest:guest@localhost:${SECOND_NODE.tlsPort}` },
-      { waitForReady: false },
-    );
+    const untrusting = await startBridgeProcess({ AMQP_URL: secondTls.url }, { waitForReady: false });
     try {
       // Not ready for a stated reason: its connection attempts fail on the certificate (in Node's words,
       // e.g. "self-signed certificate in certificate chain"), not on anything else.
@@ -297,8 +314,8 @@ describe.skipIf(cannotStartSecondNode !== undefined)('a second broker node', () 
     'failover to a second node',
     cannotRestart,
   )('takes over when the first node stops under load, with every request answered', async () => {
-    if (restart === undefined) return;
-    const secondUrl = secondNodeUrl(admin.product);
+    if (restart === undefined || second === undefined) return;
+    const secondUrl = second.url;
     // The two nodes are independent brokers: the queue and a worker exist on each.
     const secondWorker = await startEchoWorker({ url: secondUrl, queue: echoQueue, durable: false });
     // A primary and its standby: the first URL first.

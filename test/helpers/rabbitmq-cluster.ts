@@ -10,10 +10,15 @@
  *   rabbitmqctl --erlang-cookie <cookie> -n cluster-b@localhost start_app
  * A drill stops a node with SIGTERM (as a service manager would) and starts it with rabbitmq-server
  * again. At the end: `rabbitmqctl ... shutdown` on each node, then the data directory is removed.
+ *
+ * With RABBITMQ_KIT naming the shared kit's rabbitmq.sh, the nodes are that kit's RabbitMQ 4.x
+ * instead (rabbit-5781@localhost ... on the same ports), clustered as its README says: one
+ * RABBITMQ_ERLANG_COOKIE and one RABBITMQ_KIT_EPMD_PORT for every node and every `ctl`, then
+ * `ctl P stop_app`, `ctl P join_cluster rabbit-5781@localhost`, `ctl P start_app`; `wipe` at the end.
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,6 +38,14 @@ const NODES = [
   { name: 'cluster-c@localhost', port: 5783, distPort: 25783 },
 ] as const;
 
+/** The shared RabbitMQ kit's rabbitmq.sh, when the cluster is to run its 4.x nodes (RABBITMQ_KIT). */
+const KIT = process.env.RABBITMQ_KIT?.trim() || undefined;
+/** The kit's nodes share one epmd, on the first node's derived port; the machine's (4369) is left alone. */
+const KIT_EPMD_PORT = NODES[0].port + 30_000;
+/** Where the kit keeps a node's state (pid file, data), seen from outside its root file system. */
+const kitState = (port: number) =>
+  join(process.env.RABBITMQ_ROOT ?? '/var/cache/rabbitmq-kit/root', `tmp/rabbitmq-${port}`);
+
 /** Every run's directory starts with this, so that a later run can find what a killed one left. */
 const DIR_PREFIX = 'amqp-rpc-bridge-cluster-';
 
@@ -51,6 +64,8 @@ export interface ClusterInfo {
   readonly base: string;
   readonly cookie: string;
   readonly nodes: readonly ClusterNode[];
+  /** The kit's rabbitmq.sh whose 4.x nodes these are; undefined for the machine's rabbitmq-server. */
+  readonly kit?: string;
 }
 
 /** What `rabbitmqctl list_queues` says of a quorum queue. */
@@ -62,6 +77,7 @@ export interface QuorumQueueStatus {
 
 /** Why the cluster cannot be started here, or undefined when it can. */
 export async function clusterUnavailable(): Promise<string | undefined> {
+  if (KIT !== undefined) return existsSync(KIT) ? undefined : `RABBITMQ_KIT names ${KIT}, which does not exist`;
   try {
     await run('which', ['rabbitmq-server', 'rabbitmqctl']);
   } catch {
@@ -84,15 +100,17 @@ export async function startRabbitCluster(): Promise<ClusterInfo> {
     cookie: `cluster${randomBytes(16).toString('hex')}`,
     nodes: NODES.map((node) => ({
       ...node,
+      name: KIT === undefined ? node.name : `rabbit-${node.port}@localhost`,
       label: node.name.split('@')[0] as string,
       url: `amqp://guest:guest@127.0.0.1:${node.port}`,
-      dir: join(base, node.name.split('@')[0] as string),
+      dir: KIT === undefined ? join(base, node.name.split('@')[0] as string) : kitState(node.port),
     })),
+    ...(KIT === undefined ? {} : { kit: KIT }),
   };
   try {
     // Kept beside the data, so that a later run can stop nodes a killed run left behind.
     await writeFile(join(base, 'cookie'), info.cookie, { mode: 0o600 });
-    for (const node of info.nodes) {
+    for (const node of KIT === undefined ? info.nodes : []) {
       await mkdir(node.dir);
       await writeFile(join(node.dir, 'rabbitmq.conf'), `listeners.tcp.local = 127.0.0.1:${node.port}\n`);
       await writeFile(join(node.dir, 'rabbitmq-env.conf'), '');
@@ -119,6 +137,10 @@ export async function startRabbitCluster(): Promise<ClusterInfo> {
 
 /** Stops every node of the cluster and removes its directory. Never throws. */
 export async function removeRabbitCluster(info: ClusterInfo): Promise<void> {
+  if (info.kit !== undefined) {
+    const kit = info.kit;
+    await Promise.all(info.nodes.map((node) => wipeKitNode(kit, node.port, info.cookie).catch(() => undefined)));
+  }
   await Promise.all(info.nodes.map((node) => stopOrKill(node.name, node.dir, info.cookie).catch(() => undefined)));
   await rm(info.base, { recursive: true, force: true });
 }
@@ -145,9 +167,15 @@ export class RabbitCluster {
 
   /** rabbitmqctl against one node, with the cluster's own cookie. */
   async ctl(node: ClusterNode, ...args: string[]): Promise<string> {
-    const { stdout } = await run('rabbitmqctl', ['--erlang-cookie', this.info.cookie, '-n', node.name, ...args], {
-      timeout: 120_000,
-    });
+    const { stdout } =
+      this.info.kit === undefined
+        ? await run('rabbitmqctl', ['--erlang-cookie', this.info.cookie, '-n', node.name, ...args], {
+            timeout: 120_000,
+          })
+        : await run(this.info.kit, ['ctl', String(node.port), ...args], {
+            env: kitEnv(this.info.cookie),
+            timeout: 120_000,
+          });
     return stdout;
   }
 
@@ -174,7 +202,12 @@ export class RabbitCluster {
 
   /** Starts the node's server and resolves when it accepts AMQP connections. */
   async launch(node: ClusterNode): Promise<void> {
-    await run('rabbitmq-server', ['-detached'], { env: nodeEnv(this.info, node), timeout: 60_000 });
+    if (this.info.kit === undefined) {
+      await run('rabbitmq-server', ['-detached'], { env: nodeEnv(this.info, node), timeout: 60_000 });
+    } else {
+      // The kit's start waits until the node has booted (and, when it rejoins, found its peers).
+      await run(this.info.kit, ['start', String(node.port)], { env: kitEnv(this.info.cookie), timeout: 180_000 });
+    }
     // -detached returns before the node has booted; its listener opens last.
     const deadline = Date.now() + 120_000;
     for (;;) {
@@ -242,13 +275,27 @@ function nodeEnv(info: ClusterInfo, node: ClusterNode): NodeJS.ProcessEnv {
   return env;
 }
 
-/** The OS pid of a node of ours while it runs: its VM's command line has our cookie, its environment the name. */
+/**
+ * The OS pid of a node of ours while it runs: its environment names it, and its VM's command line has
+ * our cookie (the kit's nodes read theirs from a file in their own state directory instead).
+ */
 async function nodePid(name: string, dir: string, cookie: string): Promise<number | undefined> {
   const pid = Number((await readFile(join(dir, 'pid'), 'utf8').catch(() => '')).trim());
   if (!(pid > 0)) return undefined;
   const commandLine = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
   const environment = (await readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '')).split('\0');
-  return commandLine.includes(cookie) && environment.includes(`RABBITMQ_NODENAME=${name}`) ? pid : undefined;
+  const ours = KIT !== undefined || commandLine.includes(cookie);
+  return ours && environment.includes(`RABBITMQ_NODENAME=${name}`) ? pid : undefined;
+}
+
+/** What every kit command of the cluster needs: its cookie and its one epmd. */
+function kitEnv(cookie: string): NodeJS.ProcessEnv {
+  return { ...process.env, RABBITMQ_ERLANG_COOKIE: cookie, RABBITMQ_KIT_EPMD_PORT: String(KIT_EPMD_PORT) };
+}
+
+/** Stops a kit node and removes its data (and cluster membership). */
+async function wipeKitNode(kit: string, port: number, cookie: string): Promise<void> {
+  await run(kit, ['wipe', String(port)], { env: kitEnv(cookie), timeout: 90_000 });
 }
 
 /** Stops a node of ours, if it runs: politely with its cookie, else by its pid. */
@@ -263,6 +310,10 @@ async function stopOrKill(name: string, dir: string, cookie: string): Promise<vo
 
 /** Nodes and directories a run that was killed before its teardown left behind. */
 async function removeLeftovers(): Promise<void> {
+  if (KIT !== undefined) {
+    // The kit's nodes on the cluster's ports are the drills' own: a killed run's are wiped.
+    for (const node of NODES) await wipeKitNode(KIT, node.port, '').catch(() => undefined);
+  }
   const entries = await readdir(tmpdir()).catch(() => [] as string[]);
   for (const entry of entries.filter((name) => name.startsWith(DIR_PREFIX))) {
     const base = join(tmpdir(), entry);

@@ -2,18 +2,11 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
 import { promisify } from 'node:util';
-import { type BrokerProduct, rabbitmqctl, SHARED_LAVINMQ } from './broker-admin.js';
+import { type BrokerAdmin, rabbitmqctl, rabbitmqKitOf, SHARED_LAVINMQ } from './broker-admin.js';
 
 const run = promisify(execFile);
-
-/** The broker's memory high watermark as configured now (a fraction of RAM). */
-export async function memoryWatermark(): Promise<string> {
-  const environment = await rabbitmqctl('environment');
-  const match = /\{vm_memory_high_watermark,([0-9.]+)\}/.exec(environment);
-  return match?.[1] ?? '0.4';
-}
 
 /** Where a RabbitMQ node of its own runs: its name, AMQP port, Erlang distribution port and, if any, TLS port. */
 export interface RabbitNodeSpec {
@@ -24,30 +17,98 @@ export interface RabbitNodeSpec {
   readonly tlsPort?: number;
 }
 
-/** A second, independent node beside the broker at AMQP_URL, for failover (and, on RabbitMQ, TLS). */
+/** The machine's second RabbitMQ node, beside the broker at AMQP_URL, for failover and TLS. */
 export const SECOND_NODE = { name: 'bridge-test-2@localhost', port: 5673, tlsPort: 5674, distPort: 25673 };
 /** LavinMQ's second node: clear of RabbitMQ's second node and of LavinMQ's own derived ports. */
 export const SECOND_LAVINMQ_PORT = 5692;
+/** The RabbitMQ kit's second node (Erlang distribution on 25773, its epmd on 35773). */
+export const SECOND_KIT_PORT = 5773;
 
-/** Why a second node of this broker cannot be started here, or undefined when it can. */
-export function secondNodeUnavailable(product: BrokerProduct): string | undefined {
-  if (product === 'lavinmq' && !existsSync(SHARED_LAVINMQ)) return 'a second LavinMQ needs the shared lavinmq.sh kit';
-  return undefined;
+/** A second, independent node of the broker under test (same product and kind), for failover. */
+export interface SecondNode {
+  readonly url: string;
+  /**
+   * A TLS listener (amqps `url`; `plainUrl` reaches the same node without TLS), with the CA file to
+   * trust (valid once started), or why there is none.
+   */
+  readonly tls:
+    | { readonly url: string; readonly plainUrl: string; caFile(): string }
+    | { readonly unavailable: string };
+  start(): Promise<void>;
+  stop(): Promise<void>;
 }
 
-/** The AMQP URL of the second node of this broker. */
-export function secondNodeUrl(product: BrokerProduct): string {
-  return `amqp://guest:guest@127.0.0.1:${product === 'lavinmq' ? SECOND_LAVINMQ_PORT : SECOND_NODE.port}`;
+/**
+ * The second node for the broker `admin` drives, or why none can be started here: another LavinMQ
+ * from the shared kit; another RabbitMQ from the kit when RABBITMQCTL is the kit's (4.x), or from
+ * the machine's rabbitmq-server when the machine's rabbitmqctl administers the broker under test.
+ */
+export function secondNodeOf(admin: BrokerAdmin): SecondNode | { readonly unavailable: string } {
+  if (admin.product === 'lavinmq') {
+    if (!existsSync(SHARED_LAVINMQ)) return { unavailable: 'a second LavinMQ needs the shared lavinmq.sh kit' };
+    return {
+      url: `amqp://guest:guest@127.0.0.1:${SECOND_LAVINMQ_PORT}`,
+      tls: { unavailable: 'the TLS drill configures a RabbitMQ node with its own test CA' },
+      async start() {
+        // From a folder that outlives this checkout (LavinMQ needs its working directory to stay).
+        await run(SHARED_LAVINMQ, ['start', String(SECOND_LAVINMQ_PORT)], { timeout: 60_000, cwd: tmpdir() });
+      },
+      async stop() {
+        await run(SHARED_LAVINMQ, ['stop', String(SECOND_LAVINMQ_PORT)]).catch(() => undefined);
+      },
+    };
+  }
+  const kit = rabbitmqKitOf(admin.ctlCommand);
+  if (kit !== undefined) {
+    // The kit's nodes take no TLS listener (rabbitmq.sh writes their rabbitmq.conf): the TLS drill, which
+    // checks the bridge's side of TLS, uses the machine's second node when there is a rabbitmq-server.
+    const machineTls = onPath('rabbitmq-server');
+    return {
+      url: `amqp://guest:guest@127.0.0.1:${SECOND_KIT_PORT}`,
+      tls: machineTls
+        ? {
+            url: `amqps://guest:guest@localhost:${SECOND_NODE.tlsPort}`,
+            plainUrl: `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`,
+            caFile: () => secondNodeCaFile,
+          }
+        : { unavailable: "the RabbitMQ kit's nodes take no TLS listener, and there is no rabbitmq-server here" },
+      async start() {
+        // A fresh node each time: nothing left from an earlier run.
+        await run(kit, ['wipe', String(SECOND_KIT_PORT)], { timeout: 60_000 });
+        await run(kit, ['start', String(SECOND_KIT_PORT)], { timeout: 180_000 });
+        if (machineTls) await startSecondNode();
+      },
+      async stop() {
+        await run(kit, ['wipe', String(SECOND_KIT_PORT)], { timeout: 60_000 }).catch(() => undefined);
+        if (machineTls) await stopSecondNode();
+      },
+    };
+  }
+  if (admin.ctlCommand.join(' ') !== 'rabbitmqctl') {
+    return {
+      unavailable:
+        "a second RabbitMQ node is started from the machine's rabbitmq-server or the shared kit, and " +
+        `RABBITMQCTL (${admin.ctlCommand.join(' ')}) names neither`,
+    };
+  }
+  return {
+    url: `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`,
+    tls: {
+      url: `amqps://guest:guest@localhost:${SECOND_NODE.tlsPort}`,
+      plainUrl: `amqp://guest:guest@127.0.0.1:${SECOND_NODE.port}`,
+      caFile: () => secondNodeCaFile,
+    },
+    async start() {
+      await startSecondNode();
+    },
+    async stop() {
+      await stopSecondNode();
+    },
+  };
 }
 
-export async function startSecondNodeOf(product: BrokerProduct): Promise<void> {
-  if (product === 'lavinmq') await run(SHARED_LAVINMQ, ['start', String(SECOND_LAVINMQ_PORT)], { timeout: 60_000 });
-  else await startSecondNode();
-}
-
-export async function stopSecondNodeOf(product: BrokerProduct): Promise<void> {
-  if (product === 'lavinmq') await run(SHARED_LAVINMQ, ['stop', String(SECOND_LAVINMQ_PORT)]).catch(() => undefined);
-  else await stopSecondNode();
+function onPath(command: string): boolean {
+  return (process.env.PATH ?? '').split(delimiter).some((dir) => dir !== '' && existsSync(join(dir, command)));
 }
 
 /** Where startSecondNode left the CA that signed its TLS certificate (for NODE_EXTRA_CA_CERTS). */
