@@ -7,7 +7,8 @@
  * drift hits all alike; each figure is the median of the rounds (every round is kept in the JSON). Concurrency 1 is measured the way a
  * sidecar calls (clients/serial-client.ts), higher concurrencies with autocannon, both from a
  * process of their own. Prints a table; a full run writes bench/results/<date>.json and latest.json
- * and refreshes the README's benchmark section (`npm run bench:render` redoes that from a saved run).
+ * (both ignored by git: bench/results/README.md says which runs are committed) and refreshes the
+ * README's benchmark section (`npm run bench:render` redoes that from a saved run).
  *
  *   --quick                a smoke run (< 1 minute): one short round at concurrency 1 and 64, nothing written
  *   BENCH_SECONDS          length of one measured row (default 3; quick 1)
