@@ -1,6 +1,6 @@
 /**
- * npm run bench:render -- bench/results/<run>.json: rewrites the README's benchmark section from a
- * saved run, without measuring again (default: bench/results/latest.json). Prints the table too.
+ * npm run bench:render -- bench/results/<run>.json: rewrites the benchmark block in docs/performance.md
+ * from a saved run, without measuring again (default: bench/results/latest.json). Prints the table too.
  */
 import { readFileSync } from 'node:fs';
 import { type BenchRun, buildReport, updateReadme } from './lib/report.js';
@@ -15,5 +15,5 @@ if (run.host === undefined) {
 const report = buildReport(run);
 console.log(report.table);
 if (!updateReadme(report.markdown))
-  throw new Error('README.md has no <!-- bench:start --> / <!-- bench:end --> markers');
-console.error(`README benchmark section rewritten from ${path}`);
+  throw new Error('docs/performance.md has no <!-- bench:start --> / <!-- bench:end --> markers');
+console.error(`docs/performance.md benchmark block rewritten from ${path}`);

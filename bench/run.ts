@@ -8,7 +8,7 @@
  * sidecar calls (clients/serial-client.ts), higher concurrencies with autocannon, both from a
  * process of their own. Prints a table; a full run writes bench/results/<date>.json and latest.json
  * (both ignored by git: bench/results/README.md says which runs are committed) and refreshes the
- * README's benchmark section (`npm run bench:render` redoes that from a saved run).
+ * benchmark block in docs/performance.md (`npm run bench:render` redoes that from a saved run).
  *
  *   --quick                a smoke run (< 1 minute): one short round at concurrency 1 and 64, nothing written
  *   BENCH_SECONDS          length of one measured row (default 3; quick 1)
@@ -113,7 +113,7 @@ async function main(): Promise<void> {
   if (missing.length > 0) {
     const brokers = [...new Set(missing.map((target) => target.broker as string))];
     const why = brokers.map((broker) => `${broker} ${host.brokers[broker]}`).join('; ');
-    // A full run refreshes the README: all of it or nothing. A quick or partial one goes on without them.
+    // A full run refreshes docs/performance.md: all of it or nothing. A quick or partial one goes on without them.
     if (ONLY === undefined && !quick) {
       console.error(
         `bench: ${why}. Start it (a LavinMQ on 127.0.0.1:5682; beside this project's CI: ` +
@@ -176,14 +176,16 @@ async function main(): Promise<void> {
   }
 }
 
-/** A full run is kept and shown in the README; a quick or partial one is kept only in the temp folder. */
+/** A full run is kept and shown in docs/performance.md; a quick or partial one is kept only in the temp folder. */
 function save(run: BenchRun, markdown: string): void {
   const json = `${JSON.stringify({ ...run, ratios: computeRatios(run) }, null, 2)}\n`;
   const complete = !quick && ONLY === undefined && SCENARIOS.size === 3;
   if (!complete) {
     const path = join(tmpdir(), 'bridge-bench-partial.json');
     writeFileSync(path, json);
-    console.error(`a quick or partial run: README untouched; saved as ${path} (npm run bench:render -- ${path})`);
+    console.error(
+      `a quick or partial run: docs/performance.md untouched; saved as ${path} (npm run bench:render -- ${path})`,
+    );
     return;
   }
   mkdirSync('bench/results', { recursive: true });
@@ -191,7 +193,7 @@ function save(run: BenchRun, markdown: string): void {
   writeFileSync(path, json);
   writeFileSync('bench/results/latest.json', json);
   updateReadme(markdown);
-  console.error(`wrote ${path}, bench/results/latest.json and the README benchmark section`);
+  console.error(`wrote ${path}, bench/results/latest.json and the benchmark block in docs/performance.md`);
 }
 
 /** A fresh bridge (its peak RSS is this scenario's alone) and a worker that holds every request. */

@@ -1,7 +1,8 @@
 /**
- * Turns a saved run (bench/results/*.json) into the terminal table and the README's benchmark block.
- * Everything shown is computed from the JSON alone, so that `npm run bench:render` can redo the
- * README from any saved run without measuring again.
+ * Turns a saved run (bench/results/*.json) into the terminal table and the benchmark block of
+ * docs/performance.md.
+ * Everything shown is computed from the JSON alone, so that `npm run bench:render` can redo that
+ * block from any saved run without measuring again.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { HostInfo } from './host-info.js';
@@ -265,8 +266,8 @@ function formatBytes(bytes: number): string {
   return `${bytes} B`;
 }
 
-/** Rewrites the README between the bench markers; false if the markers are missing. */
-export function updateReadme(markdown: string, path = 'README.md'): boolean {
+/** Rewrites docs/performance.md (or `path`) between the bench markers; false if the markers are missing. */
+export function updateReadme(markdown: string, path = 'docs/performance.md'): boolean {
   const readme = readFileSync(path, 'utf8');
   const from = readme.indexOf(README_START);
   const to = readme.indexOf(README_END);
