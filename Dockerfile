@@ -21,7 +21,7 @@ RUN apt-get update \
   && apt-get install -y --no-install-recommends tini \
   && rm -rf /var/lib/apt/lists/*
 # A smaller young generation: measured by npm run bench, peak RSS with 10,000 requests in flight
-# falls from ~220 MB to ~200 MB and CPU per request does not rise (see README, Performance).
+# falls from ~220 MB to ~200 MB and CPU per request does not rise (see docs/performance.md).
 ENV NODE_ENV=production \
     PORT=8080 \
     NODE_OPTIONS=--max-semi-space-size=4

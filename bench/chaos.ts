@@ -69,7 +69,7 @@ const RECOVERY_MIN_S = 5;
 /** The load rises to its rate over the first seconds of the warm-up. */
 const RAMP_S = 10;
 const RECOVERY_MAX_S = 90;
-/** The README's bound for noticing a silent broker with the default AMQP_HEARTBEAT_SECONDS (5). */
+/** The bound docs/configuration.md gives (AMQP_HEARTBEAT_SECONDS) for noticing a silent broker with the default AMQP_HEARTBEAT_SECONDS (5). */
 const SILENT_DETECTION_LIMIT_S = 15;
 const GROWTH_LIMIT = 0.1;
 const SAMPLE_EVERY_MS = 2_000;

@@ -1,5 +1,5 @@
 /**
- * What a broker node and a worker cost per RPC, for the capacity table in the README ("Scaling out").
+ * What a broker node and a worker cost per RPC, for the capacity table in docs/scaling.md.
  * The benchmark (npm run bench) measures the bridge's CPU per request; this measures the other two:
  * a paced AMQP client doing per request what the bridge does (a confirmed, mandatory publish with
  * direct reply-to) at 300 RPC/s for 10 s, against the sample worker running as its own process. CPU

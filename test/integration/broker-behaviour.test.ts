@@ -1,7 +1,7 @@
 /**
  * What RabbitMQ 4.2 changed for an RPC bridge (direct reply-to became a "volatile queue" inside the
  * broker, and `mandatory` publishes to reply addresses route differently), checked on whichever broker
- * answers at AMQP_URL. Each test prints one `behaviour` line: README "Broker portability" tabulates them
+ * answers at AMQP_URL. Each test prints one `behaviour` line: docs/broker-portability.md tabulates them
  * per broker version. Where brokers differ, the test states what each one does, so that a broker that
  * changes fails it instead of leaving the table wrong.
  */
