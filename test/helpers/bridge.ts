@@ -49,7 +49,7 @@ export async function startTestBridge(env: Record<string, string> = {}): Promise
   bridge.start();
   let server: RunningServer;
   try {
-    await waitFor(() => bridge.readiness().ready, 10_000, 'the bridge to become ready');
+    await withinMs(bridge.session.whenReady(), 10_000, 'the bridge to become ready');
     server = await listenOnLoopback(bridge.handler, config);
   } catch (err) {
     // Nobody gets a handle to close it: stop it here, or its connection outlives the test.
@@ -93,5 +93,18 @@ export async function waitFor(
   while (!(await condition())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** Resolves as `promise` does, or rejects after `timeoutMs` naming what was awaited. */
+export async function withinMs<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }

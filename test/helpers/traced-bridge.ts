@@ -3,7 +3,7 @@ import { loadConfig } from '../../src/config/config.js';
 import type { RunningServer } from '../../src/http/server.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createOtelTracing } from '../../src/observability/otel-tracing.js';
-import { listenOnLoopback, REPLY_MODE, waitFor } from './bridge.js';
+import { listenOnLoopback, REPLY_MODE, withinMs } from './bridge.js';
 import { AMQP_URL, uniqueName } from './broker.js';
 
 export interface TracedBridge {
@@ -44,7 +44,7 @@ export async function startTracedBridge(
   process.env = saved;
   const bridge = createBridge(config, createLogger('silent'), { tracing });
   bridge.start();
-  await waitFor(() => bridge.readiness().ready, 10_000, 'the traced bridge to become ready');
+  await withinMs(bridge.session.whenReady(), 10_000, 'the traced bridge to become ready');
   const server = await listenOnLoopback(bridge.handler, config);
   return {
     bridge,
