@@ -281,7 +281,7 @@ function rabbitmqAdmin(): UncheckedAdmin {
       await ctl('delete_user', name);
     },
     async changePassword(name, password) {
-      await rabbitmqctl('change_password', name, password);
+      await ctl('change_password', name, password);
     },
     restart: {
       async stop() {
