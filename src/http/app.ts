@@ -1,9 +1,7 @@
 import type { RequestListener } from 'node:http';
 import express, { type Express, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
-import { pinoHttp } from 'pino-http';
 import type { Metrics } from '../observability/metrics.js';
-import { httpLoggerOptions } from './access-log.js';
 import { errorHandler } from './error-handler.js';
 import { HttpExchange } from './exchange.js';
 import { operationalRoutes, type Readiness } from './operational-routes.js';
@@ -46,7 +44,7 @@ function originForm(url: string): string {
  */
 export function createHttpEdge(deps: AppDeps): { app: Express; handler: RequestListener } {
   const app = createApp(deps);
-  const recorders = { metrics: deps.metrics, logRequest: pinoHttp(httpLoggerOptions(deps.logger)) };
+  const recorders = { metrics: deps.metrics, logger: deps.logger };
   const handler: RequestListener = (req, res) => {
     // Origin-form (`/...`) is what clients send; anything else is rewritten once, before routing.
     if (req.url !== undefined && req.url.charCodeAt(0) !== SLASH) req.url = originForm(req.url);

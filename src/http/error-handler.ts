@@ -7,17 +7,16 @@ import { HttpProblem } from './problems.js';
 export function errorHandler() {
   return (err: unknown, req: Request, res: Response, _next: NextFunction): void => {
     const problem = asProblem(err);
-    if (problem.status === 500) {
-      // Logged with the request's line.
-      res.err = toError(err);
-    }
     const { exchange } = req;
-    if (exchange !== undefined) {
-      exchange.fail(problem);
+    if (exchange === undefined) {
+      // Every request reaches express through the edge, which gave it an exchange; this is a bug's path.
+      if (res.headersSent) res.destroy();
+      else sendProblem(res, problem, '');
       return;
     }
-    if (res.headersSent) res.destroy();
-    else sendProblem(res, problem, typeof req.id === 'string' ? req.id : '');
+    // Logged with the request's line.
+    if (problem.status === 500) exchange.error = toError(err);
+    exchange.fail(problem);
   };
 }
 

@@ -1,8 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.js';
-import type { RpcLogFields } from './access-log.js';
+import { logRequest, type RpcLogFields } from './access-log.js';
 import { sendProblem } from './problem-response.js';
 import type { HttpProblem } from './problems.js';
+import { assignRequestId } from './request-id.js';
 
 declare module 'node:http' {
   interface IncomingMessage {
@@ -16,8 +18,7 @@ const CLIENT_CLOSED = 499;
 
 export interface ExchangeRecorders {
   readonly metrics: Metrics;
-  /** pino-http's middleware: gives the request its id and writes its one log line when it ends. */
-  readonly logRequest: (req: IncomingMessage, res: ServerResponse) => void;
+  readonly logger: Logger;
 }
 
 /**
@@ -31,9 +32,9 @@ export class HttpExchange {
   readonly id: string;
   /** The route pattern that served it (never the raw path, which clients choose). */
   route: string | undefined;
-  /** What an RPC or publish adds to the log line (pino-http's customProps read it when the line is written). */
+  /** What an RPC or publish adds to the log line. */
   rpc: RpcLogFields | undefined;
-  /** A fault of the bridge's own, logged with the line. */
+  /** A fault of the bridge's own (a 500), logged with the line. */
   error: Error | undefined;
   private onClosed: (() => void) | undefined;
 
@@ -43,8 +44,7 @@ export class HttpExchange {
     private readonly recorders: ExchangeRecorders,
   ) {
     req.exchange = this;
-    recorders.logRequest(req, res);
-    this.id = req.id as string;
+    this.id = assignRequestId(req, res);
     // 'close' follows a finished response as well as a client that went away.
     res.once('close', () => this.closed());
   }
@@ -73,7 +73,16 @@ export class HttpExchange {
     const { req, res } = this;
     const status = res.writableFinished ? res.statusCode : CLIENT_CLOSED;
     const route = this.route ?? expressRoute(req) ?? 'unmatched';
-    this.recorders.metrics.observeHttp(req.method ?? 'GET', route, status, this.elapsedMs / 1000);
+    const elapsedMs = this.elapsedMs;
+    this.recorders.metrics.observeHttp(req.method ?? 'GET', route, status, elapsedMs / 1000);
+    logRequest(this.recorders.logger, req, {
+      id: this.id,
+      statusCode: res.statusCode,
+      finished: res.writableFinished,
+      responseTimeMs: Math.round(elapsedMs),
+      rpc: this.rpc,
+      error: this.error,
+    });
   }
 }
 

@@ -5,8 +5,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
 
 /**
- * The request id: the caller's X-Request-Id if sane, else a fresh UUID. pino-http calls this once
- * per request (as its genReqId) and keeps the result on req.id; it is echoed on every response.
+ * The request id: the caller's X-Request-Id if sane, else a fresh UUID. The edge assigns it once per
+ * request (its exchange keeps it); it is echoed on every response.
  */
 export function assignRequestId(req: IncomingMessage, res: ServerResponse): string {
   const offered = req.headers['x-request-id'];

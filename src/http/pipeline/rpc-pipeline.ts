@@ -212,10 +212,8 @@ class RpcPipeline {
   private asProblem(err: unknown): HttpProblem {
     if (err instanceof HttpProblem) return err;
     if (err instanceof CallerRefused) return callerRefusalProblem(err.refusal);
-    const error = toError(err);
-    this.exchange.error = error;
     // Logged with the request's line.
-    this.exchange.res.err = error;
+    this.exchange.error = toError(err);
     return new HttpProblem('internal', 'The bridge failed to handle the request; see its logs');
   }
 
