@@ -31,7 +31,7 @@ const HEADER_PREFIX = 'amqp-header-';
  * when the caller waits (x-deadline). A caller's Amqp-Header-* of these names is refused, not dropped:
  * it says something the caller should know it cannot say.
  */
-const BRIDGE_HEADERS = new Set(['x-caller', 'x-deadline']);
+export const BRIDGE_HEADERS: ReadonlySet<string> = new Set(['x-caller', 'x-deadline']);
 /** Exchanges every broker declares; any other `amq.` exchange is the broker's own business. */
 const STANDARD_EXCHANGES = new Set(['amq.direct', 'amq.topic', 'amq.fanout', 'amq.headers', 'amq.match']);
 // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point

@@ -1,3 +1,4 @@
+import type { Metrics } from '../../observability/metrics.js';
 import type { Caller } from '../access/access-control.js';
 import type { Admission } from '../access/admission.js';
 import { type CallerQuota, quotaKey } from '../access/caller-quota.js';
@@ -13,11 +14,10 @@ export interface AdmitInput {
 }
 
 export interface AdmitDeps {
-  readonly admission: Admission;
   readonly callerQuota: CallerQuota;
   readonly isShuttingDown: () => boolean;
-  /** Counts a request refused for its caller's share. */
-  readonly onCallerLimited: () => void;
+  /** `callerLimited` counts a request refused for its caller's share. */
+  readonly metrics: Pick<Metrics, 'callerLimited'>;
 }
 
 /**
@@ -26,9 +26,9 @@ export interface AdmitDeps {
  * in flight, 503 while shutting down. Returns the key the request counts against in its caller's share
  * (released when the response closes).
  */
-export function admit(input: AdmitInput, deps: AdmitDeps): string {
+export function admit(input: AdmitInput, admission: Admission, deps: AdmitDeps): string {
   const { caller, target } = input;
-  deps.admission.admit({ caller, route: input.namedRoute, target });
+  admission.admit({ caller, route: input.namedRoute, target });
   if (deps.isShuttingDown()) {
     throw new HttpProblem('shutting-down', 'The bridge is shutting down; retry on another instance', {
       target: target.label,
@@ -37,7 +37,7 @@ export function admit(input: AdmitInput, deps: AdmitDeps): string {
   }
   const key = quotaKey(caller, input.clientAddress);
   if (!deps.callerQuota.tryAcquire(key)) {
-    deps.onCallerLimited();
+    deps.metrics.callerLimited.inc();
     throw new HttpProblem(
       'too-many-requests',
       `This caller already has ${deps.callerQuota.limit} requests in flight (MAX_IN_FLIGHT_PER_CALLER); retry when one has been answered`,

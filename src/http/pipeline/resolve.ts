@@ -7,12 +7,6 @@ import { decodeSegments, type RpcPath } from '../rpc-path.js';
 /** A raw route (`/rpc/...`, `/publish/...`) or a named route of the routes file. */
 export type RouteMatch = RpcPath | NamedRouteMatch;
 
-/** The route patterns raw requests are counted and logged under (never the raw path). */
-const RAW_ROUTES = {
-  rpc: { queue: '/rpc/:queue', exchange: '/rpc/:exchange/:routingKey' },
-  publish: { queue: '/publish/:queue', exchange: '/publish/:exchange/:routingKey' },
-} as const;
-
 /** What the route says before anything is read: its pattern, operation and limits. */
 export interface RouteFacts {
   /** The route pattern, for metrics, logs and spans. */
@@ -22,14 +16,19 @@ export interface RouteFacts {
   readonly namedRoute: NamedRoute | undefined;
 }
 
+const rawFacts = (operation: 'rpc' | 'publish', pattern: string): RouteFacts =>
+  Object.freeze({ pattern, operation, namedRoute: undefined });
+/** The raw routes' facts, by operation and shape; their patterns are what requests are counted and logged under. */
+const RAW_FACTS = {
+  rpc: { queue: rawFacts('rpc', '/rpc/:queue'), exchange: rawFacts('rpc', '/rpc/:exchange/:routingKey') },
+  publish: {
+    queue: rawFacts('publish', '/publish/:queue'),
+    exchange: rawFacts('publish', '/publish/:exchange/:routingKey'),
+  },
+} as const;
+
 export function routeFacts(match: RouteMatch): RouteFacts {
-  if (match.kind === 'raw') {
-    return {
-      pattern: RAW_ROUTES[match.operation][match.segments.length === 1 ? 'queue' : 'exchange'],
-      operation: match.operation,
-      namedRoute: undefined,
-    };
-  }
+  if (match.kind === 'raw') return RAW_FACTS[match.operation][match.segments.length === 1 ? 'queue' : 'exchange'];
   const { definition } = match.route;
   return { pattern: definition.path, operation: definition.operation, namedRoute: match.route };
 }

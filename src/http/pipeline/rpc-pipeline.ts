@@ -110,15 +110,13 @@ class RpcPipeline {
     try {
       target = resolveTarget(match);
       this.log.target = target.label;
-      this.quotaKey = admit(
-        { caller, clientAddress: exchange.req.socket.remoteAddress, namedRoute: facts.namedRoute, target },
-        {
-          admission: this.routes.admission,
-          callerQuota: deps.callerQuota,
-          isShuttingDown: deps.isShuttingDown,
-          onCallerLimited: () => deps.metrics.callerLimited.inc(),
-        },
-      );
+      const admitting = {
+        caller,
+        clientAddress: exchange.req.socket.remoteAddress,
+        namedRoute: facts.namedRoute,
+        target,
+      };
+      this.quotaKey = admit(admitting, this.routes.admission, deps);
       const limits = routeLimits(match, deps);
       maxBodyBytes = limits.maxBodyBytes;
       fields = mapMessage(exchange.req, match.query, target, limits.limits, facts.operation, facts.namedRoute, caller);

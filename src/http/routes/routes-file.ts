@@ -1,6 +1,7 @@
 // Hand-written on purpose: re-expressed with valibot it came to 374 lines against these 391, needed a 25-line issue-path-to-message formatter, and still changed 14 of 67 sampled error messages (missing or empty values, lists given for mappings, which of several errors a file reports).
 import { readFileSync } from 'node:fs';
 import { parse } from 'yaml';
+import { BRIDGE_HEADERS } from '../request-mapping.js';
 
 /**
  * The routes file (ROUTES_FILE): named HTTP routes an operator exposes instead of, or beside, the raw
@@ -83,8 +84,8 @@ const LITERAL_SEGMENT = /^[A-Za-z0-9._~!$&'()*+,;=@-]+$/;
 const PLACEHOLDER = /\{([^{}]*)\}/g;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 const HEADER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-/** Message headers only the bridge sets: a route may not set them either. */
-const BRIDGE_HEADERS = new Set(['traceparent', 'tracestate', 'x-deadline', 'x-caller']);
+/** Message headers only the bridge sets (its own, and the trace context it carries): a route may not set them either. */
+const ROUTE_FORBIDDEN_HEADERS = new Set(['traceparent', 'tracestate', ...BRIDGE_HEADERS]);
 const DEFAULT_PATTERN = paramPattern(DEFAULT_PARAM_PATTERN, 'the default parameter pattern');
 const ROUTE_FIELDS = new Set([
   'name',
@@ -342,7 +343,7 @@ function fixedHeaders(value: unknown, file: string, where: string): Readonly<Rec
   const headers: Record<string, string> = Object.create(null);
   for (const [name, text] of Object.entries(raw)) {
     if (!HEADER_NAME.test(name)) throw new RoutesFileError(`${where}: "${name}" is not a usable header name`);
-    if (BRIDGE_HEADERS.has(name.toLowerCase())) {
+    if (ROUTE_FORBIDDEN_HEADERS.has(name.toLowerCase())) {
       throw new RoutesFileError(`${where}: ${name} is set by the bridge itself`);
     }
     if (typeof text !== 'string' && typeof text !== 'number' && typeof text !== 'boolean') {
