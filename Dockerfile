@@ -37,4 +37,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--"]
 # The same image runs the sample worker: command ["node", "dist/examples/echo-worker.js"].
-CMD ["node", "dist/src/main.js"]
+# The old generation's first limit at 64 MB: V8 counts the request and reply bodies a bridge holds
+# (off its heap) against that limit, and with the ~20 MB it starts from, 1 MiB bodies at concurrency
+# 16 set off a full collection every few requests (docs/performance.md). Not allowed in NODE_OPTIONS.
+CMD ["node", "--initial-old-space-size=64", "dist/src/main.js"]

@@ -7,6 +7,10 @@ export default defineConfig({
     // A test that asserts nothing fails (expect.hasAssertions() for every test of every project).
     expect: { requireAssertions: true },
     pool: 'forks',
+    // Two test files at once, though the machine CI runs on has two cores (vitest's default would be
+    // one): the integration files mostly wait on the broker and on timers, and one at a time took
+    // npm test past five minutes. The fault, cluster and container suites stay one file at a time.
+    maxWorkers: 2,
     // The JSON report is what .ci/run counts; the default reporter is for people.
     // (npm run test:faults writes its own file, so that CI can count both runs.)
     reporters: ['default', ['json', { outputFile: process.env.VITEST_JSON_FILE ?? 'test-results/vitest.json' }]],

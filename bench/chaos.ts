@@ -41,7 +41,7 @@ import {
   stallLine,
   statusTable,
 } from './lib/chaos-report.js';
-import { freePort } from './lib/processes.js';
+import { freePort, npmStartFlags } from './lib/processes.js';
 
 export interface ChaosOptions {
   readonly broker: ChaosBrokerProduct;
@@ -202,7 +202,7 @@ export async function runChaosSoak(options: ChaosOptions): Promise<number> {
     let load: ChaosLoad | undefined;
     const bridge = startLogged(
       'node',
-      ['--max-semi-space-size=4', 'dist/src/main.js'],
+      [...npmStartFlags('.'), 'dist/src/main.js'],
       { AMQP_URL: proxy.via(broker.url), PORT: String(port), HOST: '127.0.0.1' },
       (line, stream) => {
         if (stream === 'stdout' && ACCESS_LOG_LINE.test(line)) {

@@ -5,7 +5,9 @@
  * The old revision is checked out in a temporary git worktree and built there with this checkout's
  * node_modules. Both bridges run with their default configuration, as `npm start` runs them.
  * BENCH_SECONDS (default 5) sets the length of one run, BENCH_ROUNDS (3) the rounds,
- * BENCH_CONCURRENCIES (1,64) what is measured. BENCH_TRACED=1 runs both with every request traced
+ * BENCH_CONCURRENCIES (1,64) and BENCH_BODIES (body sizes in bytes, 100) what is measured; each bridge
+ * runs with the node flags of its own revision's `npm start`, and with MAX_BODY_BYTES raised to the
+ * largest body when that is over the default. BENCH_TRACED=1 runs both with every request traced
  * (OTLP/protobuf to a local sink): what a change costs or saves with tracing on. Prints a table;
  * writes nothing.
  */
@@ -14,7 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import type { Child } from './lib/processes.js';
+import { type Child, npmStartFlags } from './lib/processes.js';
 import { measureSideBySide, type RunningBridge, startSideBridge, startTracingSink } from './lib/side-by-side.js';
 import { startWorker } from './lib/targets.js';
 
@@ -22,7 +24,10 @@ const AMQP_URL = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const CONCURRENCIES = (process.env.BENCH_CONCURRENCIES ?? '1,64').split(',').map(Number);
+const BODIES = (process.env.BENCH_BODIES ?? '100').split(',').map(Number);
 const TRACED = process.env.BENCH_TRACED === '1';
+/** MAX_BODY_BYTES's default: a bigger body needs the limit raised, the same for both builds. */
+const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
 
 async function main(): Promise<void> {
   const revision = process.argv[2];
@@ -53,7 +58,14 @@ async function main(): Promise<void> {
       [`before (${commit})`, baselineDir],
       ['after (this checkout)', root],
     ] as const) {
-      const started = await startSideBridge(name, join(dir, 'dist/src/main.js'), { AMQP_URL, ...tracing });
+      const largest = Math.max(...BODIES);
+      const limit = largest > DEFAULT_MAX_BODY_BYTES ? { MAX_BODY_BYTES: String(largest) } : {};
+      const started = await startSideBridge(
+        name,
+        join(dir, 'dist/src/main.js'),
+        { AMQP_URL, ...limit, ...tracing },
+        npmStartFlags(dir),
+      );
       children.push(started.child);
       targets.push(started.bridge);
     }
@@ -63,6 +75,7 @@ async function main(): Promise<void> {
         seconds: SECONDS,
         rounds: ROUNDS,
         concurrencies: CONCURRENCIES,
+        bodies: BODIES,
         column: 'build',
       }),
     );

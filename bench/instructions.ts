@@ -15,7 +15,7 @@ import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runLoad } from './lib/load.js';
-import { type Child, freePort, startChild } from './lib/processes.js';
+import { type Child, freePort, npmStartFlags, startChild } from './lib/processes.js';
 import { echoQueue, startWorker, type TargetContext, waitReady } from './lib/targets.js';
 
 /** BENCH_TARGETS: only these of express-echo, minimal, bridge (comma-separated). */
@@ -30,7 +30,7 @@ const context: TargetContext = {
   runId: randomBytes(4).toString('hex'),
   logDir: outDir,
   warmupSeconds: WARMUP_SECONDS,
-  bridgeNodeFlags: ['--max-semi-space-size=4'],
+  bridgeNodeFlags: npmStartFlags('.'),
 };
 
 interface Counted {

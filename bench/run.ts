@@ -21,14 +21,16 @@
  *   BENCH_SCENARIOS        concurrency,bodies,inflight (default all three; quick: concurrency)
  *   AMQP_URL, LAVINMQ_URL  the brokers (default RabbitMQ on 5672, LavinMQ on 5682, guest/guest)
  *   LAVINMQ_NODELAY_URL    a LavinMQ with `tcp_nodelay = true` in its lavinmq.ini: adds bridge-lavinmq-nodelay
- *   BENCH_BRIDGE_NODE_FLAGS extra node flags for the bridge (default as `npm start`: --max-semi-space-size=4)
+ *   BENCH_BRIDGE_NODE_FLAGS the bridge's node flags (default: those of `npm start`, read from package.json)
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { LARGEST_BODY_BYTES } from './lib/bodies.js';
 import { describeHost } from './lib/host-info.js';
 import { type InFlightResult, runInFlight } from './lib/in-flight.js';
+import { npmStartFlags } from './lib/processes.js';
 import { type BenchRun, buildReport, computeRatios, updateReadme } from './lib/report.js';
 import { combineByMedian, type RunResult } from './lib/stats.js';
 import {
@@ -59,9 +61,12 @@ const IN_FLIGHT_DELAY_MS = Number(process.env.BENCH_IN_FLIGHT_DELAY_MS ?? 8_000)
 const ALL_CONCURRENCIES = quick ? [1, 64] : [1, 16, 64, 256];
 const JUDGED_CONCURRENCIES = [1, 64];
 const FULLY_MEASURED = new Set(['express-echo', 'bridge', 'minimal', 'raw-amqp']);
-/** Larger bodies (at concurrency 16) for the bridge and the plain HTTP echo. */
+/**
+ * Larger bodies at concurrency 16 for the bridge, its two halves and the floor; and the largest at
+ * concurrency 1, where the peak RSS of the row is recorded: what one request in flight costs in memory.
+ */
 const BODY_SIZES = [10 * 1024, 1024 * 1024];
-const BODY_TARGETS = new Set(['express-echo', 'bridge']);
+const BODY_TARGETS = new Set(['express-echo', 'bridge', 'minimal', 'raw-amqp']);
 const LOGGING =
   'on, at the default level (one line per request), each bridge appending to a file of its own in the ' +
   "OS temp folder through its own fd 1, as a deployment's log file; nothing is piped to the harness";
@@ -69,6 +74,7 @@ const LOGGING =
 interface Row {
   readonly concurrency: number;
   readonly bodyBytes: number;
+  readonly memory?: boolean;
 }
 
 function rowsOf(target: Target): Row[] {
@@ -78,6 +84,8 @@ function rowsOf(target: Target): Row[] {
     rows.push(...concurrencies.map((concurrency) => ({ concurrency, bodyBytes: 100 })));
   }
   if (SCENARIOS.has('bodies') && BODY_TARGETS.has(target.name)) {
+    // The memory row first, so that its rise in RSS is not hidden by what the 1 MiB rows left behind.
+    rows.push({ concurrency: 1, bodyBytes: LARGEST_BODY_BYTES, memory: true });
     rows.push(...BODY_SIZES.map((bodyBytes) => ({ concurrency: 16, bodyBytes })));
   }
   return rows;
@@ -96,7 +104,7 @@ async function main(): Promise<void> {
     runId: randomBytes(4).toString('hex'),
     logDir,
     warmupSeconds: WARMUP_SECONDS,
-    bridgeNodeFlags: (process.env.BENCH_BRIDGE_NODE_FLAGS ?? '--max-semi-space-size=4').split(' ').filter(Boolean),
+    bridgeNodeFlags: process.env.BENCH_BRIDGE_NODE_FLAGS?.split(' ').filter(Boolean) ?? npmStartFlags('.'),
   };
   const host = await describeHost({
     rabbitmq: rabbitmqUrl,
@@ -139,7 +147,7 @@ async function main(): Promise<void> {
         running = await target.start(context);
         if (JIT_WARMUP_SECONDS > 0) await running.measure(32, 100, JIT_WARMUP_SECONDS);
         for (const row of rows) {
-          const result = await running.measure(row.concurrency, row.bodyBytes, SECONDS);
+          const result = await running.measure(row.concurrency, row.bodyBytes, SECONDS, row.memory);
           const key = `${result.target}|${result.concurrency}|${result.bodyBytes}`;
           rounds.set(key, [...(rounds.get(key) ?? []), result]);
           progress(result);
@@ -201,7 +209,11 @@ async function measureInFlight(context: TargetContext): Promise<InFlightResult> 
   console.error(`${IN_FLIGHT} requests in flight at once against a worker that answers after ${IN_FLIGHT_DELAY_MS} ms`);
   const queue = `bench.slow.${context.runId}`;
   const worker = await startWorker(context.rabbitmqUrl, queue, Math.min(65_535, IN_FLIGHT * 2));
-  const bridge = await startBridge(context, context.rabbitmqUrl, join(context.logDir, 'bridge-in-flight.log'), {});
+  // All of them from one caller: its share (MAX_IN_FLIGHT_PER_CALLER, half of MAX_IN_FLIGHT by default)
+  // would answer the second half 429 at once, and the scenario measures what 10,000 held requests cost.
+  const bridge = await startBridge(context, context.rabbitmqUrl, join(context.logDir, 'bridge-in-flight.log'), {
+    MAX_IN_FLIGHT_PER_CALLER: String(IN_FLIGHT),
+  });
   try {
     return await runInFlight(bridge.port, bridge.child.pid, queue, IN_FLIGHT, IN_FLIGHT_DELAY_MS);
   } finally {

@@ -11,7 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import { Agent, request } from 'node:http';
 import amqp from 'amqplib';
-import { freePort, startChild } from './lib/processes.js';
+import { freePort, npmStartFlags, startChild } from './lib/processes.js';
 
 if (process.argv.includes('--chaos')) {
   const { parseChaosOptions, runChaosSoak } = await import('./chaos.js');
@@ -39,7 +39,7 @@ const worker = startChild('node', ['dist/examples/echo-worker.js'], {
 });
 await worker.waitForLine(/consuming/);
 const port = await freePort();
-const bridge = startChild('node', ['--max-semi-space-size=4', 'dist/src/main.js'], {
+const bridge = startChild('node', [...npmStartFlags('.'), 'dist/src/main.js'], {
   AMQP_URL,
   PORT: String(port),
   HOST: '127.0.0.1',

@@ -5,7 +5,11 @@
  *   - any other reply header comes back to the HTTP caller as `Amqp-Header-<name>`.
  * Request headers it understands (send them through the bridge as `Amqp-Header-<name>`):
  *   - `reply-status`: the status to answer with (e.g. 201, 422);
- *   - `delay-ms`: wait this long before answering (to try timeouts).
+ *   - `delay-ms`: wait this long before answering (to try timeouts);
+ *   - `stream-pieces` (1-10000) and `stream-interval-ms` (0-60000): answer with that many replies, one
+ *     per interval, each echoing the body with reply header `piece` = 1, 2, ...: all but the last carry
+ *     `x-stream: more`, the last `x-stream: end` (a caller with `Accept: text/event-stream` gets each
+ *     as it comes; see docs/streams.md).
  * Replies go out on connections of their own (reply-publisher.ts), and a request is acked once its
  * reply is confirmed or found undeliverable, so that a dead reply address cannot take the worker down
  * (needed on RabbitMQ 3.10 only; see reply-publisher.ts).
@@ -188,6 +192,13 @@ async function answer(
     replyHeaders.traceparent = span.replyTrace.traceparent;
     if (span.replyTrace.tracestate) replyHeaders.tracestate = span.replyTrace.tracestate;
   }
+  const pieces = boundedInteger(headers['stream-pieces'], 1, 10_000);
+  if (pieces !== undefined) {
+    return streamPieces(replies, message, replyTo, replyHeaders, receivedAt, deadline, {
+      pieces,
+      intervalMs: boundedInteger(headers['stream-interval-ms'], 0, 60_000) ?? 0,
+    });
+  }
   // reply_to is opaque: RabbitMQ and LavinMQ each rewrite it to their own form. Publish to it as given.
   const fate = await replies.send(
     replyTo,
@@ -200,6 +211,47 @@ async function answer(
     },
     receivedAt,
   );
+  return OUTCOME_OF[fate];
+}
+
+/** An integer header within bounds, or undefined (absent or out of range: the plain echo). */
+function boundedInteger(value: unknown, min: number, max: number): number | undefined {
+  const parsed = Number(value);
+  return Number.isInteger(parsed) && parsed >= min && parsed <= max ? parsed : undefined;
+}
+
+/**
+ * Several replies to one request, all with its correlation id: the stream contract. Stops early once
+ * the caller's deadline has passed, or a reply could not be delivered (its caller is gone).
+ */
+async function streamPieces(
+  replies: ReplyPublisher,
+  message: ConsumeMessage,
+  replyTo: string,
+  replyHeaders: Record<string, unknown>,
+  receivedAt: number,
+  deadline: number,
+  stream: { readonly pieces: number; readonly intervalMs: number },
+): Promise<WorkOutcome> {
+  const { properties } = message;
+  let fate: ReplyFate = 'published';
+  for (let piece = 1; piece <= stream.pieces; piece++) {
+    if (piece > 1 && stream.intervalMs > 0) await new Promise((resolve) => setTimeout(resolve, stream.intervalMs));
+    if (deadline > 0 && Date.now() > deadline) return 'expired';
+    const last = piece === stream.pieces;
+    fate = await replies.send(
+      replyTo,
+      message.content,
+      {
+        correlationId: properties.correlationId,
+        contentType: properties.contentType,
+        contentEncoding: properties.contentEncoding,
+        headers: { ...replyHeaders, piece, 'x-stream': last ? 'end' : 'more' },
+      },
+      receivedAt,
+    );
+    if (fate !== 'published') break;
+  }
   return OUTCOME_OF[fate];
 }
 

@@ -9,15 +9,27 @@ import type { Config } from './config/config.js';
 import type { BearerTokenVerifier } from './http/access/access-control.js';
 import { CallerQuota } from './http/access/caller-quota.js';
 import { createHttpEdge } from './http/app.js';
+import { Cors } from './http/cors.js';
 import { loadOpenApiYaml } from './http/openapi.js';
 import type { Readiness } from './http/operational-routes.js';
+import { CALLS_PREFIX } from './http/pipeline/defer.js';
+import { StreamGate } from './http/pipeline/event-stream.js';
+import { RefusalBudget } from './http/refusal-budget.js';
 import { buildRouteSet, OPERATIONAL_PATHS, RAW_ROUTE_PREFIXES, type RouteSet } from './http/routes/route-set.js';
 import { loadRoutesFile } from './http/routes/routes-file.js';
 import { logBytesDropped } from './observability/logger.js';
 import { createMetrics, type Metrics, registerGauges } from './observability/metrics.js';
 import type { Tracing } from './observability/tracing.js';
 import { type BrokerLogin, CallerPools, type CallerSession } from './rpc/caller-pools.js';
+import { DeferredCalls } from './rpc/deferred-calls.js';
 import { RpcClient } from './rpc/rpc-client.js';
+
+/** Path prefixes no named route may take, and what serves each (the routes file's refusal says it). */
+const RAW_PREFIXES_RESERVED = RAW_ROUTE_PREFIXES.map((prefix) => ({
+  prefix,
+  servedBy: 'which the raw routes serve (turn them off with ROUTES_RAW_ENABLED=false)',
+}));
+const CALLS_RESERVED = { prefix: CALLS_PREFIX, servedBy: 'where the bridge answers for asynchronous calls' };
 
 /** Everything the process runs, built from the configuration and wired together; nothing listens yet. */
 export interface Bridge {
@@ -89,7 +101,18 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
           channels: config.callerChannels,
         })
       : undefined;
+  const deferred = new DeferredCalls({
+    store: session.results,
+    resultTtlMs: config.calls.resultTtlMs,
+    keyTtlMs: config.calls.keyTtlMs,
+    maxHeld: config.calls.maxHeld,
+    maxHeldPerCaller: config.calls.maxHeldPerCaller,
+    maxWaiting: config.calls.maxWaiting,
+    onStoreError: (err) => logger.warn({ err }, "the broker refused an operation on a deferred call's queue"),
+  });
   registerGauges(registry, {
+    callsHeld: () => deferred.heldCount,
+    callsWaiting: () => deferred.waitingCount,
     inFlight: () => rpc.inFlightCount + (callerPools?.inFlightCount ?? 0),
     connected: () => session.isConnected,
     blocked: () => session.isBlocked,
@@ -121,7 +144,7 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
             maxTimeoutMs: config.rpcMaxTimeoutMs,
             maxBodyBytes: config.maxBodyBytes,
             reservedPaths: OPERATIONAL_PATHS,
-            reservedPrefixes: rawRoutes ? RAW_ROUTE_PREFIXES : [],
+            reservedPrefixes: rawRoutes ? [...RAW_PREFIXES_RESERVED, CALLS_RESERVED] : [CALLS_RESERVED],
           });
     return buildRouteSet({
       file,
@@ -148,11 +171,20 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
     logger,
     limits,
     maxBodyBytes: config.maxBodyBytes,
+    refusalBudget: new RefusalBudget(config.amqpUrls),
     readiness,
     isShuttingDown: () => shuttingDown,
     tracing,
     callerPools,
     callerQuota: new CallerQuota(config.maxInFlightPerCaller),
+    deferred,
+    asyncMaxTimeoutMs: config.calls.asyncMaxTimeoutMs,
+    streams: {
+      maxBufferBytes: config.streamMaxBufferBytes,
+      keepAliveMs: config.streamKeepAliveMs,
+      gate: new StreamGate(config.streamMaxOpen),
+    },
+    cors: config.corsAllowedOrigins === undefined ? undefined : new Cors(config.corsAllowedOrigins),
   });
 
   return {
@@ -179,7 +211,7 @@ export function createBridge(config: Config, logger: Logger, options: BridgeOpti
       const graceOver = new Promise<void>((resolve) => {
         timer = setTimeout(resolve, graceMs);
       });
-      await Promise.race([Promise.all([rpc.whenIdle(), callerPools?.whenIdle()]), graceOver]);
+      await Promise.race([Promise.all([rpc.whenIdle(), callerPools?.whenIdle(), deferred.whenIdle()]), graceOver]);
       clearTimeout(timer);
     },
     stop() {
@@ -232,6 +264,7 @@ function openSession(
     replies,
     confirms: config.publisherConfirms,
     exchangeCheckTtlMs: config.exchangeCheckTtlMs,
+    exchangeCheckByRoutingKey: config.exchangeCheckByRoutingKey,
     logger,
   });
   session.addListener({
@@ -244,6 +277,7 @@ function openSession(
     appId: config.appId,
     maxInFlight: config.maxInFlight,
     onStrayReply: () => metrics.lateReplies.inc(),
+    onSkippedPart: () => metrics.streamPartsSkipped.inc(),
     onBackpressure: () => metrics.publishBackpressure.inc(),
     checkDefaultExchange: shape.checkDefaultExchange,
   });

@@ -1,5 +1,8 @@
 import { randomBytes } from 'node:crypto';
 
+/** The largest body the bench sends (its memory row): the targets with a body limit are given room for it. */
+export const LARGEST_BODY_BYTES = 16 * 1024 * 1024;
+
 /** `bytes`: opaque octets, as the bridge carries them. `json`: for peers that only carry JSON (micromq). */
 export type BodyKind = 'bytes' | 'json';
 

@@ -1,6 +1,9 @@
 import type { ClientResult } from '../clients/client-env.js';
 import type { BodyKind } from './bodies.js';
-import { cpuMs, startChild } from './processes.js';
+import { cpuMs, peakRssBytes, resetPeakRss, startChild } from './processes.js';
+
+const MB = 1024 * 1024;
+
 import type { RunResult } from './stats.js';
 
 export interface Load {
@@ -17,6 +20,8 @@ export interface Load {
   readonly client?: 'serial' | 'autocannon';
   /** Called when the client's warm-up is over and measuring begins. */
   readonly onMeasuring?: () => void;
+  /** Record the target's peak RSS during the measured part (and its rise above the RSS before). */
+  readonly memory?: boolean;
 }
 
 /**
@@ -37,9 +42,11 @@ export async function runLoad(load: Load): Promise<RunResult> {
   const startupMs = 20_000;
   await child.waitForLine(/"measuring"/, startupMs + load.warmupSeconds * 1000);
   const cpuBefore = cpuMs(load.cpuPid);
+  const rssBefore = load.memory === true ? resetPeakRss(load.cpuPid) : 0;
   load.onMeasuring?.();
   const line = await child.waitForLine(/"requests"/, startupMs + load.seconds * 1000);
   const cpuUsed = cpuMs(load.cpuPid) - cpuBefore;
+  const peakRss = load.memory === true ? peakRssBytes(load.cpuPid) : 0;
   await child.stop();
   const result = JSON.parse(line) as ClientResult;
   return {
@@ -57,5 +64,6 @@ export async function runLoad(load: Load): Promise<RunResult> {
     cpuMsPerRequest: result.requests > 0 ? cpuUsed / result.requests : 0,
     client,
     ...(result.connections !== undefined && { connections: result.connections }),
+    ...(load.memory === true && { peakRssMb: peakRss / MB, rssRiseMb: (peakRss - rssBefore) / MB }),
   };
 }

@@ -1,6 +1,7 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
 const CLOCK_TICKS_PER_SECOND = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
@@ -89,12 +90,28 @@ function readLines(
 
 /** CPU time (user + system) the process has used so far, in milliseconds. */
 export function cpuMs(pid: number): number {
+  const { user, system } = cpuSplitMs(pid);
+  return user + system;
+}
+
+/** CPU time the process has used so far in its own code (user) and in the kernel for it (system), in ms. */
+export function cpuSplitMs(pid: number): { readonly user: number; readonly system: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // Fields after the command name (which may contain spaces) start after the last ')'.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const utime = Number(fields[11]);
-  const stime = Number(fields[12]);
-  return ((utime + stime) * 1000) / CLOCK_TICKS_PER_SECOND;
+  const toMs = (ticks: number) => (ticks * 1000) / CLOCK_TICKS_PER_SECOND;
+  return { user: toMs(Number(fields[11])), system: toMs(Number(fields[12])) };
+}
+
+/**
+ * Starts the process's peak RSS (VmHWM) afresh from its RSS now (Linux: clear_refs 5, allowed on a
+ * process of our own), so that a row's peak is its own. Returns that RSS in bytes.
+ */
+export function resetPeakRss(pid: number): number {
+  writeFileSync(`/proc/${pid}/clear_refs`, '5');
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const match = /^VmRSS:\s+(\d+) kB/m.exec(status);
+  return match ? Number(match[1]) * 1024 : 0;
 }
 
 /** Peak resident set size of the process so far, in bytes (VmHWM). */
@@ -114,4 +131,14 @@ export async function freePort(): Promise<number> {
     });
     server.on('error', reject);
   });
+}
+
+/**
+ * The node flags `npm start` gives the bridge in the checkout at `dir` (its package.json's
+ * `node <flags> dist/src/main.js`): every bench runs the bridge as it is deployed.
+ */
+export function npmStartFlags(dir: string): string[] {
+  const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { scripts?: Record<string, string> };
+  const match = /^node\s+(.*?)\s*dist\/src\/main\.js/.exec(pkg.scripts?.start ?? '');
+  return match?.[1] ? match[1].split(/\s+/).filter(Boolean) : [];
 }

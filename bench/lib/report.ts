@@ -111,6 +111,27 @@ export function computeRatios(run: BenchRun): Record<string, Ratio> {
       from: 'rpc_in_flight after',
     };
   }
+  // Big bodies: the bridge's CPU per request over the express echo's, and the floor's (minimal) beside it.
+  for (const [name, bodyBytes, goal] of [
+    ['cpuAt10KiBVsEcho', 10 * 1024, 1.2],
+    ['cpuAt1MiBVsEcho', 1024 * 1024, 1.5],
+  ] as const) {
+    const bridge = find('bridge', 16, bodyBytes);
+    const echo = find('express-echo', 16, bodyBytes);
+    if (bridge === undefined || echo === undefined || echo.cpuMsPerRequest === 0) continue;
+    const value = bridge.cpuMsPerRequest / echo.cpuMsPerRequest;
+    const minimal = find('minimal', 16, bodyBytes);
+    const floor =
+      minimal === undefined
+        ? ''
+        : `; the floor: minimal ${us(minimal.cpuMsPerRequest)} µs, ${(minimal.cpuMsPerRequest / echo.cpuMsPerRequest).toFixed(2)} ×`;
+    ratios[name] = {
+      value,
+      goal: `<= ${goal}`,
+      met: value <= goal,
+      from: `bridge ${us(bridge.cpuMsPerRequest)} / express-echo ${us(echo.cpuMsPerRequest)} µs, c=16${floor}`,
+    };
+  }
   const bridgeMiB = find('bridge', 16, 1024 * 1024);
   if (bridgeMiB) {
     const failed = bridgeMiB.errors + bridgeMiB.non2xx;
@@ -141,6 +162,7 @@ export function buildReport(run: BenchRun): { table: string; markdown: string } 
       'errors',
       'non-2xx',
       'CPU µs/req',
+      'peak RSS MB (rise)',
     ],
     rows.map((r) => [
       r.target,
@@ -154,6 +176,7 @@ export function buildReport(run: BenchRun): { table: string; markdown: string } 
       String(r.errors),
       String(r.non2xx),
       us(r.cpuMsPerRequest),
+      r.peakRssMb === undefined ? '' : `${r.peakRssMb.toFixed(0)} (+${(r.rssRiseMb ?? 0).toFixed(0)})`,
     ]),
     (column) => column >= 2,
   );

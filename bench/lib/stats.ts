@@ -17,6 +17,10 @@ export interface RunResult {
   readonly client?: 'serial' | 'autocannon' | 'self';
   /** Serial client: TCP connections used while measuring (1: keep-alive held throughout). */
   readonly connections?: number;
+  /** Rows measured for memory (16 MiB bodies): the process's peak RSS during the row, MB. */
+  readonly peakRssMb?: number;
+  /** ... and how far that peak rose above its RSS just before the row, MB (per request in flight at c=1). */
+  readonly rssRiseMb?: number;
 }
 
 export function percentile(sorted: Float64Array, fraction: number): number {
@@ -69,6 +73,8 @@ export function combine(rounds: RunResult[]): RunResult {
     non2xx: sum((run) => run.non2xx),
     cpuMsPerRequest: mean((run) => run.cpuMsPerRequest),
     ...(first.connections !== undefined && { connections: Math.max(...rounds.map((run) => run.connections ?? 0)) }),
+    ...(first.peakRssMb !== undefined && { peakRssMb: Math.max(...rounds.map((run) => run.peakRssMb ?? 0)) }),
+    ...(first.rssRiseMb !== undefined && { rssRiseMb: Math.max(...rounds.map((run) => run.rssRiseMb ?? 0)) }),
   };
 }
 

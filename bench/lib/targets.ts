@@ -5,7 +5,7 @@
  */
 import { join } from 'node:path';
 import amqp from 'amqplib';
-import type { BodyKind } from './bodies.js';
+import { type BodyKind, LARGEST_BODY_BYTES } from './bodies.js';
 import { runLoad } from './load.js';
 import { type Child, freePort, startChild } from './processes.js';
 import type { RunResult } from './stats.js';
@@ -25,8 +25,8 @@ export interface TargetContext {
 }
 
 export interface RunningTarget {
-  /** One measured load at this concurrency and body size. */
-  measure(concurrency: number, bodyBytes: number, seconds: number): Promise<RunResult>;
+  /** One measured load at this concurrency and body size; `memory`: record the target's peak RSS too. */
+  measure(concurrency: number, bodyBytes: number, seconds: number, memory?: boolean): Promise<RunResult>;
   stop(): Promise<void>;
 }
 
@@ -48,12 +48,20 @@ export const TARGETS: readonly Target[] = [
     description: 'a plain express 5 echo server: the HTTP half alone',
     async start(context) {
       const port = await freePort();
-      const echo = startChild('node', [...TSX, 'bench/targets/express-echo.ts'], { PORT: String(port) });
+      const echo = startChild('node', [...TSX, 'bench/targets/express-echo.ts'], {
+        PORT: String(port),
+        BODY_LIMIT: String(LARGEST_BODY_BYTES),
+      });
       await echo.waitForLine(/"port"/);
       return httpTarget('express-echo', `http://127.0.0.1:${port}/echo`, echo, 'bytes', context, [echo]);
     },
   },
-  bridgeTarget('bridge', 'the built bridge, default configuration, logging on (to a file)', 'rabbitmq', {}),
+  bridgeTarget(
+    'bridge',
+    'the built bridge, default configuration (but MAX_BODY_BYTES, raised for the 16 MiB row), logging on (to a file)',
+    'rabbitmq',
+    { MAX_BODY_BYTES: String(LARGEST_BODY_BYTES) },
+  ),
   bridgeTarget(
     'bridge-lavinmq',
     'the same bridge and worker on LavinMQ (its default tcp_nodelay = false)',
@@ -84,7 +92,8 @@ export const TARGETS: readonly Target[] = [
     async start(context) {
       const worker = await startWorker(context.rabbitmqUrl, echoQueue(context));
       return {
-        measure: (concurrency, bodyBytes, seconds) => runRawAmqp(context, concurrency, bodyBytes, seconds),
+        measure: (concurrency, bodyBytes, seconds, memory) =>
+          runRawAmqp(context, concurrency, bodyBytes, seconds, memory === true),
         stop: () => worker.stop(),
       };
     },
@@ -210,7 +219,7 @@ function httpTarget(
   processes: readonly Child[],
 ): RunningTarget {
   return {
-    measure: (concurrency, bodyBytes, seconds) =>
+    measure: (concurrency, bodyBytes, seconds, memory) =>
       runLoad({
         target: name,
         url,
@@ -220,6 +229,7 @@ function httpTarget(
         bodyKind,
         warmupSeconds: context.warmupSeconds,
         seconds,
+        memory: memory === true,
       }),
     // In the order given: the HTTP side first, so that no request is left without its worker.
     async stop() {
@@ -233,8 +243,10 @@ async function runRawAmqp(
   concurrency: number,
   bodyBytes: number,
   seconds: number,
+  memory: boolean,
 ): Promise<RunResult> {
   const child = startChild('node', [...TSX, 'bench/targets/raw-amqp-rpc.ts'], {
+    MEMORY: memory ? '1' : '0',
     AMQP_URL: context.rabbitmqUrl,
     QUEUE: echoQueue(context),
     CONCURRENCY: String(concurrency),
@@ -245,7 +257,7 @@ async function runRawAmqp(
   const line = await child.waitForLine(/"requests"/, (context.warmupSeconds + seconds + 20) * 1000);
   await child.stop();
   const raw = JSON.parse(line) as Pick<RunResult, 'requests' | 'seconds' | 'rps' | 'p50' | 'p99' | 'max'> &
-    Pick<RunResult, 'cpuMsPerRequest'>;
+    Pick<RunResult, 'cpuMsPerRequest' | 'peakRssMb' | 'rssRiseMb'>;
   return { ...raw, target: 'raw-amqp', concurrency, bodyBytes, errors: 0, non2xx: 0, client: 'self' };
 }
 

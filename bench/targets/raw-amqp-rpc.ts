@@ -4,6 +4,7 @@
  * CONCURRENCY loops for SECONDS after WARMUP_SECONDS (default 1) of warm-up and prints one JSON result line.
  */
 import amqp from 'amqplib';
+import { peakRssBytes, resetPeakRss } from '../lib/processes.js';
 import { LatencyRecorder } from '../lib/stats.js';
 
 const url = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
@@ -55,12 +56,16 @@ async function run(untilMs: number, latencies: LatencyRecorder | undefined): Pro
 
 await run(Date.now() + Number(process.env.WARMUP_SECONDS ?? 1) * 1000, undefined);
 const latencies = new LatencyRecorder();
+// MEMORY=1: the peak RSS of the measured part alone, and its rise above the RSS before it.
+const memory = process.env.MEMORY === '1';
+const rssBefore = memory ? resetPeakRss(process.pid) : 0;
 const cpuBefore = process.cpuUsage();
 const started = performance.now();
 const requests = await run(Date.now() + seconds * 1000, latencies);
 const elapsed = (performance.now() - started) / 1000;
 const cpu = process.cpuUsage(cpuBefore);
 const summary = latencies.summary();
+const peakRss = memory ? peakRssBytes(process.pid) : 0;
 process.stdout.write(
   `${JSON.stringify({
     requests,
@@ -70,6 +75,7 @@ process.stdout.write(
     p99: summary.p99,
     max: summary.max,
     cpuMsPerRequest: (cpu.user + cpu.system) / 1000 / requests,
+    ...(memory && { peakRssMb: peakRss / 1024 / 1024, rssRiseMb: (peakRss - rssBefore) / 1024 / 1024 }),
   })}\n`,
 );
 await connection.close();

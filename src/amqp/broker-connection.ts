@@ -1,10 +1,15 @@
 import { randomInt } from 'node:crypto';
 import amqp, { type ChannelModel } from 'amqplib';
 import type { Logger } from 'pino';
+import { MIN_FRAME_MAX_BYTES } from '../config/env-reader.js';
 import { redactUrl } from '../config/redact.js';
 import { toError } from '../errors.js';
 import type { BrokerState } from '../rpc/ports.js';
 import { reconnectDelay } from './backoff.js';
+import { guardPropertyDecoding } from './undecodable-properties.js';
+
+// Before any connection reads a frame: a reply no one can decode must not end the connection.
+guardPropertyDecoding();
 
 export interface BrokerConnectionOptions {
   /** Tried in turn: after a failed attempt or a lost connection, the next one. */
@@ -144,6 +149,14 @@ export class BrokerConnection implements BrokerState {
     this.attempt = 0;
     this.nextAttemptAt = 0;
     logger.info({ broker: redactUrl(this.url), server: model.connection.serverProperties.product }, 'amqp connected');
+    const { frameMax } = model.connection as unknown as { frameMax: number };
+    if (frameMax !== 0 && frameMax < MIN_FRAME_MAX_BYTES) {
+      logger.error(
+        { broker: redactUrl(this.url), frameMax },
+        `the broker allows frames of ${frameMax} bytes, below the ${MIN_FRAME_MAX_BYTES} a request's message properties may take: ` +
+          'a request with many Amqp-Header-* would end the connection (raise frame_max on the broker)',
+      );
+    }
     for (const listener of this.listeners) listener.connected(model);
   }
 

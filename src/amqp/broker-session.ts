@@ -13,6 +13,7 @@ import type {
 import { BrokerConnection, type BrokerConnectionOptions, type ConnectionListener } from './broker-connection.js';
 import { ChannelPool } from './channel-pool.js';
 import { ExchangeChecker } from './exchange-checker.js';
+import { AmqpResultStore } from './result-store.js';
 import { type ReplySource, RpcChannel } from './rpc-channel.js';
 
 /** Channels that fail to reopen are retried within these bounds, independent of connection backoff. */
@@ -37,6 +38,8 @@ export interface BrokerSessionOptions {
   readonly confirms: boolean;
   /** How long an exchange check's answer is kept. */
   readonly exchangeCheckTtlMs: number;
+  /** Each exchange and routing key is checked on its own (topic permissions), not each exchange. */
+  readonly exchangeCheckByRoutingKey: boolean;
   readonly logger: Logger;
 }
 
@@ -52,6 +55,8 @@ export class BrokerSession implements RpcSession, SessionLifecycle, ConnectionLi
   private readonly listeners: SessionListener[] = [];
   private readyWaiters: Array<() => void> = [];
   private core: SessionEvents | undefined;
+  /** Asynchronous calls' and idempotency keys' queues, on this session's connection. */
+  readonly results: AmqpResultStore;
 
   /**
    * What the channels report goes to the core bound to this session. The channels exist only after
@@ -77,6 +82,7 @@ export class BrokerSession implements RpcSession, SessionLifecycle, ConnectionLi
         : undefined,
     });
     const model = () => this.connection.current;
+    this.results = new AmqpResultStore(model);
     this.pool = new ChannelPool({
       size: options.channels,
       replies: options.replies,
@@ -92,6 +98,7 @@ export class BrokerSession implements RpcSession, SessionLifecycle, ConnectionLi
     this.exchanges = new ExchangeChecker({
       model,
       ttlMs: options.exchangeCheckTtlMs,
+      byRoutingKey: options.exchangeCheckByRoutingKey,
       maxConcurrentChecks: EXCHANGE_CHECKS_MAX,
       maxQueuedChecks: EXCHANGE_CHECKS_QUEUED,
       onVerdict: (verdict: ExchangeVerdict) => this.emit((listener) => listener.exchangeVerdict?.(verdict)),
@@ -124,12 +131,16 @@ export class BrokerSession implements RpcSession, SessionLifecycle, ConnectionLi
     return this.pool.pick();
   }
 
-  cached(exchange: string): ExchangeVerdict | undefined {
-    return this.exchanges.cached(exchange);
+  cached(exchange: string, routingKey: string): ExchangeVerdict | undefined {
+    return this.exchanges.cached(exchange, routingKey);
   }
 
-  check(exchange: string, publishFirst: (probe: PublishChannel) => boolean): Promise<ExchangeVerdict> {
-    return this.exchanges.check(exchange, publishFirst);
+  check(
+    exchange: string,
+    routingKey: string,
+    publishFirst: (probe: PublishChannel) => boolean,
+  ): Promise<ExchangeVerdict> {
+    return this.exchanges.check(exchange, routingKey, publishFirst);
   }
 
   // Its life, as its owner sees it (SessionLifecycle).

@@ -17,6 +17,11 @@ export interface ExchangeCheckerOptions {
   readonly maxConcurrentChecks: number;
   /** Checks waiting for a turn at most; beyond it a request to an unchecked exchange is refused (503). */
   readonly maxQueuedChecks: number;
+  /**
+   * Each exchange and routing key is a question of its own: RabbitMQ's topic permissions refuse a
+   * publish by its key, so an answer for one key says nothing of the next.
+   */
+  readonly byRoutingKey?: boolean;
   /** A reply channel of its own (role `probe`), with its reply consumer running. */
   openProbe(model: ChannelModel): Promise<RpcChannel>;
   /** Each probe's answer, for the metrics. */
@@ -24,6 +29,7 @@ export interface ExchangeCheckerOptions {
 }
 
 interface QueuedCheck {
+  readonly exchange: string;
   readonly question: Promise<ExchangeVerdict>;
   readonly publishFirst: (probe: PublishChannel) => boolean;
   resolve(verdict: ExchangeVerdict): void;
@@ -47,11 +53,12 @@ export class ExchangeChecker implements ExchangeGate {
   constructor(private readonly options: ExchangeCheckerOptions) {}
 
   /** The cached answer, or undefined when the broker must be asked. */
-  cached(exchange: string, now = Date.now()): ExchangeVerdict | undefined {
-    const entry = this.cache.get(exchange);
+  cached(exchange: string, routingKey: string, now = Date.now()): ExchangeVerdict | undefined {
+    const question = this.questionOf(exchange, routingKey);
+    const entry = this.cache.get(question);
     if (entry === undefined) return undefined;
     if (entry.until > now) return entry.verdict;
-    this.cache.delete(exchange);
+    this.cache.delete(question);
     return undefined;
   }
 
@@ -61,10 +68,15 @@ export class ExchangeChecker implements ExchangeGate {
    * probe under way wait for its verdict. Rejects with ExchangeChecksExhausted when too many probes
    * run, or with the broker's error when it cannot answer.
    */
-  check(exchange: string, publishFirst: (probe: PublishChannel) => boolean): Promise<ExchangeVerdict> {
-    const question = this.inFlight.get(exchange) ?? this.queued.get(exchange)?.question;
-    if (question !== undefined) return question;
-    if (this.inFlight.size < this.options.maxConcurrentChecks) return this.start(exchange, publishFirst);
+  check(
+    exchange: string,
+    routingKey: string,
+    publishFirst: (probe: PublishChannel) => boolean,
+  ): Promise<ExchangeVerdict> {
+    const question = this.questionOf(exchange, routingKey);
+    const asked = this.inFlight.get(question) ?? this.queued.get(question)?.question;
+    if (asked !== undefined) return asked;
+    if (this.inFlight.size < this.options.maxConcurrentChecks) return this.start(question, exchange, publishFirst);
     if (this.queued.size >= this.options.maxQueuedChecks) {
       return Promise.reject(
         new ExchangeChecksExhausted(`${this.inFlight.size} exchange checks are under way and ${this.queued.size} wait`),
@@ -78,25 +90,35 @@ export class ExchangeChecker implements ExchangeGate {
       resolve = onVerdict;
       reject = onError;
     });
-    this.queued.set(exchange, { question: waiting, publishFirst, resolve, reject });
+    this.queued.set(question, { exchange, question: waiting, publishFirst, resolve, reject });
     return waiting;
   }
 
-  private start(exchange: string, publishFirst: (probe: PublishChannel) => boolean): Promise<ExchangeVerdict> {
-    const question = this.probe(exchange, publishFirst).finally(() => {
-      this.inFlight.delete(exchange);
+  /** What a verdict is kept under: the exchange, or the exchange and the key. */
+  private questionOf(exchange: string, routingKey: string): string {
+    // Names hold no control characters (the edge refuses them), so a NUL cannot join two others.
+    return this.options.byRoutingKey === true ? `${exchange}\u0000${routingKey}` : exchange;
+  }
+
+  private start(
+    question: string,
+    exchange: string,
+    publishFirst: (probe: PublishChannel) => boolean,
+  ): Promise<ExchangeVerdict> {
+    const answer = this.probe(question, exchange, publishFirst).finally(() => {
+      this.inFlight.delete(question);
       this.startNext();
     });
-    this.inFlight.set(exchange, question);
-    return question;
+    this.inFlight.set(question, answer);
+    return answer;
   }
 
   private startNext(): void {
     const next = this.queued.entries().next();
     if (next.done === true || this.inFlight.size >= this.options.maxConcurrentChecks) return;
-    const [exchange, check] = next.value;
-    this.queued.delete(exchange);
-    this.start(exchange, check.publishFirst).then(check.resolve, check.reject);
+    const [question, check] = next.value;
+    this.queued.delete(question);
+    this.start(question, check.exchange, check.publishFirst).then(check.resolve, check.reject);
   }
 
   /** A new connection may be to another node, or to a broker that restarted: nothing known holds. */
@@ -108,7 +130,11 @@ export class ExchangeChecker implements ExchangeGate {
     for (const check of waiting) check.reject(new Error('not connected'));
   }
 
-  private async probe(exchange: string, publishFirst: (probe: PublishChannel) => boolean): Promise<ExchangeVerdict> {
+  private async probe(
+    question: string,
+    exchange: string,
+    publishFirst: (probe: PublishChannel) => boolean,
+  ): Promise<ExchangeVerdict> {
     const model = this.options.model();
     if (model === undefined) throw new Error('not connected');
     const probe = await this.options.openProbe(model);
@@ -127,18 +153,18 @@ export class ExchangeChecker implements ExchangeGate {
     } finally {
       probe.release();
     }
-    if (carried || verdict !== 'exists') this.remember(exchange, verdict);
+    if (carried || verdict !== 'exists') this.remember(question, verdict);
     this.options.onVerdict(verdict);
     return verdict;
   }
 
-  private remember(exchange: string, verdict: ExchangeVerdict): void {
+  private remember(question: string, verdict: ExchangeVerdict): void {
     if (this.cache.size >= MAX_CACHED) {
       const oldest = this.cache.keys().next();
       if (oldest.done !== true) this.cache.delete(oldest.value);
     }
-    this.cache.delete(exchange); // re-inserted last: the oldest answers are evicted first
+    this.cache.delete(question); // re-inserted last: the oldest answers are evicted first
     const ttl = verdict === 'missing' ? Math.min(this.options.ttlMs, MISSING_TTL_CEILING_MS) : this.options.ttlMs;
-    this.cache.set(exchange, { verdict, until: Date.now() + ttl });
+    this.cache.set(question, { verdict, until: Date.now() + ttl });
   }
 }

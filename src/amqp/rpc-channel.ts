@@ -1,5 +1,8 @@
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Message, Options } from 'amqplib';
+import type { Reply } from '../rpc/outcome.js';
 import type { ChannelEvents, ChannelRole, ExchangeVerdict, PublishChannel } from '../rpc/ports.js';
+import { undecodableReason } from './undecodable-properties.js';
+import { type HoldWrites, holdWritesOf } from './write-batching.js';
 
 /**
  * Where replies come back. `direct`: the broker's direct reply-to pseudo-queue (no queue at all).
@@ -59,6 +62,7 @@ export class RpcChannel implements PublishChannel {
     private readonly events: ChannelEvents,
     readonly role: ChannelRole,
     private readonly onClosed: ((channel: RpcChannel) => void) | undefined,
+    private readonly holdWrites: HoldWrites,
   ) {}
 
   /**
@@ -78,7 +82,7 @@ export class RpcChannel implements PublishChannel {
   ): Promise<RpcChannel> {
     const options = { highWaterMark: PUBLISH_BUFFER_FRAMES };
     const channel = confirms ? await model.createConfirmChannel(options) : await model.createChannel(options);
-    const rpcChannel = new RpcChannel(channel, confirms, events, role, onClosed);
+    const rpcChannel = new RpcChannel(channel, confirms, events, role, onClosed, holdWritesOf(model));
     // Listeners first: an 'error' with no listener would be thrown by amqplib and crash the process.
     channel.on('error', (err: Error & { code?: unknown }) => {
       rpcChannel.closeReason = err.message;
@@ -130,6 +134,8 @@ export class RpcChannel implements PublishChannel {
           this.onConfirm(correlationId, err, reportAck),
         )
       : this.channel.publish(exchange, routingKey, body, properties);
+    // After the publish: its frames have scheduled amqplib's move to the socket, which must come first.
+    this.holdWrites();
     if (!accepted) {
       this.writable = false;
       this.events.backpressure();
@@ -203,13 +209,7 @@ export class RpcChannel implements PublishChannel {
       void this.close();
       return;
     }
-    const { properties } = message;
-    this.events.reply(this, properties.correlationId, {
-      body: message.content,
-      contentType: properties.contentType,
-      contentEncoding: properties.contentEncoding,
-      headers: properties.headers ?? {},
-    });
+    this.events.reply(this, message.properties.correlationId, replyOf(message));
   }
 
   private onReturn(message: Message): void {
@@ -263,4 +263,16 @@ export class RpcChannel implements PublishChannel {
 /** amqplib tells a basic.nack from a closed channel only by the message of the error it passes. */
 function isNack(err: unknown): boolean {
   return err instanceof Error && err.message === 'message nacked';
+}
+
+/** A delivered message as the reply it is (a direct reply, or one read from a deferred call's queue). */
+export function replyOf(message: Message): Reply {
+  const { properties } = message;
+  return {
+    body: message.content,
+    contentType: properties.contentType,
+    contentEncoding: properties.contentEncoding,
+    headers: properties.headers ?? {},
+    undecodable: undecodableReason(properties),
+  };
 }

@@ -51,8 +51,12 @@ export interface Config {
   readonly reconnectMaxMs: number;
   readonly rpcTimeoutMs: number;
   readonly rpcMaxTimeoutMs: number;
+  /** Calls that outlive their HTTP request (Prefer: respond-async) and idempotency keys. */
+  readonly calls: CallsSettings;
   readonly maxBodyBytes: number;
   readonly exchangeCheckTtlMs: number;
+  /** Check each exchange and routing key, not each exchange (RabbitMQ's topic permissions decide per key). */
+  readonly exchangeCheckByRoutingKey: boolean;
   readonly metricsMaxQueues: number;
   /**
    * How long in-flight RPCs may finish after SIGTERM. Shutdown takes at most this plus ~2 s (broker
@@ -99,9 +103,35 @@ export interface Config {
   readonly callerChannels: number;
   /** JWT bearer tokens (JWT_* variables): verified, their roles usable by named routes; undefined: off. */
   readonly jwt: JwtSettings | undefined;
+  /**
+   * Bytes a streaming caller (`Accept: text/event-stream`) may leave unread before its stream ends
+   * with an overflow event: what one slow reader can hold of the bridge's memory (plus one event).
+   */
+  readonly streamMaxBufferBytes: number;
+  /** How long a stream may stay silent before a comment line keeps proxies from closing it. */
+  readonly streamKeepAliveMs: number;
+  /** Streams open at once; past it, 503 before the 200 (STREAM_MAX_OPEN). */
+  readonly streamMaxOpen: number;
+  /** Origins browsers may call the RPC and publish routes from (`*`: any); undefined: no CORS headers at all. */
+  readonly corsAllowedOrigins: readonly string[] | undefined;
 }
 
-/** RabbitMQ refuses messages above 128 MiB by default (max_message_size); stay below it. */
+export interface CallsSettings {
+  /** Largest timeout an asynchronous call may ask for (ASYNC_MAX_TIMEOUT_MS). */
+  readonly asyncMaxTimeoutMs: number;
+  /** How long an asynchronous call's reply is kept after the call's deadline (ASYNC_RESULT_TTL_MS). */
+  readonly resultTtlMs: number;
+  /** How long an idempotency key answers for its first request (IDEMPOTENCY_TTL_MS). */
+  readonly keyTtlMs: number;
+  readonly maxHeld: number;
+  readonly maxHeldPerCaller: number;
+  readonly maxWaiting: number;
+}
+
+/** An origin as browsers send it (RFC 6454 serialization): scheme, host and maybe port; no path. */
+const ORIGIN = /^https?:\/\/[^/\s?#@]+$/;
+
+/** RabbitMQ 3 and LavinMQ refuse messages above 128 MiB by default (RabbitMQ 4: 16 MiB, docs/configuration.md). */
 const MAX_BODY_CEILING = 128 * 1024 * 1024;
 
 export function loadConfig(env: Env): Config {
@@ -147,8 +177,10 @@ export function loadConfig(env: Env): Config {
     reconnectMaxMs: read.integer('AMQP_RECONNECT_MAX_MS', 5_000, reconnectMinMs, 3_600_000),
     rpcTimeoutMs,
     rpcMaxTimeoutMs,
+    calls: callsSettings(read, rpcMaxTimeoutMs),
     maxBodyBytes: read.integer('MAX_BODY_BYTES', 1024 * 1024, 0, MAX_BODY_CEILING),
     exchangeCheckTtlMs: read.integer('EXCHANGE_CHECK_TTL_MS', 5_000, 0, 3_600_000),
+    exchangeCheckByRoutingKey: read.boolean('EXCHANGE_CHECK_BY_ROUTING_KEY', false),
     metricsMaxQueues: read.integer('METRICS_MAX_QUEUES', 100, 1, 100_000),
     // 7 s + ~2 s to close stays inside docker stop's default 10 s before SIGKILL.
     shutdownGraceMs: read.integer('SHUTDOWN_GRACE_MS', 7_000, 0, 3_600_000),
@@ -171,6 +203,12 @@ export function loadConfig(env: Env): Config {
     callerMaxAgeMs: read.integer('AMQP_CALLER_MAX_AGE_MS', 900_000, 1_000, 86_400_000),
     callerChannels: read.integer('AMQP_CALLER_CHANNELS', 1, 1, 64),
     jwt: jwtSettingsFromEnv(env),
+    streamMaxBufferBytes: read.integer('STREAM_MAX_BUFFER_BYTES', 1024 * 1024, 1024, 1024 * 1024 * 1024),
+    // Below the 30 s to 60 s after which common proxies and load balancers close an idle connection.
+    streamKeepAliveMs: read.integer('STREAM_KEEPALIVE_MS', 15_000, 100, 3_600_000),
+    // With STREAM_MAX_BUFFER_BYTES, what slow streaming callers may hold together: 1 GiB by default.
+    streamMaxOpen: read.integer('STREAM_MAX_OPEN', 1_000, 1, 1_000_000),
+    corsAllowedOrigins: corsOrigins(read.list('CORS_ALLOWED_ORIGINS')),
   };
   // Every call then needs a broker login, which an AUTH_TOKENS token does not carry: its holders would
   // all get 401, while the README promises the credentials combine. Say so now, and what works.
@@ -193,4 +231,30 @@ export function loadConfig(env: Env): Config {
     }
   }
   return Object.freeze(config);
+}
+
+function callsSettings(read: EnvReader, rpcMaxTimeoutMs: number): CallsSettings {
+  const maxHeld = read.integer('CALLS_MAX_HELD', 10_000, 1, 1_000_000);
+  return {
+    // x-expires and x-message-ttl are 32-bit on the broker: a deadline plus what is kept after must fit.
+    asyncMaxTimeoutMs: read.integer('ASYNC_MAX_TIMEOUT_MS', 3_600_000, rpcMaxTimeoutMs, 86_400_000),
+    resultTtlMs: read.integer('ASYNC_RESULT_TTL_MS', 600_000, 1_000, 86_400_000),
+    // Retries come within minutes; each key held is three queues on the broker.
+    keyTtlMs: read.integer('IDEMPOTENCY_TTL_MS', 600_000, 1_000, 86_400_000),
+    maxHeld,
+    maxHeldPerCaller: read.integer('CALLS_MAX_HELD_PER_CALLER', Math.max(1, Math.floor(maxHeld / 10)), 1, 1_000_000),
+    maxWaiting: read.integer('CALLS_MAX_WAITING', 256, 1, 1_500),
+  };
+}
+
+function corsOrigins(origins: readonly string[] | undefined): readonly string[] | undefined {
+  for (const origin of origins ?? []) {
+    // A browser's Origin header never ends in a slash nor has a path: such an entry would match nobody.
+    if (origin !== '*' && !ORIGIN.test(origin)) {
+      throw new ConfigError(
+        `CORS_ALLOWED_ORIGINS must list origins such as https://app.example.com or http://localhost:3000 (no path, no trailing slash), or *; got ${JSON.stringify(origin)}`,
+      );
+    }
+  }
+  return origins;
 }

@@ -3,6 +3,13 @@ import { ConfigError } from './config-error.js';
 
 export type Env = Readonly<Record<string, string | undefined>>;
 
+/**
+ * The smallest frame a broker connection may use: a message's properties travel in one content header
+ * frame, and a request's may take this much (32 KiB of Amqp-Header-*, the other properties, the
+ * bridge's own headers). A larger header frame than the connection's frame_max ends the connection.
+ */
+export const MIN_FRAME_MAX_BYTES = 40 * 1024;
+
 /** Reads variables, each checked with an error (ConfigError) that names it and never echoes a secret. */
 export class EnvReader {
   constructor(private readonly env: Env) {}
@@ -106,6 +113,14 @@ export class EnvReader {
       }
       if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
         throw new ConfigError(`${which} must start with amqp:// or amqps://, got ${parsed.protocol}//`);
+      }
+      const frameMax = parsed.searchParams.get('frameMax');
+      // 0 leaves the frame size to the broker.
+      if (frameMax !== null && Number(frameMax) !== 0 && !(Number(frameMax) >= MIN_FRAME_MAX_BYTES)) {
+        throw new ConfigError(
+          `${which} asks for frameMax=${frameMax}: a message's properties go in one frame (32 KiB of ` +
+            `Amqp-Header-* and the rest), so ask for at least ${MIN_FRAME_MAX_BYTES}, or 0 for the broker's`,
+        );
       }
     });
     return Object.freeze(urls);

@@ -21,6 +21,11 @@ const OUR_PREFIXES = [
   'LOG_',
   'ROUTES_',
   'JWT_',
+  'STREAM_',
+  'CORS_',
+  'ASYNC_',
+  'CALLS_',
+  'IDEMPOTENCY_',
 ];
 /** Other programs' variables that share a prefix with ours. */
 const FOREIGN_VARIABLES = new Set(['HTTP_PROXY']);

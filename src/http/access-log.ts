@@ -8,7 +8,10 @@ export interface RpcLogFields {
   correlationId?: string;
   outcome?: string;
   bytesIn?: number;
+  /** The reply's body; for a stream, the bodies of all its events. */
   bytesOut?: number;
+  /** A stream's events (replies relayed). */
+  events?: number;
 }
 
 /**

@@ -2,21 +2,26 @@ import type { RequestListener } from 'node:http';
 import express, { type Express, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.js';
+import { CALLS_METHODS, type CallsRouteDeps, runCallRequest } from './calls-route.js';
+import { type Cors, isPreflight } from './cors.js';
 import { errorHandler } from './error-handler.js';
 import { HttpExchange } from './exchange.js';
 import { operationalRoutes, type Readiness } from './operational-routes.js';
+import { CALLS_PREFIX } from './pipeline/defer.js';
 import { type RpcPipelineDeps, runRpc } from './pipeline/rpc-pipeline.js';
 import { HttpProblem } from './problems.js';
 import type { RouteSet } from './routes/route-set.js';
 import { parseRpcPath, RPC_PATHS } from './rpc-path.js';
 
 /** What the RPC pipeline needs, and what the operational routes add to it. */
-export interface AppDeps extends RpcPipelineDeps {
+export interface AppDeps extends RpcPipelineDeps, CallsRouteDeps {
   readonly logger: Logger;
   readonly metrics: Metrics;
   readonly readiness: () => Readiness;
   readonly routes: { readonly current: RouteSet };
   readonly protectMetrics: boolean;
+  /** CORS_ALLOWED_ORIGINS: browsers' preflights and headers on the RPC and publish routes; undefined: off. */
+  readonly cors?: Cors | undefined;
 }
 
 const SLASH = 0x2f;
@@ -45,16 +50,31 @@ function originForm(url: string): string {
 export function createHttpEdge(deps: AppDeps): { app: Express; handler: RequestListener } {
   const app = createApp(deps);
   const recorders = { metrics: deps.metrics, logger: deps.logger };
+  const { cors } = deps;
   const handler: RequestListener = (req, res) => {
     // Origin-form (`/...`) is what clients send; anything else is rewritten once, before routing.
     if (req.url !== undefined && req.url.charCodeAt(0) !== SLASH) req.url = originForm(req.url);
     const exchange = new HttpExchange(req, res, recorders);
     const routes = deps.routes.current;
     const { url = '/', method = 'GET' } = req;
+    if (url.startsWith(CALLS_PREFIX)) {
+      // A page that made an asynchronous call reads its answer here.
+      if (cors !== undefined && isPreflight(req)) cors.preflight(exchange, CALLS_METHODS);
+      else {
+        cors?.decorate(req, res);
+        runCallRequest(deps, exchange, url, routes);
+      }
+      return;
+    }
     if (routes.table !== undefined) {
       const found = routes.table.match(method, url);
       if (found?.kind === 'named') {
+        cors?.decorate(req, res);
         runRpc(deps, exchange, found, routes);
+        return;
+      }
+      if (found !== undefined && cors !== undefined && isPreflight(req)) {
+        cors.preflight(exchange, found.allow);
         return;
       }
       if (found !== undefined) {
@@ -66,8 +86,14 @@ export function createHttpEdge(deps: AppDeps): { app: Express; handler: RequestL
       }
     }
     const path = routes.rawRoutes && method === 'POST' ? parseRpcPath(url) : undefined;
-    if (path === undefined) app(req, res);
-    else runRpc(deps, exchange, path, routes);
+    if (path !== undefined) {
+      cors?.decorate(req, res);
+      runRpc(deps, exchange, path, routes);
+    } else if (cors !== undefined && routes.rawRoutes && isPreflight(req) && parseRpcPath(url) !== undefined) {
+      cors.preflight(exchange, 'POST');
+    } else {
+      app(req, res);
+    }
   };
   return { app, handler };
 }

@@ -13,6 +13,9 @@ export const PROBLEMS = {
   unroutable: { status: 404, title: 'Message was not routed to any queue' },
   'exchange-not-found': { status: 404, title: 'Exchange does not exist' },
   'payload-too-large': { status: 413, title: 'Request body too large' },
+  'call-not-found': { status: 404, title: 'No such call' },
+  'idempotency-key-reused': { status: 422, title: 'Idempotency-Key already used for another request' },
+  'idempotency-key-busy': { status: 409, title: 'Idempotency-Key in use by a request that has not settled' },
   // Refused by the HTTP layer before any route runs (server.ts answers them): what Node's parser
   // refuses, an HTTP/1.1 request without Host, an expectation other than 100-continue.
   'malformed-request': { status: 400, title: 'Malformed HTTP request' },

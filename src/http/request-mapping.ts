@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { REPLY_TO_QUEUES } from '../config/config.js';
 import { traceContextFor } from '../observability/w3c-trace-context.js';
+import { BRIDGE_QUEUE_PREFIX } from '../rpc/call-ids.js';
 import type { RpcRequest } from '../rpc/rpc-request.js';
 import { HttpProblem } from './problems.js';
 
@@ -42,6 +43,13 @@ export function queueTarget(queue: unknown): RpcTarget {
   const name = checkName('queue', queue);
   if (name.startsWith('amq.')) {
     throw invalid(`Queue names starting with "amq." are reserved by the broker and cannot be addressed`, name);
+  }
+  // Other callers' deferred calls wait in these: a request into one would pass for its reply.
+  if (name.startsWith(BRIDGE_QUEUE_PREFIX)) {
+    throw invalid(
+      `Queue names starting with "${BRIDGE_QUEUE_PREFIX}" hold the bridge's own calls and cannot be addressed`,
+      name,
+    );
   }
   return { exchange: '', routingKey: name, label: name };
 }

@@ -29,6 +29,9 @@ const INVALID_VALUE = /[^\t\u0020-\u007e\u0080-\u00ff]/;
 
 /** Throws 502 bad-reply when the reply cannot be turned into a faithful HTTP response. */
 export function replyToHttp(reply: Reply, target: string): HttpReply {
+  if (reply.undecodable !== undefined) {
+    throw new HttpProblem('bad-reply', `The reply's headers could not be decoded: ${reply.undecodable}`, { target });
+  }
   const replyHeaders = reply.headers;
   const headers: Array<readonly [string, string]> = [];
   headers.push(['Content-Type', headerValue(reply.contentType) ?? DEFAULT_CONTENT_TYPE]);

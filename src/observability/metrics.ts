@@ -1,12 +1,5 @@
-import {
-  Counter,
-  collectDefaultMetrics,
-  Gauge,
-  Histogram,
-  type LabelValues,
-  Registry,
-  type RegistryContentType,
-} from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Registry, type RegistryContentType } from 'prom-client';
+import { bucketIndex, type HistogramSeries, SeriesHistogram } from './series-histogram.js';
 
 /** How an RPC request ended, as the `outcome` label says it. */
 export const RPC_OUTCOMES = [
@@ -20,6 +13,8 @@ export const RPC_OUTCOMES = [
   'overloaded',
   'nacked',
   'cancelled',
+  // An asynchronous call answered 202: its reply is to be asked for at /calls/{id}.
+  'deferred',
 ] as const;
 export type RpcOutcomeLabel = (typeof RPC_OUTCOMES)[number];
 
@@ -40,14 +35,14 @@ interface Incrementer {
 
 /**
  * A bucket's exemplar is replaced at most this often. A scrape shows one exemplar per bucket, so at
- * thousands of sampled requests a second, replacing it on every request (prom-client hashes the labels
- * by name each time) costs CPU that nobody sees; a rare bucket, the slow one, still gets every one.
+ * thousands of sampled requests a second, replacing it on every request (a clock read and an object
+ * each time) costs CPU that nobody sees; a rare bucket, the slow one, still gets every one.
  */
 export const EXEMPLAR_INTERVAL_MS = 1000;
 
 /** One (queue, outcome) series of a duration histogram, and when each of its buckets last got an exemplar. */
 interface DurationSeries {
-  readonly observer: Observer;
+  readonly observer: HistogramSeries;
   readonly exemplarAt: Float64Array;
 }
 
@@ -102,7 +97,25 @@ export interface Metrics {
   /** Broker logins with a caller's own credentials (AMQP_IDENTITY=caller), by result. */
   readonly callerLogins: Counter<'result'>;
   readonly callerLimited: Counter;
+  /** `Prefer: respond-async` requests, by how they were answered (answered within the wait, or deferred). */
+  readonly asyncCalls: Counter<'result'>;
+  /** GET /calls/{id}, by what the caller learned. */
+  readonly callLookups: Counter<'result'>;
+  /** Requests with an Idempotency-Key, by whether they sent the call or took an earlier request's answer. */
+  readonly idempotentRequests: Counter<'result'>;
+  /** Streams (`Accept: text/event-stream`) by how they ended. */
+  readonly streams: Counter<'ended'>;
+  /** Replies relayed to streaming callers as events. */
+  readonly streamEvents: Counter;
+  /** Partial replies (`x-stream: more`) dropped because their caller asked for one answer. */
+  readonly streamPartsSkipped: Counter;
 }
+
+/**
+ * How a stream ended: `final` (the worker's last reply), `overflow` (its caller read too slowly), or the
+ * outcome label of whatever else ended it (timeout, lost, cancelled: the caller left, ...).
+ */
+export type StreamEndLabel = 'final' | 'overflow' | RpcOutcomeLabel;
 
 /** State the gauges report as it is when scraped, rather than mirroring it on every change. */
 export interface MetricSources {
@@ -113,6 +126,10 @@ export interface MetricSources {
   logBytesDropped(): number;
   /** Open broker connections made with callers' own credentials (AMQP_IDENTITY=caller). */
   callerConnections(): number;
+  /** Asynchronous calls and idempotency keys this replica made that the broker may still keep. */
+  callsHeld(): number;
+  /** Requests waiting on a result queue (each on a channel of its own). */
+  callsWaiting(): number;
 }
 
 /**
@@ -129,22 +146,21 @@ export function createMetrics(
   const registers = [registry];
   const enableExemplars = registry.contentType === Registry.OPENMETRICS_CONTENT_TYPE;
   collectDefaultMetrics({ register: registry });
-  const duration = new Histogram({
-    name: 'rpc_request_duration_seconds',
-    help: 'Time from receiving an RPC request to answering it, by target queue and outcome',
-    labelNames: ['queue', 'outcome'] as const,
-    buckets: DURATION_BUCKETS,
-    registers,
-    enableExemplars,
-  });
-  const publishDuration = new Histogram({
-    name: 'publish_request_duration_seconds',
-    help: 'Time from receiving a publish request to answering it (the broker confirmed, returned or refused it), by target queue and outcome',
-    labelNames: ['queue', 'outcome'] as const,
-    buckets: DURATION_BUCKETS,
-    registers,
-    enableExemplars,
-  });
+  // The histograms of the request path are the bridge's own (series-histogram.ts), exposed as prom-client's.
+  const duration = new SeriesHistogram(
+    'rpc_request_duration_seconds',
+    'Time from receiving an RPC request to answering it, by target queue and outcome',
+    ['queue', 'outcome'],
+    DURATION_BUCKETS,
+    registry,
+  );
+  const publishDuration = new SeriesHistogram(
+    'publish_request_duration_seconds',
+    'Time from receiving a publish request to answering it (the broker confirmed, returned or refused it), by target queue and outcome',
+    ['queue', 'outcome'],
+    DURATION_BUCKETS,
+    registry,
+  );
   const unroutable = new Counter({
     name: 'rpc_unroutable_total',
     help: 'Mandatory publishes the broker returned unroutable (basic.return) or sent to a missing exchange',
@@ -158,16 +174,16 @@ export function createMetrics(
     registers,
   });
   const sizeHistogram = (name: string, help: string) =>
-    new Histogram({ name, help, labelNames: ['queue'] as const, buckets: SIZE_BUCKETS, registers });
+    new SeriesHistogram(name, help, ['queue'], SIZE_BUCKETS, registry);
   const requestBytes = sizeHistogram('rpc_request_bytes', 'Size of RPC request bodies');
   const responseBytes = sizeHistogram('rpc_response_bytes', 'Size of reply bodies returned to HTTP callers');
-  const httpDuration = new Histogram({
-    name: 'http_request_duration_seconds',
-    help: 'HTTP requests by method, route pattern and status code',
-    labelNames: ['method', 'route', 'status_code'] as const,
-    buckets: DURATION_BUCKETS,
-    registers,
-  });
+  const httpDuration = new SeriesHistogram(
+    'http_request_duration_seconds',
+    'HTTP requests by method, route pattern and status code',
+    ['method', 'route', 'status_code'],
+    DURATION_BUCKETS,
+    registry,
+  );
 
   const makeSeries = (label: string): QueueSeries => ({
     label,
@@ -175,16 +191,15 @@ export function createMetrics(
     publishByOutcome: new Map(),
     unroutable: unroutable.labels(label),
     timeouts: timeouts.labels(label),
-    requestBytes: requestBytes.labels(label),
-    responseBytes: responseBytes.labels(label),
+    requestBytes: requestBytes.series(label),
+    responseBytes: responseBytes.series(label),
   });
   /**
    * One request's duration: with the trace id of a sampled request as the bucket's exemplar when the
-   * bucket has had none for EXEMPLAR_INTERVAL_MS (prom-client takes it only through labels by name),
-   * else through the series' cached child.
+   * bucket has had none for EXEMPLAR_INTERVAL_MS.
    */
   const observeDuration = (
-    histogram: Histogram<'queue' | 'outcome'>,
+    histogram: SeriesHistogram<'queue' | 'outcome'>,
     byOutcome: Map<RpcOutcomeLabel, DurationSeries>,
     queue: string,
     outcome: RpcOutcomeLabel,
@@ -194,23 +209,23 @@ export function createMetrics(
     let series = byOutcome.get(outcome);
     if (series === undefined) {
       series = {
-        observer: histogram.labels(queue, outcome),
+        observer: histogram.series(queue, outcome),
         exemplarAt: new Float64Array(DURATION_BUCKETS.length + 1),
       };
       byOutcome.set(outcome, series);
     }
+    const bucket = bucketIndex(DURATION_BUCKETS, seconds);
     if (traceId !== undefined && enableExemplars) {
-      const bucket = bucketOf(seconds);
       const at = now();
       const last = series.exemplarAt[bucket] as number;
       // A clock set back (at < last) must not silence the bucket until it catches up.
       if (at - last >= EXEMPLAR_INTERVAL_MS || at < last) {
         series.exemplarAt[bucket] = at;
-        histogram.observe({ labels: { queue, outcome }, value: seconds, exemplarLabels: exemplar(traceId) });
+        series.observer.observeIn(bucket, seconds, { trace_id: traceId });
         return;
       }
     }
-    series.observer.observe(seconds);
+    series.observer.observeIn(bucket, seconds);
   };
   const series = new Map<string, QueueSeries>();
   let overflow: QueueSeries | undefined;
@@ -225,8 +240,6 @@ export function createMetrics(
     series.set(target, created);
     return created;
   };
-  // Methods, routes and statuses are few and fixed (routes are patterns), so this stays small.
-  const httpSeries = new Map<string, Observer>();
 
   // Rendering switches the registry's format for one scrape: one at a time.
   let rendering: Promise<unknown> = Promise.resolve();
@@ -267,13 +280,8 @@ export function createMetrics(
       observeDuration(publishDuration, queue.publishByOutcome, queue.label, outcome, seconds, traceId);
     },
     observeHttp(method, route, statusCode, seconds) {
-      const key = `${method} ${route} ${statusCode}`;
-      let observer = httpSeries.get(key);
-      if (observer === undefined) {
-        observer = httpDuration.labels(method, route, String(statusCode));
-        httpSeries.set(key, observer);
-      }
-      observer.observe(seconds);
+      // The series are kept by the histogram; methods, routes (patterns) and statuses are few and fixed.
+      httpDuration.series(method, route, String(statusCode)).observe(seconds);
     },
     lateReplies: new Counter({
       name: 'rpc_late_replies_total',
@@ -313,6 +321,40 @@ export function createMetrics(
       help: 'Requests refused (429) because their caller already had MAX_IN_FLIGHT_PER_CALLER requests in flight',
       registers,
     }),
+    asyncCalls: new Counter({
+      name: 'rpc_async_calls_total',
+      help: 'Prefer: respond-async requests by result: answered (the reply came within the wait), deferred (202 and a call id), failed (an error answer)',
+      labelNames: ['result'] as const,
+      registers,
+    }),
+    callLookups: new Counter({
+      name: 'rpc_call_lookups_total',
+      help: 'GET /calls/{id} by what it answered: reply, pending, timeout, unknown (404), refused, failed',
+      labelNames: ['result'] as const,
+      registers,
+    }),
+    idempotentRequests: new Counter({
+      name: 'rpc_idempotent_requests_total',
+      help: "Requests with an Idempotency-Key: first (sent the call), replayed (answered with the first request's answer), conflict (422: the key was used for another request), refused",
+      labelNames: ['result'] as const,
+      registers,
+    }),
+    streams: new Counter({
+      name: 'rpc_streams_total',
+      help: 'Streamed calls (Accept: text/event-stream) by how they ended: final, overflow (the caller read too slowly), or the outcome that ended them (timeout, lost, cancelled, ...)',
+      labelNames: ['ended'] as const,
+      registers,
+    }),
+    streamEvents: new Counter({
+      name: 'rpc_stream_events_total',
+      help: 'Worker replies relayed to streaming callers, one event each',
+      registers,
+    }),
+    streamPartsSkipped: new Counter({
+      name: 'rpc_stream_parts_skipped_total',
+      help: 'Partial replies (x-stream: more) dropped because their caller asked for one answer (the final reply answers it)',
+      registers,
+    }),
   };
 }
 
@@ -341,6 +383,12 @@ export function registerGauges(registry: Registry<RegistryContentType>, sources:
     "Broker connections open with callers' own credentials (AMQP_IDENTITY=caller)",
     sources.callerConnections,
   );
+  gauge(
+    'rpc_calls_held',
+    'Asynchronous calls and idempotency keys this replica made whose queues the broker may still keep (CALLS_MAX_HELD)',
+    sources.callsHeld,
+  );
+  gauge('rpc_calls_waiting', 'Requests waiting on a result queue now (CALLS_MAX_WAITING)', sources.callsWaiting);
   let droppedReported = 0;
   new Counter({
     name: 'log_bytes_dropped_total',
@@ -352,19 +400,4 @@ export function registerGauges(registry: Registry<RegistryContentType>, sources:
       droppedReported = dropped;
     },
   });
-}
-
-/** The index of the histogram bucket `seconds` falls in (the last one is +Inf). */
-function bucketOf(seconds: number): number {
-  let bucket = 0;
-  while (bucket < DURATION_BUCKETS.length && seconds > (DURATION_BUCKETS[bucket] as number)) bucket++;
-  return bucket;
-}
-
-/**
- * An exemplar's labels. prom-client's typings ask for the metric's own label names here, which is not
- * what an exemplar carries (OpenMetrics: any labels, 128 characters in all): hence the cast.
- */
-function exemplar(traceId: string): LabelValues<'queue' | 'outcome'> {
-  return { trace_id: traceId } as unknown as LabelValues<'queue' | 'outcome'>;
 }

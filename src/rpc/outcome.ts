@@ -4,6 +4,8 @@ export interface Reply {
   readonly contentType: string | undefined;
   readonly contentEncoding: string | undefined;
   readonly headers: Readonly<Record<string, unknown>>;
+  /** Why the message's properties could not be decoded (its headers are then empty), if they could not. */
+  readonly undecodable?: string | undefined;
 }
 
 /**
@@ -24,3 +26,12 @@ export type RpcOutcome =
   | { readonly kind: 'unavailable'; readonly reason: string; readonly retryAfterMs: number }
   | { readonly kind: 'overloaded'; readonly reason: string }
   | { readonly kind: 'nacked' };
+
+/** The reply header by which a worker marks a partial reply (`more`); the last reply has none, or `end`. */
+const STREAM_HEADER = 'x-stream';
+const STREAM_MORE = 'more';
+
+/** A reply with more to come from the same worker for the same call (the stream contract). */
+export function isPartialReply(headers: Readonly<Record<string, unknown>> | undefined): boolean {
+  return headers?.[STREAM_HEADER] === STREAM_MORE;
+}

@@ -66,13 +66,17 @@ export class ExchangeChecksExhausted extends Error {
 
 /** May the bridge publish to this exchange? (The default exchange is asked about only for callers' own users.) */
 export interface ExchangeGate {
-  /** The answer if it is known and fresh. */
-  cached(exchange: string): ExchangeVerdict | undefined;
+  /** The answer if it is known and fresh (for the exchange, or for the key too where keys are checked). */
+  cached(exchange: string, routingKey: string): ExchangeVerdict | undefined;
   /**
    * Asks the broker. `publishFirst` publishes the request that asked on the probe channel, and says
    * whether it did. Rejects with ExchangeChecksExhausted when too many checks are under way and waiting.
    */
-  check(exchange: string, publishFirst: (probe: PublishChannel) => boolean): Promise<ExchangeVerdict>;
+  check(
+    exchange: string,
+    routingKey: string,
+    publishFirst: (probe: PublishChannel) => boolean,
+  ): Promise<ExchangeVerdict>;
 }
 
 /**
@@ -131,4 +135,38 @@ export interface SessionLifecycle {
   start(): void;
   /** Closes channels and connection; idempotent. */
   stop(): Promise<void>;
+}
+
+/** What a call's result queue holds now. `unknown`: no such queue (never made, expired, deleted). */
+export type StoredResult =
+  | { readonly kind: 'reply'; readonly reply: Reply }
+  | { readonly kind: 'empty' }
+  | { readonly kind: 'unknown' };
+
+/** Who holds an idempotency key: this request (`claimed`), or an earlier one (`taken`). */
+export type KeyClaim = 'claimed' | 'taken';
+
+/**
+ * The broker as the store of calls that outlive their HTTP request (asynchronous calls, idempotency
+ * keys): a queue per call that the worker's reply waits in, and a one-message queue per key whose
+ * first message wins. Any replica on the same broker reads the same queues; none keeps them in memory.
+ */
+export interface ResultStore {
+  /** Declares a call's result queue; it and its messages go `ttlMs` after they were last used. */
+  create(queue: string, ttlMs: number): Promise<void>;
+  /**
+   * The reply in the queue, left there for the next read; waits up to `waitMs` for one to arrive
+   * (0: only looks). `signal` gives up waiting (the caller went away).
+   */
+  read(queue: string, waitMs: number, signal?: AbortSignal): Promise<StoredResult>;
+  /** Adds a result of the bridge's own (a publish's outcome) to a call's queue. */
+  put(queue: string, result: Reply): Promise<void>;
+  /** Deletes a queue; false if there was none. */
+  remove(queue: string): Promise<boolean>;
+  /**
+   * Claims a key: its one-message queue takes the first message the broker confirms and refuses every
+   * later one (`taken`). Nothing ever reads that queue (an unacked read would make room for a second
+   * claim), so its count, and the claim, cannot change while the key lives.
+   */
+  claim(queue: string, ttlMs: number): Promise<KeyClaim>;
 }

@@ -22,6 +22,8 @@ export interface RpcClientOptions {
   readonly onStrayReply: () => void;
   /** A publish filled a channel's buffer. */
   readonly onBackpressure: () => void;
+  /** A partial reply (`x-stream: more`) to a caller who asked for one answer: dropped, the final reply answers. */
+  readonly onSkippedPart?: (() => void) | undefined;
   /**
    * Probe the default exchange too, as any other: for a caller's own broker user, whose permissions
    * may not include writing to it (a refused publish would close a shared channel).
@@ -54,10 +56,11 @@ export class RpcClient implements SessionEvents {
 
   /**
    * Starts a call; never throws. `onOutcome` is called exactly once, and never before `start` has
-   * returned. `cancel()` the call if the caller leaves.
+   * returned. `onPart`, for a caller who streams, hears each partial reply before that. `cancel()` the
+   * call if the caller leaves.
    */
-  start(request: RpcRequest, onOutcome: (outcome: RpcOutcome) => void): RpcCall {
-    const call = new RpcCall(randomUUID(), request, this.calls, onOutcome);
+  start(request: RpcRequest, onOutcome: (outcome: RpcOutcome) => void, onPart?: (reply: Reply) => void): RpcCall {
+    const call = new RpcCall(randomUUID(), request, this.calls, onOutcome, onPart);
     if (this.calls.size > this.options.maxInFlight) {
       // Refused before the broker sees it: memory stays bounded however fast callers arrive.
       settleSoon(call, {
@@ -102,7 +105,9 @@ export class RpcClient implements SessionEvents {
     // Late (after a timeout or cancel), duplicate, not ours, or come to another channel than the one
     // its request went out on (a worker that answered another request's reply address): dropped on
     // purpose, never thrown.
-    if (!this.calls.deliver(channel, correlationId, reply)) this.options.onStrayReply();
+    const fate = this.calls.deliver(channel, correlationId, reply);
+    if (fate === 'stray') this.options.onStrayReply();
+    else if (fate === 'skipped') this.options.onSkippedPart?.();
   };
 
   readonly returned = (correlationId: string, replyCode: number, replyText: string): void => {
@@ -148,7 +153,7 @@ export class RpcClient implements SessionEvents {
     const verdict =
       request.exchange === '' && this.options.checkDefaultExchange !== true
         ? 'exists'
-        : session.cached(request.exchange);
+        : session.cached(request.exchange, request.routingKey);
     if (verdict === 'exists') {
       this.publishWhenWritable(call);
     } else if (verdict !== undefined) {
@@ -160,7 +165,7 @@ export class RpcClient implements SessionEvents {
         this.publish(call, probe);
         return call.isPublished;
       };
-      session.check(request.exchange, publishFirst).then(
+      session.check(request.exchange, request.routingKey, publishFirst).then(
         (checked) => {
           if (call.isSettled) return;
           if (checked !== 'exists') call.settle(refusal(checked));
@@ -215,8 +220,10 @@ export class RpcClient implements SessionEvents {
       call.settle({ kind: 'timeout' });
       return;
     }
-    const { headers } = request;
+    const { headers, replyTo } = request;
     const rpc = request.mode === 'rpc';
+    // A reply that comes to this channel: only an RPC's, and not a deferred one's (it has a queue of its own).
+    const repliesHere = rpc && replyTo === undefined;
     const properties: Options.Publish & { correlationId: string } = {
       // A publish has no reply either, but its return and confirm are matched by this id too.
       correlationId: call.correlationId,
@@ -228,7 +235,7 @@ export class RpcClient implements SessionEvents {
       headers,
     };
     if (rpc) {
-      properties.replyTo = channel.replyTo;
+      properties.replyTo = replyTo ?? channel.replyTo;
       // A request nobody picked up before the caller gave up expires in the queue instead of being worked on.
       properties.expiration = String(remainingMs);
       // Set last, so a client header of the same name cannot move the deadline.
@@ -239,10 +246,11 @@ export class RpcClient implements SessionEvents {
     if (request.priority !== undefined) properties.priority = request.priority;
     if (request.type !== undefined) properties.type = request.type;
     try {
-      // A publish waits for the broker's ack; without confirms, being written is all there is to wait for.
-      channel.publish(request.exchange, request.routingKey, request.body, properties, !rpc);
+      // A publish (and a deferred RPC) waits for the broker's ack; without confirms, being written is all
+      // there is to wait for.
+      channel.publish(request.exchange, request.routingKey, request.body, properties, !repliesHere);
       call.published(channel);
-      if (!rpc && !channel.confirms) settleSoon(call, { kind: 'accepted' });
+      if (!repliesHere && !channel.confirms) settleSoon(call, { kind: 'accepted' });
     } catch (err) {
       settleSoon(call, { kind: 'lost', reason: `publish failed: ${toError(err).message}` });
     }

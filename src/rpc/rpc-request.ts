@@ -26,4 +26,9 @@ export interface RpcRequest {
   readonly priority: number | undefined;
   readonly type: string | undefined;
   readonly messageId: string | undefined;
+  /**
+   * An RPC whose reply goes elsewhere (a deferred call's own queue) instead of to this channel: the
+   * call ends once the broker has taken the request, as a publish does.
+   */
+  readonly replyTo?: string | undefined;
 }

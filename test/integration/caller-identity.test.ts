@@ -158,6 +158,15 @@ describe('callers with their own broker users', () => {
     expect(none.headers['www-authenticate']).toContain('Bearer');
     const bearerOnly = await call(`/rpc/${fixture.echoQueue}`, 'Bearer some-token-that-is-not-known');
     expect(bearerOnly.status).toBe(401);
+    // A NUL would split SASL PLAIN's user\0user\0password where the caller chose (RabbitMQ resets the
+    // socket, and the caller waited 10 s for a 503): RFC 7617 allows no control characters, so 401 at once.
+    for (const forged of [
+      { name: `${users.alice.name}\0x`, password: 'y' },
+      { name: users.alice.name, password: 'a\nb' },
+    ]) {
+      const refused = await call(`/rpc/${fixture.echoQueue}`, basic(forged));
+      expect([refused.status, refused.body]).toEqual([401, expect.stringContaining('control characters')]);
+    }
     // Two logins the broker refused; the requests without broker credentials asked it nothing.
     expect(await fixture.bridge.metric('amqp_caller_logins_total', { result: 'refused' })).toBe(refusedBefore + 2);
     // The right password still works: a refused login is remembered per password, not per user.
@@ -370,6 +379,9 @@ describe('room for callers (AMQP_CALLER_MAX_USERS)', () => {
       const bob = await post(bridge, `/rpc/${exchanges.bob}/k`, { authorization: basic(users.bob) });
       sendRest();
       expect({ alice: (await alice).status, bob: bob.status }).toEqual({ alice: 200, bob: 503 });
+      // Counted as what it was, a bound of the bridge's, as any other refusal for want of room.
+      const counted = { queue: `${exchanges.bob}:k`, outcome: 'overloaded' };
+      expect(await bridge.metric('rpc_request_duration_seconds_count', counted, { absentIsZero: true })).toBe(1);
     });
   });
 });

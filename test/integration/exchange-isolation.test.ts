@@ -3,13 +3,16 @@
  * (an internal exchange, one the bridge's broker user may not write to, a missing one) closes the
  * channel it came on, so the first request to an exchange goes on a probe channel of its own.
  */
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { Agent } from 'node:http';
+import { promisify } from 'node:util';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROBLEM_TYPE_PREFIX } from '../../src/http/problems.js';
+import { startTestBridge } from '../helpers/bridge.js';
 import { AMQP_URL, uniqueName } from '../helpers/broker.js';
-import { brokerAdmin } from '../helpers/broker-admin.js';
+import { brokerAdmin, drillIt } from '../helpers/broker-admin.js';
 import { useEchoBridge } from '../helpers/fixture.js';
 
 const admin = await brokerAdmin();
@@ -157,4 +160,94 @@ describe('thousands of distinct exchange names', () => {
       .send('ok');
     expect(after.status).toBe(200);
   });
+});
+
+describe('exchange names too long for the broker to quote in a refusal', () => {
+  // RabbitMQ 4 cuts a refusal's text by characters (so only a non-ASCII one overflows), LavinMQ does not
+  // cut it (and refuses non-ASCII exchange names outright): either way one over 255 bytes closes the
+  // whole connection (541 INTERNAL_ERROR), and every call on it, instead of the probe's channel.
+  const letter = admin.product === 'lavinmq' ? 'x' : 'é';
+  const letterBytes = Buffer.byteLength(letter);
+  // RabbitMQ's longest refusal of a publish quotes the routing key, exchange, vhost and user around 88 bytes of text.
+  const budget = 255 - 88 - 1 - Buffer.byteLength(user);
+  const named = (bytes: number, prefix = '') =>
+    prefix + letter.repeat(Math.floor((bytes - prefix.length) / letterBytes));
+  const longDenied = named(200, 'test.denied.');
+
+  beforeAll(async () => {
+    await fixture.broker.channel.assertExchange(longDenied, 'fanout', { durable: false });
+  });
+  afterAll(async () => {
+    await fixture.broker.channel.deleteExchange(longDenied).catch(() => undefined);
+  });
+
+  it('are refused 400 before anything reaches the broker, and the connection and its channels stay', async () => {
+    const warningsBefore = fixture.bridge.logs.length;
+    const post = (exchange: string, key = 'k') =>
+      request(fixture.bridge.baseUrl)
+        .post(`/rpc/${encodeURIComponent(exchange)}/${encodeURIComponent(key)}`)
+        .send('x');
+    // The attacks: a missing exchange ("no exchange '…'"), one the bridge's user may not write to
+    // ("write access to exchange '…' refused for user '…'"), and a short exchange with a long routing key
+    // (topic permissions quote it: "write access to topic '…'").
+    const missing = await post(named(230));
+    const denied = await post(longDenied);
+    const longKey = await post('amq.topic', named(200));
+    for (const res of [missing, denied, longKey]) {
+      expect([res.status, res.body.type]).toEqual([400, `${PROBLEM_TYPE_PREFIX}invalid-request`]);
+      expect(res.body.detail).toContain(`at most ${budget} bytes`);
+    }
+    // One byte inside the budget is still the broker's to answer.
+    const inside = named(budget - 1);
+    expect(Buffer.byteLength(inside) + 1).toBeLessThanOrEqual(budget);
+    expect((await post(inside)).status).toBe(404);
+
+    const trouble = fixture.bridge.logs
+      .slice(warningsBefore)
+      .filter((line) => typeof line.level === 'number' && line.level >= 40 && line.msg !== 'request completed');
+    expect(trouble.map((line) => line.msg)).toEqual([]);
+    expect(fixture.bridge.bridge.session.isReady).toBe(true);
+    const after = await request(fixture.bridge.baseUrl)
+      .post(`/rpc/${echoQueue}`)
+      .set('Content-Type', 'text/plain')
+      .send('ok');
+    expect([after.status, after.text]).toEqual([200, 'ok']);
+  });
+});
+
+describe("RabbitMQ's topic permissions (EXCHANGE_CHECK_BY_ROUTING_KEY)", () => {
+  const topic = uniqueName('topic');
+  const ctl = (...args: string[]) =>
+    promisify(execFile)(admin.ctlCommand[0] ?? '', [...admin.ctlCommand.slice(1), ...args]);
+
+  drillIt(
+    admin,
+    'topic permissions',
+    admin.product === 'rabbitmq' ? undefined : 'LavinMQ has no topic permissions',
+  )(
+    'refuses a key the user may not write 403 on a probe of its own, though another key of the exchange passed',
+    async () => {
+      await fixture.broker.channel.assertExchange(topic, 'topic', { durable: false });
+      await ctl('set_topic_permissions', user, topic, '^ok\\.', '.*');
+      const bridge = await startTestBridge({ AMQP_URL: url.toString(), EXCHANGE_CHECK_BY_ROUTING_KEY: 'true' });
+      try {
+        const post = (key: string) => request(bridge.baseUrl).post(`/rpc/${topic}/${key}`).send('x');
+        // Nothing is bound: a key the user may write is taken by the exchange and returned unroutable.
+        expect((await post('ok.1')).status).toBe(404);
+        // The attack: the exchange has passed, the next key is one its topic permission refuses.
+        const refused = [await post('bad.1'), await post('bad.1')];
+        expect(refused.map((res) => [res.status, res.body.type])).toEqual([
+          [403, `${PROBLEM_TYPE_PREFIX}forbidden`],
+          [403, `${PROBLEM_TYPE_PREFIX}forbidden`],
+        ]);
+        expect((await post('ok.2')).status).toBe(404);
+        expect(await bridge.metric('amqp_channel_closes_total', {}, { absentIsZero: true })).toBe(0);
+        // Each key asked once: ok.1, bad.1 (the second bad.1 is the cached answer), ok.2.
+        expect(await bridge.metric('amqp_exchange_checks_total', {})).toBe(3);
+      } finally {
+        await bridge.close();
+        await fixture.broker.channel.deleteExchange(topic).catch(() => undefined);
+      }
+    },
+  );
 });

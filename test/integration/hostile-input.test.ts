@@ -127,6 +127,11 @@ describe('hostile input', () => {
     // The generators reach every kind of refusal, not just one.
     for (const status of [400, 404, 405, 413, 431]) expect(statuses.get(status) ?? 0).toBeGreaterThan(0);
     const { bridge } = fixture;
+    // What the bridge warned of names the cause when a channel or the connection did go.
+    const warnings = bridge.logs.filter(
+      (line) => typeof line.level === 'number' && line.level >= 40 && line.msg !== 'request completed',
+    );
+    expect(warnings.map((line) => `${String(line.msg)} ${JSON.stringify(line.reason ?? line.err ?? '')}`)).toEqual([]);
     expect(await bridge.metric('amqp_channel_closes_total', {}, { absentIsZero: true })).toBe(0);
     expect(bridge.bridge.session.allChannelsOpen).toBe(true);
     const good = await request(bridge.baseUrl).post(`/rpc/${echoQueue}`).set('Content-Type', 'text/plain').send('fine');

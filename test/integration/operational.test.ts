@@ -88,7 +88,15 @@ const RAW_OPERATIONS = [
   '/publish/{queue}',
   '/publish/{exchange}/{routingKey}',
 ];
-const OPERATIONAL = ['get /healthz', 'get /metrics', 'get /openapi.yaml', 'get /readyz'];
+const OPERATIONAL = [
+  'get /healthz',
+  'get /metrics',
+  'get /openapi.yaml',
+  'get /readyz',
+  'get /calls/{id}',
+  'head /calls/{id}',
+  'delete /calls/{id}',
+];
 
 /** A routes file with a named route of each kind (fixed queue, templated exchange, other method). */
 function writeRoutesFile(): string {
@@ -137,6 +145,9 @@ const UNDOCUMENTED = [
   'get /orders',
   'post /orders/7',
   'post /tenants/t/echo',
+  'get /calls',
+  'put /calls/x',
+  'post /calls/x',
 ];
 
 const CONFIGURATIONS: ReadonlyArray<{
@@ -246,14 +257,16 @@ interface Answer {
 /** One real HTTP request, as a client would send it (a short timeout, in case a worker listens). */
 async function ask(baseUrl: string, method: string, path: string): Promise<Answer> {
   const init: RequestInit = { method: method.toUpperCase(), headers: { 'Amqp-Timeout': '1000' } };
-  if (method !== 'get' && method !== 'delete') {
+  if (method !== 'get' && method !== 'head' && method !== 'delete') {
     init.body = 'x';
     init.headers = { ...init.headers, 'Content-Type': 'text/plain' };
   }
   const res = await fetch(baseUrl + path, init);
   const text = await res.text();
   let problem: { type?: unknown; detail?: unknown } = {};
-  if (res.headers.get('content-type')?.startsWith('application/problem+json')) problem = JSON.parse(text);
+  // A HEAD answer has the problem's headers but no body.
+  if (text !== '' && res.headers.get('content-type')?.startsWith('application/problem+json'))
+    problem = JSON.parse(text);
   return {
     status: res.status,
     type: problem.type,

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -37,6 +38,16 @@ const echoQueue = uniqueName('scraped');
 const silentQueue = uniqueName('scraped-silent');
 const nobodyQueue = uniqueName('scraped-nobody');
 const okBodies = ['a', 'bb', 'ccc', 'dddd', 'eeeee'];
+/**
+ * The asynchronous call, the keyed request and its retry, and the streams go to a queue of their own, so
+ * that the echo queue's counts stay exact: four of them end `ok` (the keyed two, the stream, the plain
+ * answer of a streaming worker), and the asynchronous call `deferred`.
+ */
+const callsQueue = uniqueName('scraped-calls');
+const callsOk = 4;
+const idempotencyKey = `scraped-${randomBytes(8).toString('hex')}`;
+/** The echo worker's replies to a streamed request: all but the last are partial (`x-stream: more`). */
+const STREAM_PIECES = 3;
 const okCount = `rpc_request_duration_seconds_count{job="${JOB}", queue="${echoQueue}", outcome="ok"}`;
 /** The caller's trace of the last RPC before a scrape: the exemplar Prometheus must then hold. */
 const TRACED = '7aced0000000000000000000000000ff';
@@ -44,6 +55,7 @@ const TRACED = '7aced0000000000000000000000000ff';
 let dir: string | undefined;
 let broker: TestBroker | undefined;
 let worker: RunningWorker | undefined;
+let callsWorker: RunningWorker | undefined;
 let bridge: BridgeProcess | undefined;
 let prometheus: RunningPrometheus | undefined;
 /** Where the bridge exports its spans: tracing on is what puts exemplars on the latency buckets. */
@@ -61,12 +73,16 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'bridge-prometheus-'));
   broker = await connectTestBroker();
   worker = await startEchoWorker({ url: AMQP_URL, queue: echoQueue, durable: false });
+  callsWorker = await startEchoWorker({ url: AMQP_URL, queue: callsQueue, durable: false });
   await broker.channel.assertQueue(silentQueue, { durable: false, expires: 60_000 });
   const endpoint = await receiver.start();
   bridge = await startBridgeProcess({
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: endpoint,
     OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
     OTEL_BSP_SCHEDULE_DELAY: '50',
+    // The asynchronous call's and the key's queues on the broker expire a minute after their deadline.
+    ASYNC_RESULT_TTL_MS: '60000',
+    IDEMPOTENCY_TTL_MS: '60000',
   });
 
   const configFile = join(dir, 'prometheus.yml');
@@ -86,6 +102,45 @@ beforeAll(async () => {
   expect(await rpc(`/rpc/${silentQueue}?timeout=200`, 'x')).toBe(504);
   expect(await rpc(`/rpc/${nobodyQueue}`, 'x')).toBe(404);
   await settle(() => scalar(okCount), okBodies.length, 'Prometheus to see all the RPCs');
+
+  // An asynchronous call the worker answers after the 202, read with a long-poll.
+  const calls = `/rpc/${callsQueue}?timeout=10000`;
+  const started = await send(calls, {
+    body: 'later',
+    headers: { Prefer: 'respond-async', 'Amqp-Header-Delay-Ms': '300' },
+  });
+  expect(started.status).toBe(202);
+  const location = started.headers.get('location') ?? '';
+  expect(location).toMatch(/^\/calls\//);
+  expect(await send(location, { method: 'GET', headers: { Prefer: 'wait=5' } })).toMatchObject({
+    status: 200,
+    body: 'later',
+  });
+  // A request with an Idempotency-Key, and its retry: answered with the first one's answer.
+  const keyed = { 'Idempotency-Key': idempotencyKey };
+  const once = await send(calls, { body: 'once', headers: keyed });
+  expect(once).toMatchObject({ status: 200, body: 'once' });
+  expect(once.headers.get('idempotent-replayed')).toBeNull();
+  const retried = await send(calls, { body: 'once', headers: keyed });
+  expect(retried).toMatchObject({ status: 200, body: 'once' });
+  expect(retried.headers.get('idempotent-replayed')).toBe('true');
+  // A stream of the worker's replies, one event each; and the same worker's answer to a caller who did not
+  // ask for a stream, which drops the partial replies.
+  const pieces = { 'Amqp-Header-Stream-Pieces': String(STREAM_PIECES) };
+  const streamed = await send(`/rpc/${callsQueue}`, {
+    body: 'piece',
+    headers: { ...pieces, Accept: 'text/event-stream' },
+  });
+  expect(streamed.status).toBe(200);
+  expect(streamed.body.match(/^event: .*$/gm)).toEqual([
+    ...Array<string>(STREAM_PIECES - 1).fill('event: part'),
+    'event: final',
+  ]);
+  expect(await send(`/rpc/${callsQueue}`, { body: 'piece', headers: pieces })).toMatchObject({
+    status: 200,
+    body: 'piece',
+  });
+  await settle(() => scalar(`rpc_stream_events_total{job="${JOB}"}`), STREAM_PIECES, 'Prometheus to see the stream');
 });
 
 afterAll(async () => {
@@ -93,6 +148,7 @@ afterAll(async () => {
   if (bridge !== undefined) await stopProcess(bridge.child, bridge.exited);
   await broker?.channel.deleteQueue(silentQueue).catch(() => undefined);
   await worker?.close();
+  await callsWorker?.close();
   await broker?.close();
   if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
   await receiver.close();
@@ -122,16 +178,45 @@ describe('a real Prometheus scraping the bridge with the shipped scrape job', ()
     await expectSoon(`rpc_request_bytes_sum{${job}, queue="${echoQueue}"}`, bytes);
     await expectSoon(`rpc_response_bytes_sum{${job}, queue="${echoQueue}"}`, bytes);
     const http = 'http_request_duration_seconds_count';
-    await expectSoon(`${http}{${job}, method="POST", route="/rpc/:queue", status_code="200"}`, okBodies.length);
+    const answered = okBodies.length + callsOk;
+    await expectSoon(`${http}{${job}, method="POST", route="/rpc/:queue", status_code="200"}`, answered);
     await expectSoon(`${http}{${job}, method="POST", route="/rpc/:queue", status_code="504"}`, 1);
     await expectSoon(`${http}{${job}, method="POST", route="/rpc/:queue", status_code="404"}`, 1);
   });
 
-  it('sees the broker connection as it is, and nothing in flight', async () => {
+  it('counts the asynchronous call, the keyed request and its retry, and the streams, exactly as sent', async () => {
+    scraping();
+    const job = `job="${JOB}"`;
+    const count = 'rpc_request_duration_seconds_count';
+    await expectSoon(`${count}{${job}, queue="${callsQueue}", outcome="deferred"}`, 1);
+    await expectSoon(`${count}{${job}, queue="${callsQueue}", outcome="ok"}`, callsOk);
+    await expectSoon(`sum(${count}{${job}, queue="${callsQueue}"})`, callsOk + 1);
+    // Each counter has the one series the traffic made, with its count: no other result.
+    await expectSoon(`rpc_async_calls_total{${job}, result="deferred"}`, 1);
+    await expectSoon(`sum(rpc_async_calls_total{${job}})`, 1);
+    await expectSoon(`rpc_call_lookups_total{${job}, result="reply"}`, 1);
+    await expectSoon(`sum(rpc_call_lookups_total{${job}})`, 1);
+    await expectSoon(`rpc_idempotent_requests_total{${job}, result="first"}`, 1);
+    await expectSoon(`rpc_idempotent_requests_total{${job}, result="replayed"}`, 1);
+    await expectSoon(`sum(rpc_idempotent_requests_total{${job}})`, 2);
+    await expectSoon(`rpc_streams_total{${job}, ended="final"}`, 1);
+    await expectSoon(`sum(rpc_streams_total{${job}})`, 1);
+    await expectSoon(`rpc_stream_events_total{${job}}`, STREAM_PIECES);
+    // Only the plain caller's partial replies: the streamed ones went out as events.
+    await expectSoon(`rpc_stream_parts_skipped_total{${job}}`, STREAM_PIECES - 1);
+    const http = 'http_request_duration_seconds_count';
+    await expectSoon(`${http}{${job}, method="POST", route="/rpc/:queue", status_code="202"}`, 1);
+    await expectSoon(`${http}{${job}, method="GET", route="/calls/:id", status_code="200"}`, 1);
+  });
+
+  it('sees the broker connection as it is, nothing in flight, and the calls it keeps', async () => {
     scraping();
     await expectSoon(`amqp_connected{job="${JOB}"}`, 1);
     await expectSoon(`amqp_connection_blocked{job="${JOB}"}`, 0);
     await expectSoon(`rpc_in_flight{job="${JOB}"}`, 0);
+    // The asynchronous call and the key stay counted until the broker lets their queues expire.
+    await expectSoon(`rpc_calls_held{job="${JOB}"}`, 2);
+    await expectSoon(`rpc_calls_waiting{job="${JOB}"}`, 0);
     await expectSoon(`amqp_reconnects_total{job="${JOB}"}`, 0);
     expect(await scalar(`nodejs_eventloop_lag_p99_seconds{job="${JOB}"}`)).toBeGreaterThan(0);
   });
@@ -311,13 +396,26 @@ async function stopProcess(child: ChildProcess, exited: Promise<unknown>): Promi
 }
 
 async function rpc(path: string, body: string, headers: Record<string, string> = {}): Promise<number> {
+  return (await send(path, { body, headers })).status;
+}
+
+interface Answer {
+  readonly status: number;
+  readonly headers: Headers;
+  readonly body: string;
+}
+
+/** A request to the bridge (a POST of text, unless a GET), with its answer read whole. */
+async function send(
+  path: string,
+  { method = 'POST', body, headers = {} }: { method?: 'GET' | 'POST'; body?: string; headers?: Record<string, string> },
+): Promise<Answer> {
   const res = await fetch(`${bridge?.baseUrl}${path}`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'text/plain', ...headers },
-    body,
+    method,
+    headers: method === 'POST' ? { 'Content-Type': 'text/plain', ...headers } : headers,
+    ...(body === undefined ? {} : { body }),
   });
-  await res.arrayBuffer();
-  return res.status;
+  return { status: res.status, headers: res.headers, body: await res.text() };
 }
 
 /** An instant query through Prometheus's HTTP API; throws with Prometheus's error for a bad query. */

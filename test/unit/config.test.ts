@@ -58,8 +58,15 @@ describe('loadConfig', () => {
         AMQP_RECONNECT_MAX_MS: '4000',
         RPC_TIMEOUT_MS: '500',
         RPC_MAX_TIMEOUT_MS: '1000',
+        ASYNC_MAX_TIMEOUT_MS: '120000',
+        ASYNC_RESULT_TTL_MS: '60000',
+        IDEMPOTENCY_TTL_MS: '90000',
+        CALLS_MAX_HELD: '500',
+        CALLS_MAX_HELD_PER_CALLER: '20',
+        CALLS_MAX_WAITING: '64',
         MAX_BODY_BYTES: '10',
         EXCHANGE_CHECK_TTL_MS: '0',
+        EXCHANGE_CHECK_BY_ROUTING_KEY: 'true',
         METRICS_MAX_QUEUES: '7',
         SHUTDOWN_GRACE_MS: '1500',
         SHUTDOWN_DELAY_MS: '250',
@@ -90,6 +97,10 @@ describe('loadConfig', () => {
         JWT_ROLES_CLAIM: 'scope',
         JWT_CLOCK_TOLERANCE_SECONDS: '5',
         JWT_MAX_LIFETIME_SECONDS: '3600',
+        STREAM_MAX_BUFFER_BYTES: '4096',
+        STREAM_KEEPALIVE_MS: '500',
+        STREAM_MAX_OPEN: '50',
+        CORS_ALLOWED_ORIGINS: 'https://app.example.com, http://localhost:3000',
       };
       // One JWT key source at a time, and JWT_ALLOW_ANY_AUDIENCE not with JWT_AUDIENCE: those are read
       // in jwt-verifier.test.ts. AUTH_TOKENS and AUTH_TOKENS_FILE cannot go with AMQP_IDENTITY=caller:
@@ -121,8 +132,17 @@ describe('loadConfig', () => {
         reconnectMaxMs: 4000,
         rpcTimeoutMs: 500,
         rpcMaxTimeoutMs: 1000,
+        calls: {
+          asyncMaxTimeoutMs: 120_000,
+          resultTtlMs: 60_000,
+          keyTtlMs: 90_000,
+          maxHeld: 500,
+          maxHeldPerCaller: 20,
+          maxWaiting: 64,
+        },
         maxBodyBytes: 10,
         exchangeCheckTtlMs: 0,
+        exchangeCheckByRoutingKey: true,
         metricsMaxQueues: 7,
         shutdownGraceMs: 1500,
         shutdownDelayMs: 250,
@@ -151,6 +171,10 @@ describe('loadConfig', () => {
           clockToleranceSeconds: 5,
           maxLifetimeSeconds: 3600,
         },
+        streamMaxBufferBytes: 4096,
+        streamKeepAliveMs: 500,
+        streamMaxOpen: 50,
+        corsAllowedOrigins: ['https://app.example.com', 'http://localhost:3000'],
       });
       const withTokens = { AUTH_TOKENS: 'aaaaaaaaaaaaaaaa', AUTH_TOKENS_FILE: join(tokens, 'tokens') };
       expect(loadConfig(withTokens).authTokens).toEqual(['aaaaaaaaaaaaaaaa', 'bbbbbbbbbbbbbbbb']);
@@ -175,9 +199,13 @@ describe('loadConfig', () => {
     [{ PORT: 'eighty' }, /PORT must be a whole number/],
     [{ PORT: '70000' }, /PORT must be between 0 and 65535/],
     [{ AMQP_CHANNELS: '0' }, /AMQP_CHANNELS must be between 1 and 256/],
+    [{ CORS_ALLOWED_ORIGINS: 'https://app.example.com/' }, /CORS_ALLOWED_ORIGINS must list origins/],
+    [{ STREAM_MAX_BUFFER_BYTES: '10' }, /STREAM_MAX_BUFFER_BYTES must be between 1024/],
     [{ AMQP_REPLY_TO: 'my-queue' }, /AMQP_REPLY_TO must be one of amq\.rabbitmq\.reply-to, amq\.direct\.reply-to/],
     [{ RPC_TIMEOUT_MS: '5000', RPC_MAX_TIMEOUT_MS: '1000' }, /RPC_TIMEOUT_MS must be between 1 and 1000/],
     [{ AMQP_URL: 'http://example' }, /AMQP_URL must start with amqp:\/\/ or amqps:\/\//],
+    [{ AMQP_URL: 'amqp://u:p@host?frameMax=8192' }, /AMQP_URL asks for frameMax=8192: .* at least 40960/],
+    [{ AMQP_URL: 'amqp://u:p@host?frameMax=lots' }, /AMQP_URL asks for frameMax=lots/],
     [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL must be one of/],
     [
       { HTTP_HEADERS_TIMEOUT_MS: '5000', HTTP_REQUEST_TIMEOUT_MS: '1000' },
@@ -290,6 +318,8 @@ describe('broker URLs', () => {
       'amqps://b:5671/vh',
     ]);
     expect(loadConfig({ AMQP_URLS: 'amqp://x', AMQP_URL: 'amqp://ignored' }).amqpUrls).toEqual(['amqp://x']);
+    // 0 leaves the frame size to the broker; 131072 is what amqplib asks for by default.
+    expect(loadConfig({ AMQP_URL: 'amqp://x?frameMax=0,amqp://y?frameMax=131072' }).amqpUrls).toHaveLength(2);
     expect(() => loadConfig({ AMQP_URLS: 'amqp://ok, http://secret@bad' })).toThrow(
       'AMQP_URLS (URL 2) must start with amqp://',
     );

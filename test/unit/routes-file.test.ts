@@ -7,7 +7,10 @@ const LIMITS: RouteLimits = {
   maxTimeoutMs: 300_000,
   maxBodyBytes: 1_048_576,
   reservedPaths: ['/healthz', '/readyz', '/metrics', '/openapi.yaml'],
-  reservedPrefixes: ['/rpc/', '/publish/'],
+  reservedPrefixes: ['/rpc/', '/publish/'].map((prefix) => ({
+    prefix,
+    servedBy: 'which the raw routes serve (turn them off with ROUTES_RAW_ENABLED=false)',
+  })),
 };
 const DIGEST = 'a'.repeat(64);
 

@@ -103,6 +103,7 @@ function core(
   const channels = options.channels ?? [new FakeChannel()];
   const broker = { isConnected: true, isBlocked: false, retryAfterMs: () => 1_500 };
   const stray = vi.fn();
+  const skipped = vi.fn();
   let next = 0;
   let probeQuestion: ((probe: PublishChannel) => boolean) | undefined;
   let answerProbe: ((verdict: ExchangeVerdict) => void) | undefined;
@@ -125,7 +126,7 @@ function core(
     },
     cached: () => options.cached,
     // One question per exchange at a time, as the real gate asks: later calls wait for its answer.
-    check: (_exchange, publishFirst) => {
+    check: (_exchange, _routingKey, publishFirst) => {
       if (question === undefined) {
         probeQuestion = publishFirst;
         question = new Promise((resolve) => {
@@ -140,6 +141,7 @@ function core(
     appId: 'test',
     maxInFlight: options.maxInFlight ?? 100,
     onStrayReply: stray,
+    onSkippedPart: skipped,
     onBackpressure: () => undefined,
     checkDefaultExchange: options.checkDefaultExchange,
   });
@@ -150,11 +152,24 @@ function core(
     const call = rpc.start(req, (outcome) => outcomes.push(outcome));
     return { call, outcomes };
   };
+  /** A call whose caller asked for a stream: its parts are heard too. */
+  const startStream = (req: RpcRequest = request()) => {
+    const outcomes: RpcOutcome[] = [];
+    const parts: Reply[] = [];
+    const call = rpc.start(
+      req,
+      (outcome) => outcomes.push(outcome),
+      (part) => parts.push(part),
+    );
+    return { call, outcomes, parts };
+  };
   return {
     rpc,
     broker,
     channels,
     stray,
+    skipped,
+    startStream,
     start,
     heard,
     probe: {
@@ -183,6 +198,46 @@ describe('the RPC core settles each call exactly once', () => {
     expect(outcomes).toEqual([{ kind: 'reply', reply: reply('one') }]);
     expect(stray).toHaveBeenCalledTimes(1);
     expect(rpc.inFlightCount).toBe(0);
+  });
+
+  it('hands a streaming call each x-stream: more reply as a part, and settles it on the first reply without', () => {
+    const { rpc, startStream, stray } = core();
+    const { call, outcomes, parts } = startStream(request({ timeoutMs: 500 }));
+    const channel = call.channel as PublishChannel;
+    const part = (text: string): Reply => ({ ...reply(text), headers: { 'x-stream': 'more' } });
+    rpc.reply(channel, call.correlationId, part('one'));
+    rpc.reply(channel, call.correlationId, part('two'));
+    expect(parts.map((p) => p.body.toString())).toEqual(['one', 'two']);
+    expect(outcomes).toEqual([]);
+    expect(rpc.inFlightCount).toBe(1);
+    const last = { ...reply('end'), headers: { 'x-stream': 'end' } };
+    rpc.reply(channel, call.correlationId, last);
+    expect(outcomes).toEqual([{ kind: 'reply', reply: last }]);
+    rpc.reply(channel, call.correlationId, part('late'));
+    expect(parts).toHaveLength(2);
+    expect(stray).toHaveBeenCalledTimes(1);
+  });
+
+  it('times a streaming call out at its one deadline, however many parts came', () => {
+    const { rpc, startStream } = core();
+    const { call, outcomes, parts } = startStream(request({ timeoutMs: 500 }));
+    vi.advanceTimersByTime(400);
+    rpc.reply(call.channel as PublishChannel, call.correlationId, { ...reply('p'), headers: { 'x-stream': 'more' } });
+    vi.advanceTimersByTime(100);
+    expect(parts).toHaveLength(1);
+    expect(outcomes).toEqual([{ kind: 'timeout' }]);
+  });
+
+  it('skips the parts of a call whose caller asked for one answer, which the final reply settles', () => {
+    const { rpc, start, skipped, stray } = core();
+    const { call, outcomes } = start();
+    const channel = call.channel as PublishChannel;
+    rpc.reply(channel, call.correlationId, { ...reply('p'), headers: { 'x-stream': 'more' } });
+    expect(outcomes).toEqual([]);
+    expect(skipped).toHaveBeenCalledTimes(1);
+    rpc.reply(channel, call.correlationId, reply('whole'));
+    expect(outcomes).toEqual([{ kind: 'reply', reply: reply('whole') }]);
+    expect(stray).not.toHaveBeenCalled();
   });
 
   it('times out at the deadline, drops the request, and a reply after it is stray', () => {

@@ -126,6 +126,8 @@ function bearerToken(headers: IncomingHttpHeaders): string {
 }
 
 const BASIC = /^Basic /i;
+// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
+const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f]/;
 /** WWW-Authenticate for a broker login (AMQP_IDENTITY=caller) that is missing or refused. */
 export const BASIC_CHALLENGE = 'Basic realm="amqp-rpc-bridge", charset="UTF-8"';
 
@@ -135,6 +137,12 @@ function basicCaller(header: string): Caller {
   const colon = decoded.indexOf(':');
   if (colon <= 0) {
     throw new HttpProblem('unauthorized', 'Basic credentials must be base64 of user:password', {
+      challenge: BASIC_CHALLENGE,
+    });
+  }
+  // RFC 7617 allows none, and a NUL would split SASL PLAIN's user\0user\0password where the caller chose.
+  if (CONTROL_CHARACTERS.test(decoded)) {
+    throw new HttpProblem('unauthorized', 'Basic credentials must not contain control characters', {
       challenge: BASIC_CHALLENGE,
     });
   }

@@ -1,5 +1,5 @@
 import type { RequestSpan } from '../../observability/tracing.js';
-import type { RpcOutcome } from '../../rpc/outcome.js';
+import type { Reply, RpcOutcome } from '../../rpc/outcome.js';
 import type { RpcCall } from '../../rpc/rpc-call.js';
 import type { RpcClient } from '../../rpc/rpc-client.js';
 import type { MessageFields, RpcTarget } from '../request-mapping.js';
@@ -13,14 +13,21 @@ export interface CallInput {
   readonly receivedAt: number;
   readonly requestId: string;
   readonly span: RequestSpan | undefined;
+  /** A deferred RPC's own result queue, instead of the channel's reply address. */
+  readonly replyTo?: string | undefined;
 }
 
 /**
  * Stage "call": hands the request to the RPC core (the bridge's own, or the caller's broker user's),
  * with the producer span's trace context in its headers when traced. `onOutcome` hears how it ended,
- * exactly once, never before this returns.
+ * exactly once, never before this returns; `onPart`, for a caller who streams, each partial reply.
  */
-export function startCall(rpc: RpcClient, input: CallInput, onOutcome: (outcome: RpcOutcome) => void): RpcCall {
+export function startCall(
+  rpc: RpcClient,
+  input: CallInput,
+  onOutcome: (outcome: RpcOutcome) => void,
+  onPart?: (reply: Reply) => void,
+): RpcCall {
   const { fields, target, body, span } = input;
   if (span !== undefined) {
     // The worker's span is to be the producer span's child, whatever the caller sent.
@@ -54,8 +61,10 @@ export function startCall(rpc: RpcClient, input: CallInput, onOutcome: (outcome:
       priority: fields.priority,
       type: fields.type,
       messageId: fields.messageId,
+      replyTo: input.replyTo,
     },
     onOutcome,
+    onPart,
   );
   span?.conversation(call.correlationId);
   return call;

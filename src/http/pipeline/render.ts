@@ -37,6 +37,8 @@ export interface RenderInput {
   readonly requestId: string;
   /** Milliseconds from publish to outcome, for Server-Timing. */
   readonly roundTripMs: number;
+  /** The Server-Timing metric of a reply: `rpc` (publish to reply) unless the caller's wait is meant (`call`). */
+  readonly timing?: 'rpc' | 'call';
 }
 
 /**
@@ -66,7 +68,7 @@ export function render(outcome: RpcOutcome, input: RenderInput): Rendered {
   }
   const reply = replyToHttp(outcome.reply, input.targetLabel);
   const headers: Array<readonly [string, string]> = reply.headers;
-  headers.push(['Server-Timing', `rpc;dur=${input.roundTripMs.toFixed(2)}`]);
+  headers.push(['Server-Timing', `${input.timing ?? 'rpc'};dur=${input.roundTripMs.toFixed(2)}`]);
   return { kind: 'answer', status: reply.status, headers, body: reply.body };
 }
 

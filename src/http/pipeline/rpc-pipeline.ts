@@ -3,20 +3,25 @@ import type { Metrics, RpcOutcomeLabel } from '../../observability/metrics.js';
 import type { RequestSpan, Tracing } from '../../observability/tracing.js';
 import { parseTraceparent } from '../../observability/w3c-trace-context.js';
 import { type CallerLease, type CallerPools, CallerRefused } from '../../rpc/caller-pools.js';
+import type { DeferredCalls, DeferredResult } from '../../rpc/deferred-calls.js';
 import type { RpcOutcome } from '../../rpc/outcome.js';
 import type { RpcCall } from '../../rpc/rpc-call.js';
 import type { RpcClient } from '../../rpc/rpc-client.js';
 import type { Caller } from '../access/access-control.js';
 import type { CallerQuota } from '../access/caller-quota.js';
 import type { RpcLogFields } from '../access-log.js';
+import { type Deferral, readDeferral } from '../deferral.js';
 import type { HttpExchange } from '../exchange.js';
 import { HttpProblem } from '../problems.js';
 import { ClientClosedError, readRawBody } from '../raw-body.js';
+import type { RefusalBudget } from '../refusal-budget.js';
 import type { MappingLimits, MessageFields, RpcTarget } from '../request-mapping.js';
 import { callerRefusalProblem } from '../response-mapping.js';
 import type { RouteSet } from '../routes/route-set.js';
 import { admit } from './admit.js';
-import { startCall } from './call.js';
+import { type CallInput, startCall } from './call.js';
+import { fingerprintOf, pendingAnswer, REPLAYED_HEADER, refusalProblem } from './defer.js';
+import { acceptsEventStream, EventStream, type StreamSettings } from './event-stream.js';
 import { mapMessage } from './message.js';
 import { recordOutcome } from './record.js';
 import { render, write } from './render.js';
@@ -27,6 +32,8 @@ export interface RpcPipelineDeps {
   readonly metrics: Metrics;
   readonly limits: MappingLimits;
   readonly maxBodyBytes: number;
+  /** How long an exchange target's names may be, for the broker to be able to refuse it. */
+  readonly refusalBudget: RefusalBudget;
   readonly isShuttingDown: () => boolean;
   /** Spans for each request, when tracing is configured; undefined costs nothing per request. */
   readonly tracing?: Tracing | undefined;
@@ -34,6 +41,12 @@ export interface RpcPipelineDeps {
   readonly callerPools?: Pick<CallerPools, 'clientFor'> | undefined;
   /** Requests in flight per caller (MAX_IN_FLIGHT_PER_CALLER). */
   readonly callerQuota: CallerQuota;
+  /** Asynchronous calls and idempotency keys, kept on the broker. */
+  readonly deferred: DeferredCalls;
+  /** ASYNC_MAX_TIMEOUT_MS: the timeout ceiling of an asynchronous call. */
+  readonly asyncMaxTimeoutMs: number;
+  /** For callers who ask for a stream (`Accept: text/event-stream`). */
+  readonly streams: StreamSettings;
 }
 
 /** Runs an RPC or publish request (raw or named) through the pipeline; `routes` is the set it arrived under. */
@@ -56,7 +69,15 @@ class RpcPipeline {
   private readonly facts: RouteFacts;
   private readonly span: RequestSpan | undefined;
   private call: RpcCall | undefined;
+  /** Set when the caller asked for the replies as server-sent events. */
+  private stream: EventStream | undefined;
   private lease: CallerLease | undefined;
+  /** `Prefer: respond-async` or `Idempotency-Key`; undefined for a plain call. */
+  private deferral: Deferral | undefined;
+  /** Stops a deferred request's waiting when its caller goes away (the call itself goes on). */
+  private abandoned: AbortController | undefined;
+  /** When a deferred call was handed to the core: its Server-Timing counts to the reply, not the confirm. */
+  private deferredSentAt: number | undefined;
   /** Whom this request counts against in MAX_IN_FLIGHT_PER_CALLER, once admitted. */
   private quotaKey: string | undefined;
   /** The response has closed (answered, or the client went away). */
@@ -119,8 +140,15 @@ class RpcPipeline {
       this.quotaKey = admit(admitting, this.routes.admission, deps);
       const limits = routeLimits(match, deps);
       maxBodyBytes = limits.maxBodyBytes;
-      fields = mapMessage(exchange.req, match.query, target, limits.limits, facts.operation, facts.namedRoute, caller);
+      this.deferral = readDeferral(exchange.req.headers, facts.operation, target.label);
+      // A named route's timeoutMs is the operator's ceiling, asynchronous or not; the raw routes' is RPC_MAX_TIMEOUT_MS.
+      const timeouts =
+        this.deferral?.async === undefined || match.kind === 'named'
+          ? limits.limits
+          : { ...limits.limits, maxTimeoutMs: deps.asyncMaxTimeoutMs, maxTimeoutSource: 'ASYNC_MAX_TIMEOUT_MS' };
+      fields = mapMessage(exchange.req, match.query, target, timeouts, facts.operation, facts.namedRoute, caller);
       brokerLogin = deps.callerPools === undefined ? undefined : this.routes.access.brokerLoginOf(caller);
+      deps.refusalBudget.check(target, brokerLogin?.username);
     } catch (err) {
       this.fail(err);
       return;
@@ -155,8 +183,92 @@ class RpcPipeline {
       requestId: this.exchange.id,
       span: this.span,
     };
-    this.call = startCall(rpc, input, (outcome) => this.settled(outcome, target));
+    // A deferred call's replies wait in a queue of their own, read as one answer: it is not streamed.
+    if (this.deferral !== undefined) {
+      this.defer(this.deferral, rpc, input);
+      return;
+    }
+    // One header compare on the plain path; a publish has no replies to stream.
+    if (this.facts.operation === 'rpc' && acceptsEventStream(this.exchange.req.headers.accept)) {
+      const { streams } = this.deps;
+      if (!streams.gate.tryEnter()) {
+        this.record('overloaded');
+        this.fail(
+          new HttpProblem('overloaded', `${streams.gate.limit} streams are open (STREAM_MAX_OPEN)`, {
+            target: target.label,
+            retryAfterSeconds: 1,
+          }),
+        );
+        return;
+      }
+      this.stream = new EventStream(this.exchange, streams, this.deps.metrics, target.label);
+    }
+    this.call = startCall(rpc, input, (outcome) => this.settled(outcome, target), this.stream?.part);
+    this.stream?.begin(this.call);
     this.log.correlationId = this.call.correlationId;
+  }
+
+  /**
+   * Stage "call", deferred (defer.ts, rpc/deferred-calls.ts): an asynchronous call, or one sent at most
+   * once per idempotency key. Its reply goes to a queue of its own on the broker, which outlives this
+   * request and which any replica can read.
+   */
+  private defer(deferral: Deferral, rpc: RpcClient, input: CallInput): void {
+    const { key } = deferral;
+    // The key is the message's id: workers can deduplicate too.
+    const fields = key === undefined ? input.fields : { ...input.fields, messageId: key };
+    this.abandoned = new AbortController();
+    this.deps.deferred
+      .start({
+        owner: this.quotaKey ?? '',
+        operation: input.operation,
+        deadline: input.receivedAt + fields.timeoutMs,
+        async: deferral.async,
+        key:
+          key === undefined
+            ? undefined
+            : { value: key, fingerprint: fingerprintOf(input.operation, input.target, fields, input.body) },
+        send: (replyTo) =>
+          new Promise((resolve) => {
+            this.deferredSentAt = performance.now();
+            const call = startCall(rpc, { ...input, fields, replyTo }, (outcome) =>
+              resolve({ outcome, published: call.isPublished }),
+            );
+            this.call = call;
+            this.log.correlationId = call.correlationId;
+          }),
+        signal: this.abandoned.signal,
+      })
+      .then(
+        (result) => this.deferredSettled(result, input.target),
+        (err: unknown) => this.fail(err),
+      );
+  }
+
+  private deferredSettled(result: DeferredResult, target: RpcTarget): void {
+    if (this.gone) return;
+    const { metrics } = this.deps;
+    const { async, key } = this.deferral ?? {};
+    if (key !== undefined) {
+      const replayed = result.kind !== 'refused' && result.replayed;
+      metrics.idempotentRequests.labels(keyResult(result)).inc();
+      if (replayed) this.exchange.res.setHeader(REPLAYED_HEADER, 'true');
+    }
+    if (result.kind === 'refused') {
+      if (async !== undefined) metrics.asyncCalls.labels('failed').inc();
+      const problem = refusalProblem(result.refusal, target.label);
+      if (problem.status >= 500) this.record('overloaded');
+      this.fail(problem);
+      return;
+    }
+    if (result.kind === 'pending') {
+      metrics.asyncCalls.labels('deferred').inc();
+      this.record('deferred');
+      write(this.exchange.res, pendingAnswer(result.call, async !== undefined), this.deps.isShuttingDown());
+      return;
+    }
+    if (async !== undefined) metrics.asyncCalls.labels(result.outcome.kind === 'reply' ? 'answered' : 'failed').inc();
+    this.settled(result.outcome, target);
   }
 
   /**
@@ -167,11 +279,19 @@ class RpcPipeline {
   private settled(outcome: RpcOutcome, target: RpcTarget): void {
     try {
       this.span?.endPublish(outcome.kind);
+      if (this.stream?.isOpen === true) {
+        const ended = this.stream.end(outcome);
+        this.log.events = this.stream.events;
+        this.log.bytesOut = this.stream.bytesOut;
+        this.record(ended);
+        return;
+      }
       const rendered = render(outcome, {
         operation: this.facts.operation,
         targetLabel: target.label,
         requestId: this.exchange.id,
-        roundTripMs: this.call?.roundTripMs ?? 0,
+        roundTripMs:
+          this.deferredSentAt === undefined ? (this.call?.roundTripMs ?? 0) : performance.now() - this.deferredSentAt,
       });
       if (rendered.kind === 'answer') {
         this.log.bytesOut = rendered.body.length;
@@ -200,9 +320,12 @@ class RpcPipeline {
       return;
     }
     const problem = this.asProblem(err);
-    // Refused before it had an outcome: the edge rejected it (or, while draining, the bridge did).
+    // Refused before it had an outcome: the edge rejected it, or the bridge had no room or no broker for
+    // it (a caller's own connection: AMQP_IDENTITY=caller), or it is draining.
     if (problem.code === 'shutting-down') this.record('unavailable');
     else if (problem.status < 500) this.record('rejected');
+    else if (problem.code === 'overloaded') this.record('overloaded');
+    else if (problem.status === 503) this.record('unavailable');
     if (this.deps.isShuttingDown()) this.exchange.res.setHeader('Connection', 'close');
     this.exchange.fail(problem);
   }
@@ -225,6 +348,7 @@ class RpcPipeline {
 
   private closed(): void {
     this.gone = true;
+    this.abandoned?.abort();
     this.call?.cancel();
     this.lease?.release();
     if (this.quotaKey !== undefined) this.deps.callerQuota.release(this.quotaKey);
@@ -234,4 +358,10 @@ class RpcPipeline {
     if (!answered) this.record('cancelled');
     this.span?.end(answered ? res.statusCode : 499, this.log.outcome, this.exchange.error);
   }
+}
+
+/** What a request with an Idempotency-Key came to, as `rpc_idempotent_requests_total` counts it. */
+function keyResult(result: DeferredResult): 'first' | 'replayed' | 'conflict' | 'refused' {
+  if (result.kind === 'refused') return result.refusal.kind === 'key-reused' ? 'conflict' : 'refused';
+  return result.replayed ? 'replayed' : 'first';
 }

@@ -69,8 +69,14 @@ export interface RouteLimits {
   readonly maxBodyBytes: number;
   /** Paths the bridge serves itself, which no route may take. */
   readonly reservedPaths: readonly string[];
-  /** Path prefixes of the raw routes while they are on. */
-  readonly reservedPrefixes: readonly string[];
+  /** Path prefixes the bridge serves (the raw routes while they are on, /calls/), each with what serves it. */
+  readonly reservedPrefixes: readonly ReservedPrefix[];
+}
+
+export interface ReservedPrefix {
+  readonly prefix: string;
+  /** Completes "lies under <prefix>, …" in the refusal. */
+  readonly servedBy: string;
 }
 
 /** Says which file, route and field are wrong; never echoes a token digest. */
@@ -274,11 +280,9 @@ function routePath(value: unknown, where: string, limits: RouteLimits): string {
   }
   if (limits.reservedPaths.includes(value))
     throw new RoutesFileError(`${where} ${value} is served by the bridge itself`);
-  const prefix = limits.reservedPrefixes.find((reserved) => `${value}/`.startsWith(reserved));
-  if (prefix !== undefined) {
-    throw new RoutesFileError(
-      `${where} ${value} lies under ${prefix}, which the raw routes serve (turn them off with ROUTES_RAW_ENABLED=false)`,
-    );
+  const reserved = limits.reservedPrefixes.find(({ prefix }) => `${value}/`.startsWith(prefix));
+  if (reserved !== undefined) {
+    throw new RoutesFileError(`${where} ${value} lies under ${reserved.prefix}, ${reserved.servedBy}`);
   }
   return value;
 }
