@@ -7,7 +7,7 @@ import { unknownVariables } from './config/unknown-variables.js';
 import { toError } from './errors.js';
 import { RoutesFileError } from './http/routes/routes-file.js';
 import { listen } from './http/server.js';
-import { createLogger } from './observability/logger.js';
+import { createLogger, flushLogs } from './observability/logger.js';
 
 /** EX_CONFIG from sysexits.h: the operator must fix the environment. */
 const EXIT_CONFIG = 78;
@@ -15,10 +15,12 @@ const EXIT_CONFIG = 78;
 const FINAL_WRITE_MS = 1_000;
 /**
  * How long closing the channels and the connection may take: a broker that does not answer
- * close must not hold the exit past the orchestrator's kill timeout. With FINAL_WRITE_MS this is
- * the ~2 s that shutdown adds to SHUTDOWN_GRACE_MS.
+ * close must not hold the exit past the orchestrator's kill timeout. With FINAL_WRITE_MS and
+ * LOG_FLUSH_MS this is the ~2.5 s that shutdown adds to SHUTDOWN_GRACE_MS.
  */
 const BROKER_CLOSE_MS = 1_000;
+/** How long the last log lines may take to reach a slow log collector before the process exits. */
+const LOG_FLUSH_MS = 500;
 
 async function main(): Promise<void> {
   let config: ReturnType<typeof loadConfig>;
@@ -80,7 +82,7 @@ async function main(): Promise<void> {
   const shutdown = async (signal: NodeJS.Signals): Promise<void> => {
     if (signalled) {
       logger.warn({ signal }, 'second signal: exiting at once');
-      logger.flush();
+      await flushLogs(LOG_FLUSH_MS);
       process.exit(1);
     }
     signalled = true;
@@ -100,7 +102,7 @@ async function main(): Promise<void> {
     // Let those last answers leave, then close every connection.
     await server.close(FINAL_WRITE_MS);
     logger.info({ signal }, 'stopped');
-    logger.flush();
+    await flushLogs(LOG_FLUSH_MS);
     process.exit(0);
   };
   // SIGHUP: read the routes file again. A broken file leaves the routes in force as they were.

@@ -1,3 +1,4 @@
+import { writeSync } from 'node:fs';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import type { LogLevel } from '../config/config.js';
 
@@ -10,6 +11,7 @@ import type { LogLevel } from '../config/config.js';
  */
 const BATCH_CHARS = 64 * 1024;
 const FLUSH_INTERVAL_MS = 250;
+const STDOUT_FD = 1;
 
 type Stdout = ReturnType<typeof pino.destination>;
 
@@ -38,10 +40,33 @@ class LineBatches implements DestinationStream {
     }
   }
 
-  /** On exit, when nothing asynchronous will run again. */
+  /**
+   * On exit, when nothing asynchronous will run again: what stdout holds, then the lines gathered here,
+   * written synchronously (handed to stdout, they would start an asynchronous write the exit never finishes).
+   */
   flushSync(): void {
-    this.pass();
+    const batch = this.lines.join('');
+    this.lines = [];
+    this.chars = 0;
     this.stdout.flushSync();
+    if (state(this.stdout)._writing) return;
+    let rest = Buffer.from(batch);
+    while (rest.length > 0) rest = rest.subarray(writeSync(STDOUT_FD, rest));
+  }
+
+  /** Every line written out, or `timeoutMs` gone (a collector that has stopped reading). */
+  drained(timeoutMs: number): Promise<void> {
+    this.pass();
+    if (idle(this.stdout)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.stdout.off('drain', done);
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.stdout.on('drain', done);
+    });
   }
 
   private pass(): void {
@@ -78,12 +103,44 @@ export function createLogger(
 /** fd 1 is one per process: so is what writes to it (its flush timer, its exit hook). */
 let stdoutBatches: LineBatches | undefined;
 
+/**
+ * Before a clean exit: the lines logged so far written out, waiting at most `timeoutMs` for a slow
+ * reader. Without it the last lines would go out through the exit hook, which a slow reader makes drop them.
+ */
+export function flushLogs(timeoutMs: number): Promise<void> {
+  return stdoutBatches?.drained(timeoutMs) ?? Promise.resolve();
+}
+
+/** sonic-boom keeps these to itself; its version is pinned by the lock file, and the stuck-collector drill reads their effect. */
+interface SonicBoomState {
+  /** An asynchronous write is under way: in the thread pool, or written and its callback not yet run. */
+  _writing: boolean;
+  /** Bytes not yet known to be written, the write under way included. */
+  _len: number;
+}
+
+function state(stdout: Stdout): SonicBoomState {
+  return stdout as unknown as SonicBoomState;
+}
+
+function idle(stdout: Stdout): boolean {
+  return !state(stdout)._writing && state(stdout)._len === 0;
+}
+
 function batchedStdout(maxBufferBytes: number): LineBatches {
   // The batches are written as they come (minLength 0); past maxLength unwritten, whole batches are dropped.
-  const stdout = pino.destination({ dest: 1, sync: false, minLength: 0, maxLength: maxBufferBytes });
+  const stdout = pino.destination({ dest: STDOUT_FD, sync: false, minLength: 0, maxLength: maxBufferBytes });
   stdout.on('drop', (data: string) => {
     droppedBytes += Buffer.byteLength(data);
   });
+  // sonic-boom's flushSync (pino's own exit hook calls it too) writes what is queued even while an
+  // asynchronous write is under way: after a partial write that never finishes, or beside one still
+  // running, that cuts a line in two and joins it to the next, which no collector can parse. On exit with
+  // a write under way, what is queued is dropped instead; a clean stop drains first (flushLogs).
+  const flushQueued = stdout.flushSync.bind(stdout);
+  stdout.flushSync = () => {
+    if (!state(stdout)._writing) flushQueued();
+  };
   const batches = new LineBatches(stdout);
   setInterval(() => batches.flush(), FLUSH_INTERVAL_MS).unref();
   // pino writes out what stdout holds on exit; the lines still gathered here follow it.

@@ -10,6 +10,10 @@ export interface BridgeProcess {
   readonly exited: Promise<number | null>;
   /** Every line the process has written to stdout so far (its JSON log lines), parsed. */
   readonly logs: ReadonlyArray<Record<string, unknown>>;
+  /** Lines of stdout that are not whole JSON objects: a log collector would choke on each. */
+  readonly malformedLines: ReadonlyArray<string>;
+  /** Once stdout has ended and every line of it has been read. */
+  readonly outputRead: Promise<void>;
   inFlight(): Promise<number>;
   /** Kills it (SIGKILL) unless it has exited already, and resolves once it has: for `finally`/afterAll. */
   stop(): Promise<void>;
@@ -29,12 +33,19 @@ export async function startBridgeProcess(
   });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const logs: Array<Record<string, unknown>> = [];
+  const malformedLines: string[] = [];
+  const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+  const outputRead = new Promise<void>((resolve) => lines.once('close', resolve));
   let baseUrl: string;
   try {
     const port = await new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('the bridge process did not start listening')), 15_000);
-      createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-        const entry = JSON.parse(line) as { msg?: string; port?: number };
+      lines.on('line', (line) => {
+        const entry = parsedLine(line);
+        if (entry === undefined) {
+          malformedLines.push(line);
+          return;
+        }
         logs.push(entry);
         if (entry.msg === 'listening' && entry.port !== undefined) {
           clearTimeout(timer);
@@ -58,6 +69,8 @@ export async function startBridgeProcess(
     baseUrl,
     exited,
     logs,
+    malformedLines,
+    outputRead,
     async inFlight() {
       return readMetric((await request(baseUrl).get('/metrics')).text, 'rpc_in_flight', {});
     },
@@ -99,4 +112,13 @@ export function runBridgeProcessUntilExit(env: Record<string, string>, timeoutMs
       resolve({ code, stdout, stderr });
     });
   });
+}
+
+function parsedLine(line: string): { msg?: string; port?: number } | undefined {
+  try {
+    const entry: unknown = JSON.parse(line);
+    return typeof entry === 'object' && entry !== null ? entry : undefined;
+  } catch {
+    return undefined;
+  }
 }
