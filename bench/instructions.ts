@@ -10,28 +10,18 @@
  * The dumps (callgrind.out.*) are left in the OS temp folder for callgrind_annotate.
  */
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runLoad } from './lib/load.js';
-import { type Child, freePort, npmStartFlags, startChild } from './lib/processes.js';
-import { echoQueue, startWorker, type TargetContext, waitReady } from './lib/targets.js';
+import { type Child, freePort, startChild } from './lib/processes.js';
+import { echoQueue, singleBrokerContext, startWorker, waitReady } from './lib/targets.js';
 
 /** BENCH_TARGETS: only these of express-echo, minimal, bridge (comma-separated). */
 const ONLY = process.env.BENCH_TARGETS?.split(',');
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 20);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 20);
-const rabbitmqUrl = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
-const outDir = mkdtempSync(join(tmpdir(), 'bridge-callgrind-'));
-const context: TargetContext = {
-  rabbitmqUrl,
-  lavinmqUrl: '',
-  runId: randomBytes(4).toString('hex'),
-  logDir: outDir,
-  warmupSeconds: WARMUP_SECONDS,
-  bridgeNodeFlags: npmStartFlags('.'),
-};
+const context = singleBrokerContext('bridge-callgrind-', WARMUP_SECONDS);
+const { rabbitmqUrl, logDir: outDir } = context;
 
 interface Counted {
   readonly target: string;

@@ -12,13 +12,11 @@
  * target (e.g. --trace-gc); BENCH_BRIDGE_NODE_FLAGS: the bridge's own (default as `npm start`);
  * BENCH_BRIDGE_ENV: more environment for the bridge, as JSON (`{"AMQP_CHANNELS":"1"}`).
  */
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { runLoad } from './lib/load.js';
-import { type Child, cpuSplitMs, freePort, npmStartFlags, startChild } from './lib/processes.js';
-import { echoQueue, startWorker, type TargetContext, waitReady } from './lib/targets.js';
+import { type Child, cpuSplitMs, freePort, startChild } from './lib/processes.js';
+import { echoQueue, singleBrokerContext, startWorker, waitReady } from './lib/targets.js';
 
 const ONLY = (process.env.BENCH_TARGETS ?? 'express-echo,minimal,bridge').split(',');
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 16);
@@ -26,16 +24,12 @@ const BODY_BYTES = Number(process.env.BENCH_BODY_BYTES ?? 1024 * 1024);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const TOP = Number(process.env.BENCH_TOP ?? 15);
-const rabbitmqUrl = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
-const outDir = mkdtempSync(join(tmpdir(), 'bridge-cpu-prof-'));
-const context: TargetContext = {
-  rabbitmqUrl,
-  lavinmqUrl: '',
-  runId: randomBytes(4).toString('hex'),
-  logDir: outDir,
-  warmupSeconds: WARMUP_SECONDS,
-  bridgeNodeFlags: process.env.BENCH_BRIDGE_NODE_FLAGS?.split(' ').filter(Boolean) ?? npmStartFlags('.'),
-};
+const context = singleBrokerContext(
+  'bridge-cpu-prof-',
+  WARMUP_SECONDS,
+  process.env.BENCH_BRIDGE_NODE_FLAGS?.split(' ').filter(Boolean),
+);
+const { rabbitmqUrl, logDir: outDir } = context;
 /** Enough for the largest body measured, for the targets that have a limit. */
 const BODY_LIMIT = String(Math.max(BODY_BYTES * 2, 1024 * 1024));
 

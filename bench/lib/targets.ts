@@ -3,11 +3,14 @@
  * bridge...) and stopped after its rows, so that only the target under test runs while it is
  * measured: no idle bridge with timers of its own, no second worker on the same cores.
  */
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import amqp from 'amqplib';
 import { type BodyKind, LARGEST_BODY_BYTES } from './bodies.js';
 import { runLoad } from './load.js';
-import { type Child, freePort, startChild } from './processes.js';
+import { type Child, freePort, npmStartFlags, startChild } from './processes.js';
 import type { RunResult } from './stats.js';
 
 export interface TargetContext {
@@ -22,6 +25,22 @@ export interface TargetContext {
   readonly warmupSeconds: number;
   /** Extra node flags for the bridge (tuning experiments); default as `npm start` runs it. */
   readonly bridgeNodeFlags: readonly string[];
+}
+
+/** One broker (AMQP_URL, else the machine's RabbitMQ), logs in a new directory under the system's tmp. */
+export function singleBrokerContext(
+  logDirPrefix: string,
+  warmupSeconds: number,
+  bridgeNodeFlags: readonly string[] = npmStartFlags('.'),
+): TargetContext {
+  return {
+    rabbitmqUrl: process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672',
+    lavinmqUrl: '',
+    runId: randomBytes(4).toString('hex'),
+    logDir: mkdtempSync(join(tmpdir(), logDirPrefix)),
+    warmupSeconds,
+    bridgeNodeFlags,
+  };
 }
 
 export interface RunningTarget {
