@@ -105,7 +105,7 @@ let stdoutBatches: LineBatches | undefined;
 
 /**
  * Before a clean exit: the lines logged so far written out, waiting at most `timeoutMs` for a slow
- * reader. Without it the last lines would go out through the exit hook, which a slow reader makes drop them.
+ * reader. Left to the exit hook, lines behind a write still under way would be dropped.
  */
 export function flushLogs(timeoutMs: number): Promise<void> {
   return stdoutBatches?.drained(timeoutMs) ?? Promise.resolve();
