@@ -7,7 +7,6 @@ import { BrokerSession } from './amqp/broker-session.js';
 import type { ReplySource } from './amqp/rpc-channel.js';
 import type { Config } from './config/config.js';
 import type { BearerTokenVerifier } from './http/access/access-control.js';
-import { CallerQuota } from './http/access/caller-quota.js';
 import { createHttpEdge } from './http/app.js';
 import { Cors } from './http/cors.js';
 import { loadOpenApiYaml } from './http/openapi.js';
@@ -21,6 +20,7 @@ import { logBytesDropped } from './observability/logger.js';
 import { createMetrics, type Metrics, registerGauges } from './observability/metrics.js';
 import type { Tracing } from './observability/tracing.js';
 import { type BrokerLogin, CallerPools, type CallerSession } from './rpc/caller-pools.js';
+import { CallerQuota } from './rpc/caller-quota.js';
 import { DeferredCalls } from './rpc/deferred-calls.js';
 import { RpcClient } from './rpc/rpc-client.js';
 

@@ -1,14 +1,7 @@
 import type { Channel, ChannelModel, ConfirmChannel, Message } from 'amqplib';
 import { isPartialReply, type Reply } from '../rpc/outcome.js';
-import type { KeyClaim, ResultStore, StoredResult } from '../rpc/ports.js';
-import { replyOf } from './rpc-channel.js';
-
-const NOT_FOUND = 404;
-
-/** The broker's error for a queue that is not there (the channel it came on is closed by it). */
-export class BrokerNotConnected extends Error {
-  override name = 'BrokerNotConnected';
-}
+import { BrokerNotConnected, type KeyClaim, type ResultStore, type StoredResult } from '../rpc/ports.js';
+import { isNack, NOT_FOUND, replyOf } from './rpc-channel.js';
 
 /**
  * Result queues and idempotency claims on the broker (the core's ResultStore). What may name a queue
@@ -177,7 +170,7 @@ function publishConfirmed(
   return new Promise((resolve, reject) => {
     channel.publish('', queue, body, properties, (err: unknown) => {
       if (err == null) resolve(true);
-      else if (err instanceof Error && err.message === 'message nacked') resolve(false);
+      else if (isNack(err)) resolve(false);
       else reject(err);
     });
   });

@@ -26,7 +26,7 @@ const PUBLISH_BUFFER_FRAMES = 32;
 /** Waiting calls are filtered for settled ones whenever the list doubles past this. */
 const MIN_COMPACT_AT = 64;
 const ACCESS_REFUSED = 403;
-const NOT_FOUND = 404;
+export const NOT_FOUND = 404;
 const PRECONDITION_FAILED = 406;
 
 /**
@@ -261,7 +261,7 @@ export class RpcChannel implements PublishChannel {
 }
 
 /** amqplib tells a basic.nack from a closed channel only by the message of the error it passes. */
-function isNack(err: unknown): boolean {
+export function isNack(err: unknown): boolean {
   return err instanceof Error && err.message === 'message nacked';
 }
 

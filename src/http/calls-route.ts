@@ -1,4 +1,3 @@
-import { toError } from '../errors.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { CallCancel, CallLookup, DeferredCalls } from '../rpc/deferred-calls.js';
 import type { Caller } from './access/access-control.js';
@@ -45,7 +44,7 @@ export function runCallRequest(deps: CallsRouteDeps, exchange: HttpExchange, url
   try {
     caller = routes.access.identify(req.headers);
   } catch (err) {
-    failWith(exchange, err);
+    exchange.fail(exchange.problemOf(err));
     return;
   }
   Promise.resolve(caller)
@@ -53,7 +52,7 @@ export function runCallRequest(deps: CallsRouteDeps, exchange: HttpExchange, url
       const owner = quotaKey(known, req.socket.remoteAddress);
       return method === 'DELETE' ? giveUp(deps, exchange, owner, id) : lookUp(deps, exchange, owner, id);
     })
-    .catch((err: unknown) => failWith(exchange, err));
+    .catch((err: unknown) => exchange.fail(exchange.problemOf(err)));
 }
 
 async function lookUp(deps: CallsRouteDeps, exchange: HttpExchange, owner: string, id: string): Promise<void> {
@@ -116,15 +115,6 @@ async function giveUp(deps: CallsRouteDeps, exchange: HttpExchange, owner: strin
   }
   exchange.res.statusCode = 204;
   exchange.res.end();
-}
-
-function failWith(exchange: HttpExchange, err: unknown): void {
-  if (err instanceof HttpProblem) {
-    exchange.fail(err);
-    return;
-  }
-  exchange.error = toError(err);
-  exchange.fail(new HttpProblem('internal', 'The bridge failed to handle the request; see its logs'));
 }
 
 /** One answer for an unknown, expired, given-up or foreign id: nobody learns whether an id is in use. */

@@ -1,7 +1,7 @@
 import type { NextFunction, Request, Response } from 'express';
 import { toError } from '../errors.js';
 import { sendProblem } from './problem-response.js';
-import { HttpProblem } from './problems.js';
+import { HttpProblem, internalProblem } from './problems.js';
 
 /** The error middleware of the express routes: every failure leaves as application/problem+json. */
 export function errorHandler() {
@@ -27,5 +27,5 @@ function asProblem(err: unknown): HttpProblem {
   if (typeof status === 'number' && status >= 400 && status < 500) {
     return new HttpProblem('invalid-request', toError(err).message);
   }
-  return new HttpProblem('internal', 'The bridge failed to handle the request; see its logs');
+  return internalProblem();
 }

@@ -1,9 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
+import { toError } from '../errors.js';
 import type { Metrics } from '../observability/metrics.js';
 import { logRequest, type RpcLogFields } from './access-log.js';
 import { sendProblem } from './problem-response.js';
-import type { HttpProblem } from './problems.js';
+import { HttpProblem, internalProblem } from './problems.js';
 import { assignRequestId } from './request-id.js';
 
 declare module 'node:http' {
@@ -61,6 +62,13 @@ export class HttpExchange {
       return;
     }
     sendProblem(this.res, problem, this.id);
+  }
+
+  /** What an error answers: a problem as it is; anything else is a fault of the bridge's, logged with the line. */
+  problemOf(err: unknown): HttpProblem {
+    if (err instanceof HttpProblem) return err;
+    this.error = toError(err);
+    return internalProblem();
   }
 
   /** Milliseconds since the request arrived. */

@@ -61,6 +61,11 @@ export class HttpProblem extends Error {
   }
 }
 
+/** The answer to a fault of the bridge's own: the caller learns nothing of it; the request's log line has it. */
+export function internalProblem(): HttpProblem {
+  return new HttpProblem('internal', 'The bridge failed to handle the request; see its logs');
+}
+
 export interface ProblemDocument {
   type: string;
   title: string;

@@ -1,11 +1,10 @@
 import { unescape as percentDecoded } from 'node:querystring';
 import { HttpProblem } from './problems.js';
-import type { RpcTarget } from './request-mapping.js';
+import { type RpcTarget, SHORT_STRING_BYTES } from './request-mapping.js';
 
-/** An AMQP short string, such as the text of a channel.close, is at most 255 bytes. */
-const SHORT_STRING_BYTES = 255;
 /**
- * The longest refusal of a publish a broker writes, less the names it quotes: RabbitMQ's for topic
+ * The text of a channel.close is an AMQP short string too (SHORT_STRING_BYTES). The longest refusal of a
+ * publish a broker writes, less the names it quotes: RabbitMQ's for topic
  * permissions, which quotes the routing key, the exchange, the vhost and the user.
  */
 const LONGEST_REFUSAL_TEXT_BYTES = Buffer.byteLength(

@@ -21,7 +21,7 @@ export interface MappingLimits {
 }
 
 /** AMQP short strings (names, most properties) are at most 255 bytes. */
-const SHORT_STRING_BYTES = 255;
+export const SHORT_STRING_BYTES = 255;
 /** More message headers than any real RPC needs; keeps the encoded table small. */
 export const MAX_MESSAGE_HEADERS = 64;
 /** amqplib refuses tables over 64 KiB; stay well below so a publish never throws for size. */
@@ -36,7 +36,7 @@ export const BRIDGE_HEADERS: ReadonlySet<string> = new Set(['x-caller', 'x-deadl
 /** Exchanges every broker declares; any other `amq.` exchange is the broker's own business. */
 const STANDARD_EXCHANGES = new Set(['amq.direct', 'amq.topic', 'amq.fanout', 'amq.headers', 'amq.match']);
 // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
-const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f]/;
+export const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f]/;
 const POSITIVE_INTEGER = /^[1-9][0-9]*$/;
 
 export function queueTarget(queue: unknown): RpcTarget {

@@ -45,9 +45,7 @@ class LineBatches implements DestinationStream {
    * written synchronously (handed to stdout, they would start an asynchronous write the exit never finishes).
    */
   flushSync(): void {
-    const batch = this.lines.join('');
-    this.lines = [];
-    this.chars = 0;
+    const batch = this.take();
     this.stdout.flushSync();
     if (state(this.stdout)._writing) return;
     let rest = Buffer.from(batch);
@@ -70,11 +68,15 @@ class LineBatches implements DestinationStream {
   }
 
   private pass(): void {
-    if (this.lines.length === 0) return;
+    if (this.lines.length > 0) this.stdout.write(this.take());
+  }
+
+  /** The lines gathered so far, as one string, and none gathered any more. */
+  private take(): string {
     const batch = this.lines.length === 1 ? (this.lines[0] as string) : this.lines.join('');
     this.lines = [];
     this.chars = 0;
-    this.stdout.write(batch);
+    return batch;
   }
 }
 

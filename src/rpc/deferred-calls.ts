@@ -1,7 +1,8 @@
 import { toError } from '../errors.js';
 import { type CallId, callQueueName, keyQueueName, newCallId, parseCallId, recordQueueName } from './call-ids.js';
+import { CallerQuota } from './caller-quota.js';
 import type { Reply, RpcOutcome } from './outcome.js';
-import type { KeyClaim, ResultStore, StoredResult } from './ports.js';
+import { BrokerNotConnected, type KeyClaim, type ResultStore, type StoredResult } from './ports.js';
 
 /** The header of the bridge's own record of a publish's outcome, in the key's call queue. */
 const OUTCOME_HEADER = 'x-bridge-outcome';
@@ -112,13 +113,17 @@ const REFUSED_BY_BROKER: ReadonlySet<RpcOutcome['kind']> = new Set([
  */
 export class DeferredCalls {
   private readonly held = new Map<string, Held>();
-  private readonly heldPerOwner = new Map<string, number>();
+  private readonly heldPerOwner: CallerQuota;
   private waitingNow = 0;
-  private readonly waitingPerOwner = new Map<string, number>();
+  /** One caller may have half of CALLS_MAX_WAITING under way. */
+  private readonly waitingPerOwner: CallerQuota;
   private idleWaiters: Array<() => void> = [];
   private sweptAt = Date.now();
 
-  constructor(private readonly options: DeferredCallsOptions) {}
+  constructor(private readonly options: DeferredCallsOptions) {
+    this.heldPerOwner = new CallerQuota(options.maxHeldPerCaller);
+    this.waitingPerOwner = new CallerQuota(Math.max(1, Math.floor(options.maxWaiting / 2)));
+  }
 
   /** Calls and keys this replica made that the broker may still keep. */
   get heldCount(): number {
@@ -192,14 +197,14 @@ export class DeferredCalls {
       if (mine) this.release(keyQueue);
       return this.join(request, recordQueue);
     }
-    return this.first(request, call, { keyQueue, recordQueue });
+    return this.first(request, call, { keyQueue, recordQueue, fingerprint: key.fingerprint });
   }
 
   /** This request is the first with its key (or has none): it makes the call. */
   private async first(
     request: DeferredRequest,
     call: CallId,
-    key: { readonly keyQueue: string; readonly recordQueue: string } | undefined,
+    key: { readonly keyQueue: string; readonly recordQueue: string; readonly fingerprint: string } | undefined,
   ): Promise<DeferredResult> {
     const { store } = this.options;
     const queue = callQueueName(request.owner, call.id);
@@ -213,7 +218,7 @@ export class DeferredCalls {
       if (key !== undefined) {
         // The record names the call, for retries: written before the request goes, so they find it.
         await store.create(key.recordQueue, this.options.keyTtlMs);
-        await store.put(key.recordQueue, recordOf(call, request.key?.fingerprint ?? ''));
+        await store.put(key.recordQueue, recordOf(call, key.fingerprint));
       }
     } catch (err) {
       await this.forget(heldAs);
@@ -296,7 +301,7 @@ export class DeferredCalls {
    * words (which name queues and vhosts) go to the operator's log, not to the caller.
    */
   private notSent(err: unknown): DeferredResult {
-    const disconnected = err instanceof Error && err.name === 'BrokerNotConnected';
+    const disconnected = err instanceof BrokerNotConnected;
     if (!disconnected) this.options.onStoreError?.(err);
     const reason = disconnected
       ? 'not connected to the broker'
@@ -317,18 +322,14 @@ export class DeferredCalls {
     const { maxWaiting } = this.options;
     if (this.waitingNow >= maxWaiting)
       return { kind: 'refused', refusal: { kind: 'waiting-limit', limit: maxWaiting } };
-    const share = Math.max(1, Math.floor(maxWaiting / 2));
-    const mine = this.waitingPerOwner.get(owner) ?? 0;
-    if (mine >= share) return { kind: 'refused', refusal: { kind: 'caller-waiting-limit', limit: share } };
+    if (!this.waitingPerOwner.tryAcquire(owner))
+      return { kind: 'refused', refusal: { kind: 'caller-waiting-limit', limit: this.waitingPerOwner.limit } };
     this.waitingNow += 1;
-    this.waitingPerOwner.set(owner, mine + 1);
     try {
       return await work();
     } finally {
       this.waitingNow -= 1;
-      const left = (this.waitingPerOwner.get(owner) ?? 1) - 1;
-      if (left <= 0) this.waitingPerOwner.delete(owner);
-      else this.waitingPerOwner.set(owner, left);
+      this.waitingPerOwner.release(owner);
       if (this.waitingNow === 0) {
         const waiters = this.idleWaiters;
         this.idleWaiters = [];
@@ -349,12 +350,10 @@ export class DeferredCalls {
   ): DeferredRefusal | 'held-already' | undefined {
     if (this.held.has(queue)) return 'held-already';
     this.sweep();
-    const { maxHeld, maxHeldPerCaller } = this.options;
+    const { maxHeld } = this.options;
     if (this.held.size >= maxHeld) return { kind: 'held-limit', limit: maxHeld };
-    const ownerHolds = this.heldPerOwner.get(owner) ?? 0;
-    if (ownerHolds >= maxHeldPerCaller) return { kind: 'caller-held-limit', limit: maxHeldPerCaller };
+    if (!this.heldPerOwner.tryAcquire(owner)) return { kind: 'caller-held-limit', limit: this.heldPerOwner.limit };
     this.held.set(queue, { owner, until, also });
-    this.heldPerOwner.set(owner, ownerHolds + 1);
     return undefined;
   }
 
@@ -362,9 +361,7 @@ export class DeferredCalls {
     const entry = this.held.get(queue);
     if (entry === undefined) return undefined;
     this.held.delete(queue);
-    const holds = (this.heldPerOwner.get(entry.owner) ?? 1) - 1;
-    if (holds <= 0) this.heldPerOwner.delete(entry.owner);
-    else this.heldPerOwner.set(entry.owner, holds);
+    this.heldPerOwner.release(entry.owner);
     return entry;
   }
 

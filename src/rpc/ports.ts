@@ -59,6 +59,11 @@ export interface ChannelSource {
 /** What a passive declare says of an exchange name (the broker closes the channel on 404 and 406). */
 export type ExchangeVerdict = 'exists' | 'missing' | 'invalid-name' | 'forbidden';
 
+/** The broker connection is down: the store could neither keep nor read anything. */
+export class BrokerNotConnected extends Error {
+  override name = 'BrokerNotConnected';
+}
+
 /** Too many exchange checks under way and waiting: the request was not published. */
 export class ExchangeChecksExhausted extends Error {
   override name = 'ExchangeChecksExhausted';

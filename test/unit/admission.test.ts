@@ -6,11 +6,12 @@ import { describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import type { Caller } from '../../src/http/access/access-control.js';
 import { createAdmission } from '../../src/http/access/admission.js';
-import { CallerQuota, quotaKey } from '../../src/http/access/caller-quota.js';
+import { quotaKey } from '../../src/http/access/caller-quota.js';
 import { HttpProblem } from '../../src/http/problems.js';
 import { exchangeTarget, queueTarget } from '../../src/http/request-mapping.js';
 import { type NamedRoute, RouteTable } from '../../src/http/routes/route-table.js';
 import { parseRoutesFile } from '../../src/http/routes/routes-file.js';
+import { CallerQuota } from '../../src/rpc/caller-quota.js';
 
 const file = parseRoutesFile(
   stringify({

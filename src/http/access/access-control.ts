@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { BrokerLogin } from '../../rpc/caller-pools.js';
 import { HttpProblem } from '../problems.js';
+import { CONTROL_CHARACTERS } from '../request-mapping.js';
 import type { TokenDefinition } from '../routes/routes-file.js';
 
 export interface AccessOptions {
@@ -126,8 +127,6 @@ function bearerToken(headers: IncomingHttpHeaders): string {
 }
 
 const BASIC = /^Basic /i;
-// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
-const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f]/;
 /** WWW-Authenticate for a broker login (AMQP_IDENTITY=caller) that is missing or refused. */
 export const BASIC_CHALLENGE = 'Basic realm="amqp-rpc-bridge", charset="UTF-8"';
 

@@ -1,7 +1,8 @@
 import type { Metrics } from '../../observability/metrics.js';
+import type { CallerQuota } from '../../rpc/caller-quota.js';
 import type { Caller } from '../access/access-control.js';
 import type { Admission } from '../access/admission.js';
-import { type CallerQuota, quotaKey } from '../access/caller-quota.js';
+import { quotaKey } from '../access/caller-quota.js';
 import { HttpProblem } from '../problems.js';
 import type { RpcTarget } from '../request-mapping.js';
 import type { NamedRoute } from '../routes/route-table.js';

@@ -4,7 +4,7 @@ import type { Reply, RpcOutcome } from '../../rpc/outcome.js';
 import type { RpcCall } from '../../rpc/rpc-call.js';
 import type { HttpExchange } from '../exchange.js';
 import { HttpProblem, PROBLEM_TYPE_PREFIX, problemDocument } from '../problems.js';
-import { outcomeProblem, replyToHttp } from '../response-mapping.js';
+import { outcomeProblem, replyToHttp, STATUS_HEADER } from '../response-mapping.js';
 import { OUTCOME_LABELS } from './render.js';
 
 const EVENT_STREAM = 'text/event-stream';
@@ -38,13 +38,18 @@ export class StreamGate {
   }
 }
 
+/** Any list that names the stream has this in it, in some case: the rest need not be split. */
+const MENTIONS_EVENT_STREAM = /text\/event-stream/i;
+
 /**
- * Whether the caller asked for a stream. The plain path pays one string compare: an exact
- * `text/event-stream` (what EventSource and most clients send) answers at once; a list is searched.
+ * Whether the caller asked for a stream. The plain path pays one string compare or one search that
+ * allocates nothing: an exact `text/event-stream` (what EventSource and most clients send) answers at
+ * once, a list that does not mention it (`application/json, text/plain` and any wildcard) too; only one
+ * that does is split.
  */
 export function acceptsEventStream(accept: string | undefined): boolean {
   if (accept === EVENT_STREAM) return true;
-  if (accept === undefined || accept.length < EVENT_STREAM.length) return false;
+  if (accept === undefined || !MENTIONS_EVENT_STREAM.test(accept)) return false;
   // Media ranges are case-insensitive, and `q=0` refuses one (RFC 9110 §12.5.1).
   for (const range of accept.split(',')) {
     const [type = '', ...parameters] = range.split(';');
@@ -77,6 +82,7 @@ const OVERFLOW_GRACE_MS = 10_000;
  * EventSource and read by any parser of its own (a POST needs one: EventSource only does GET).
  */
 export class EventStream {
+  /** Replies relayed as events so far: the last event's id. */
   private sequence = 0;
   private call: RpcCall | undefined;
   private keepAlive: NodeJS.Timeout | undefined;
@@ -86,8 +92,7 @@ export class EventStream {
   private givenUp: 'overflow' | 'bad_reply' | undefined;
   private opened = false;
   private corked = false;
-  /** Replies relayed as events, and their bodies' bytes: what the request's log line and metrics report. */
-  private relayedEvents = 0;
+  /** Their bodies' bytes, beside the events (`sequence`): what the request's log line and metrics report. */
   private relayedBytes = 0;
 
   constructor(
@@ -106,7 +111,7 @@ export class EventStream {
   }
 
   get events(): number {
-    return this.relayedEvents;
+    return this.sequence;
   }
 
   get bytesOut(): number {
@@ -208,7 +213,7 @@ export class EventStream {
     // Header values come mapped as a plain answer's, UTF-8 bytes one per character: written as latin1,
     // they are those bytes again.
     let head = `event: ${name}\nid: ${this.sequence}\n`;
-    if (reply.headers['http-status'] !== undefined) head += `status: ${mapped.status}\n`;
+    if (reply.headers[STATUS_HEADER] !== undefined) head += `status: ${mapped.status}\n`;
     for (const [field, value] of mapped.headers) {
       if (field !== NOT_RELAYED) head += `${field.toLowerCase()}: ${value}\n`;
     }
@@ -223,7 +228,6 @@ export class EventStream {
     }
     this.writeCorked(head, data);
     this.lastWriteAt = Date.now();
-    this.relayedEvents += 1;
     this.relayedBytes += body.length;
     this.metrics.streamEvents.inc();
     return true;

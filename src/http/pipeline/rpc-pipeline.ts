@@ -1,14 +1,13 @@
-import { toError } from '../../errors.js';
 import type { Metrics, RpcOutcomeLabel } from '../../observability/metrics.js';
 import type { RequestSpan, Tracing } from '../../observability/tracing.js';
 import { parseTraceparent } from '../../observability/w3c-trace-context.js';
 import { type CallerLease, type CallerPools, CallerRefused } from '../../rpc/caller-pools.js';
+import type { CallerQuota } from '../../rpc/caller-quota.js';
 import type { DeferredCalls, DeferredResult } from '../../rpc/deferred-calls.js';
 import type { RpcOutcome } from '../../rpc/outcome.js';
 import type { RpcCall } from '../../rpc/rpc-call.js';
 import type { RpcClient } from '../../rpc/rpc-client.js';
 import type { Caller } from '../access/access-control.js';
-import type { CallerQuota } from '../access/caller-quota.js';
 import type { RpcLogFields } from '../access-log.js';
 import { type Deferral, readDeferral } from '../deferral.js';
 import type { HttpExchange } from '../exchange.js';
@@ -192,7 +191,6 @@ class RpcPipeline {
     if (this.facts.operation === 'rpc' && acceptsEventStream(this.exchange.req.headers.accept)) {
       const { streams } = this.deps;
       if (!streams.gate.tryEnter()) {
-        this.record('overloaded');
         this.fail(
           new HttpProblem('overloaded', `${streams.gate.limit} streams are open (STREAM_MAX_OPEN)`, {
             target: target.label,
@@ -256,9 +254,7 @@ class RpcPipeline {
     }
     if (result.kind === 'refused') {
       if (async !== undefined) metrics.asyncCalls.labels('failed').inc();
-      const problem = refusalProblem(result.refusal, target.label);
-      if (problem.status >= 500) this.record('overloaded');
-      this.fail(problem);
+      this.fail(refusalProblem(result.refusal, target.label));
       return;
     }
     if (result.kind === 'pending') {
@@ -331,11 +327,8 @@ class RpcPipeline {
   }
 
   private asProblem(err: unknown): HttpProblem {
-    if (err instanceof HttpProblem) return err;
     if (err instanceof CallerRefused) return callerRefusalProblem(err.refusal);
-    // Logged with the request's line.
-    this.exchange.error = toError(err);
-    return new HttpProblem('internal', 'The bridge failed to handle the request; see its logs');
+    return this.exchange.problemOf(err);
   }
 
   /** Stage "record": once per request, whichever way it ended. */
